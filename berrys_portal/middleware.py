@@ -1,0 +1,39 @@
+"""Request-level guards that run before any view."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import JsonResponse
+
+
+class BodySizeLimitMiddleware:
+    """Refuse API bodies larger than ``API_MAX_BODY_BYTES`` with a 413 in the API's error shape.
+
+    Checked from Content-Length before the body is read, so an oversize upload
+    costs nothing; chunked bodies without a length are capped when read by
+    Django's own DATA_UPLOAD_MAX_MEMORY_SIZE.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if not request.path.startswith("/admin/"):
+            raw = request.META.get("CONTENT_LENGTH") or "0"
+            try:
+                length = int(raw)
+            except ValueError:
+                return JsonResponse(
+                    {"detail": f"Content-Length {raw!r} is not a number.", "code": "invalid"},
+                    status=400,
+                )
+            limit = settings.API_MAX_BODY_BYTES
+            if length > limit:
+                return JsonResponse(
+                    {
+                        "detail": f"Request body is {length} bytes; the limit is {limit} bytes.",
+                        "code": "payload_too_large",
+                    },
+                    status=413,
+                )
+        return self.get_response(request)

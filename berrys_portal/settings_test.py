@@ -1,0 +1,15 @@
+"""Settings for the test suite: the real PostgreSQL and Redis on this machine.
+
+Override with DATABASE_URL / REDIS_URL (e.g. to give parallel runs their own
+database name and Redis db number).
+"""
+
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/berrys_portal")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+os.environ.setdefault("DJANGO_ENV", "test")
+
+from berrys_portal.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast test logins

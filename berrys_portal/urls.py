@@ -1,0 +1,13 @@
+"""Top-level URLs. Each app owns its own paths; API paths work with and without a trailing slash."""
+
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    re_path(r"^api/schema/?$", SpectacularAPIView.as_view(), name="schema"),
+    re_path(r"^api/docs/?$", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("", include("registry.urls")),
+    path("workflows/", include("workflows.urls")),
+]

@@ -1,0 +1,65 @@
+"""Service discovery: pick an eligible instance of a type, rotating between them.
+
+Eligible: passing, then warning; unknown (never checked) only when no checked
+healthy instance exists; never critical or in maintenance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+from django.core.cache import cache
+
+from berrys_portal.errors import NoEligibleServiceError, ServiceNotFoundError
+from registry.models import DISCOVERY_RANK, HealthStatus, Service
+
+logger = logging.getLogger(__name__)
+
+_local_counter = itertools.count()
+
+
+def service_eligible_list(*, service_type: str) -> list[Service]:
+    """Every eligible instance, best tier first; raises if there is none."""
+    instances = list(Service.objects.filter(type=service_type).order_by("id"))
+    if not instances:
+        raise ServiceNotFoundError(f"No service of type {service_type} found")
+    by_status: dict[str, list[Service]] = {}
+    for inst in instances:
+        by_status.setdefault(inst.status, []).append(inst)
+    healthy = by_status.get(HealthStatus.PASSING, []) + by_status.get(HealthStatus.WARNING, [])
+    eligible = healthy or by_status.get(HealthStatus.UNKNOWN, [])
+    if not eligible:
+        states = ", ".join(f"{inst.name}: {inst.status}" for inst in instances)
+        raise NoEligibleServiceError(
+            f"{len(instances)} instance(s) of type {service_type} registered but none is eligible "
+            f"({states})"
+        )
+    return eligible
+
+
+def _next_index(service_type: str) -> int:
+    try:
+        return cache.incr(f"discovery:rr:{service_type}")
+    except ValueError:
+        cache.add(f"discovery:rr:{service_type}", 0, timeout=None)
+        try:
+            return cache.incr(f"discovery:rr:{service_type}")
+        except Exception:  # noqa: BLE001 - rotation is best effort
+            return next(_local_counter)
+    except Exception:  # noqa: BLE001 - a cache outage must not break discovery
+        logger.warning("discovery rotation counter unavailable; using a process-local one")
+        return next(_local_counter)
+
+
+def service_pick(*, service_type: str) -> Service:
+    """One eligible instance of ``service_type``, rotating within the best tier.
+
+    The passing tier is preferred over warning: rotation happens among the best
+    tier only, so a degraded instance takes traffic only when no passing one exists.
+    """
+    eligible = service_eligible_list(service_type=service_type)
+    best_status = min(eligible, key=lambda s: DISCOVERY_RANK[s.status]).status
+    tier = [s for s in eligible if s.status == best_status]
+    return tier[_next_index(service_type) % len(tier)]
+

@@ -1,0 +1,219 @@
+"""The registry's tables: service instances, API keys, health history, breaker history.
+
+``Service`` rows change state only through the methods and service functions in
+this app (``registry.services``, ``registry.health``), which lock the row and
+record transitions as ``StatusChange`` / ``BreakerEvent`` rows.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+
+from registry.types import TYPE_PATTERN
+
+
+class Criticality(models.TextChoices):
+    CRITICAL = "critical", "Critical"
+    NON_CRITICAL = "non_critical", "Non-critical"
+
+
+class HealthStatus(models.TextChoices):
+    UNKNOWN = "unknown", "Unknown"
+    PASSING = "passing", "Passing"
+    WARNING = "warning", "Warning"
+    CRITICAL = "critical", "Critical"
+    MAINTENANCE = "maintenance", "Maintenance"
+
+
+# Discovery order: a lower rank is preferred. Critical and maintenance are never eligible.
+DISCOVERY_RANK = {HealthStatus.PASSING: 0, HealthStatus.WARNING: 1, HealthStatus.UNKNOWN: 2}
+
+
+class Service(models.Model):
+    """One registered instance of a service. Identity is (name, url)."""
+
+    name = models.CharField(max_length=200, help_text="Service name, e.g. planning-system-1.")
+    type = models.CharField(
+        max_length=64,
+        validators=[RegexValidator(TYPE_PATTERN, "Type must be UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM.")],
+        help_text="Service type (UPPER_SNAKE), e.g. PLANNING_SYSTEM.",
+    )
+    url = models.URLField(max_length=2000, verbose_name="URL", help_text="Base URL calls are sent to.")
+    health_url = models.URLField(
+        max_length=2000, blank=True, verbose_name="health URL", help_text="Probed by the health sweep."
+    )
+    metadata = models.JSONField(default=dict, blank=True, help_text="Free-form, e.g. {\"version\": \"1.0.0\"}.")
+    capabilities = models.JSONField(default=list, blank=True, help_text="List of capability strings.")
+    endpoints = models.JSONField(default=list, blank=True, help_text="List of {method, path}.")
+    tags = models.JSONField(default=list, blank=True, help_text="List of tag strings.")
+    criticality = models.CharField(
+        max_length=16, choices=Criticality.choices, default=Criticality.NON_CRITICAL,
+        help_text="Selects the circuit-breaker preset.",
+    )
+
+    status = models.CharField(max_length=16, choices=HealthStatus.choices, default=HealthStatus.UNKNOWN)
+    status_reason = models.CharField(max_length=500, blank=True)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+
+    registered_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    # Health-check configuration (Consul-style).
+    check_interval_seconds = models.PositiveIntegerField(
+        default=15, validators=[MinValueValidator(1)], help_text="Seconds between health probes."
+    )
+    check_timeout_seconds = models.FloatField(
+        default=5.0, validators=[MinValueValidator(0.1)], help_text="Probe timeout in seconds."
+    )
+    slow_threshold_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="A 2xx probe slower than this counts as warning. Empty: never."
+    )
+    failures_before_critical = models.PositiveIntegerField(default=2, validators=[MinValueValidator(1)])
+    successes_before_passing = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
+    ttl_seconds = models.PositiveIntegerField(
+        null=True, blank=True, verbose_name="TTL (s)",
+        help_text="If set, the service is not probed: it must heartbeat within this many seconds.",
+    )
+    deregister_after_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Deregister after this long critical. Empty: never."
+    )
+
+    # Health-check state, written by the sweep.
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    next_check_at = models.DateTimeField(null=True, blank=True, db_index=False)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    consecutive_successes = models.PositiveIntegerField(default=0)
+    critical_since = models.DateTimeField(null=True, blank=True)
+    last_latency_ms = models.FloatField(null=True, blank=True)
+
+    # Circuit-breaker overrides; empty means the criticality preset.
+    breaker_fail_max = models.PositiveIntegerField(null=True, blank=True)
+    breaker_reset_timeout_seconds = models.FloatField(null=True, blank=True)
+    breaker_call_timeout_seconds = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["type", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "url"], name="registry_service_identity"),
+        ]
+        indexes = [
+            # GET /discovery/{type}: eligible instances of a type.
+            models.Index(fields=["type", "status"], name="registry_service_type_status"),
+            # Health sweep: probed services that are due.
+            models.Index(
+                fields=["next_check_at"], name="registry_service_due",
+                condition=Q(ttl_seconds__isnull=True),
+            ),
+            # Admin filter "critical now" and list by status.
+            models.Index(fields=["status", "type"], name="registry_service_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.type})"
+
+
+class ApiKey(models.Model):
+    """A hashed API key with scopes. The plain key is shown once, at creation."""
+
+    class Scope(models.TextChoices):
+        READ = "read", "read"
+        REGISTER = "register", "register"
+        WORKFLOWS = "workflows", "workflows"
+        GATEWAY = "gateway", "gateway"
+
+    name = models.CharField(max_length=100, help_text="Who uses this key, e.g. planning-system.")
+    prefix = models.CharField(max_length=12, editable=False, help_text="First characters, to recognise a key.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    scopes = models.JSONField(default=list, help_text="Subset of: read, register, workflows, gateway.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class HealthSnapshot(models.Model):
+    """The result of one health probe (or TTL evaluation)."""
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="snapshots")
+    checked_at = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=HealthStatus.choices)
+    http_status = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-checked_at"]
+        indexes = [
+            # Service page: latest snapshots of one service; latency chart.
+            models.Index(fields=["service", "-checked_at"], name="registry_snapshot_latest"),
+            # Retention pruning: oldest first.
+            models.Index(fields=["checked_at"], name="registry_snapshot_age"),
+        ]
+
+
+class StatusChange(models.Model):
+    """A service's status flip, kept forever (uptime and history come from these)."""
+
+    DEREGISTERED = "deregistered"
+
+    service = models.ForeignKey(
+        Service, null=True, blank=True, on_delete=models.SET_NULL, related_name="status_changes"
+    )
+    service_name = models.CharField(max_length=200)
+    service_type = models.CharField(max_length=64)
+    old_status = models.CharField(max_length=16)
+    new_status = models.CharField(max_length=16)
+    reason = models.CharField(max_length=500, blank=True)
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [
+            # Uptime and history of one service; "flapping" filter (changes in the last hour).
+            models.Index(fields=["service", "-at"], name="registry_statuschange_latest"),
+            # Dashboard: recent changes across all services.
+            models.Index(fields=["-at"], name="registry_statuschange_at"),
+        ]
+
+
+class BreakerState(models.TextChoices):
+    CLOSED = "closed", "Closed"
+    OPEN = "open", "Open"
+    HALF_OPEN = "half-open", "Half-open"
+
+
+class BreakerEvent(models.Model):
+    """A circuit-breaker transition for one service."""
+
+    service = models.ForeignKey(
+        Service, null=True, blank=True, on_delete=models.SET_NULL, related_name="breaker_events"
+    )
+    service_name = models.CharField(max_length=200)
+    old_state = models.CharField(max_length=16, choices=BreakerState.choices)
+    new_state = models.CharField(max_length=16, choices=BreakerState.choices)
+    at = models.DateTimeField()
+    last_error = models.TextField(blank=True)
+    actor = models.CharField(max_length=150, blank=True, help_text="Operator, for manual resets.")
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [
+            models.Index(fields=["service", "-at"], name="registry_breakerevent_latest"),
+            # Dashboard: breaker trips in the last 24 h.
+            models.Index(fields=["new_state", "-at"], name="registry_breakerevent_trips"),
+        ]

@@ -1,0 +1,41 @@
+"""Shared fixtures: API clients for each persona, keys with scopes."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from registry.auth import api_key_create
+
+
+def _client_with(scopes: list[str], name: str) -> APIClient:
+    _, plain = api_key_create(name=name, scopes=scopes)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {plain}")
+    client.plain_key = plain
+    return client
+
+
+@pytest.fixture
+def anon_client() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def read_client(db) -> APIClient:
+    return _client_with(["read"], "reader")
+
+
+@pytest.fixture
+def register_client(db) -> APIClient:
+    return _client_with(["read", "register"], "registrar")
+
+
+@pytest.fixture
+def workflows_client(db) -> APIClient:
+    return _client_with(["read", "workflows"], "workflow-caller")
+
+
+@pytest.fixture
+def full_client(db) -> APIClient:
+    return _client_with(["read", "register", "workflows", "gateway"], "everything")

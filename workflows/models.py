@@ -1,0 +1,1 @@
+"""Workflow runs, steps, attempts and events (built by the workflow-engine issue)."""

@@ -1,0 +1,3 @@
+"""Workflow API URLs, mounted under /workflows/."""
+
+urlpatterns: list = []
