@@ -112,7 +112,7 @@ def test_failed_probes_count_toward_tripping_the_breaker(loopback, make_service)
     server = loopback({"/health": Reply(503)})
     svc = make_service(url=server.url, status=HealthStatus.PASSING, last_checked_at=timezone.now(),
                        failures_before_critical=10, breaker_fail_max=3)
-    for n in range(3):
+    for _ in range(3):
         _sweep_now()
         svc.refresh_from_db()
         assert svc.status == "passing"  # the thresholds keep the status...
