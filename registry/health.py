@@ -45,6 +45,7 @@ from django.utils import timezone
 
 from registry.alerts import alert_raise
 from registry.breakers import (
+    HEALTH_TRIP_PREFIX,
     OPEN,
     Permit,
     ServiceBreaker,
@@ -340,7 +341,7 @@ def _row_for(outcome: Outcome) -> Row:
     if status == HealthStatus.CRITICAL and plan.breaker is not None:
         if breaker_state != OPEN and not trial:
             # Critical opens the breaker at once: callers fail fast instead of spending fail_max calls.
-            plan.breaker.force_open(reason=f"health critical: {reason}")
+            plan.breaker.force_open(reason=f"{HEALTH_TRIP_PREFIX}: {reason}")
         # Come back for the half-open trial when the reset timeout ends.
         next_at = outcome.checked_at + min(interval, timedelta(seconds=plan.breaker.config.reset_timeout))
     snapshot = HealthSnapshot(
@@ -539,7 +540,7 @@ def health_ttl_expire(*, now: datetime | None = None) -> int:
             _alert_for_change(svc, old, HealthStatus.CRITICAL, reason)
             expired += 1
     for svc in services:  # after commit: the breaker lives in Redis
-        breaker_for(svc).force_open(reason=f"health critical: {svc.status_reason}")
+        breaker_for(svc).force_open(reason=f"{HEALTH_TRIP_PREFIX}: {svc.status_reason}")
     return expired
 
 
