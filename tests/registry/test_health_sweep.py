@@ -219,6 +219,6 @@ def test_setup_periodic_tasks_creates_the_schedule_rows_idempotently(transaction
     call_command("setup_periodic_tasks")
     call_command("setup_periodic_tasks")
     rows = {t.task: t for t in PeriodicTask.objects.all()}
-    assert {"registry.health_sweep", "registry.health_prune"} <= set(rows)
+    assert {"registry.health_sweep", "registry.health_prune", "workflows.reconcile"} <= set(rows)
     assert PeriodicTask.objects.filter(task="registry.health_sweep").count() == 1
     assert rows["registry.health_sweep"].interval.every == 5 and rows["registry.health_sweep"].enabled
