@@ -38,7 +38,7 @@ from typing import Any
 import requests
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -322,12 +322,6 @@ def _row_for(outcome: Outcome) -> Row:
         slow_threshold_ms=svc.slow_threshold_ms, error=outcome.error,
     )
     trial = plan.permit is not None and plan.permit.trial
-    breaker_state = None
-    if plan.breaker is not None and plan.permit is not None:
-        if verdict == HealthStatus.CRITICAL:
-            breaker_state = plan.breaker.failed(plan.permit, f"health probe: {reason}")
-        elif trial or (plan.snapshot and plan.snapshot.fail_counter):
-            breaker_state = plan.breaker.succeeded(plan.permit)
     if trial:
         details["breaker_trial"] = True
         if verdict == HealthStatus.CRITICAL:
@@ -337,11 +331,16 @@ def _row_for(outcome: Outcome) -> Row:
             status, fails, successes = verdict, 0, 1
     else:
         status, reason, fails, successes = status_next(svc, verdict, reason)
-    next_at = outcome.checked_at + interval
-    if status == HealthStatus.CRITICAL and plan.breaker is not None:
-        if breaker_state != OPEN and not trial:
+    if plan.breaker is not None and plan.permit is not None:
+        if status == HealthStatus.CRITICAL and not trial:
             # Critical opens the breaker at once: callers fail fast instead of spending fail_max calls.
             plan.breaker.force_open(reason=f"{HEALTH_TRIP_PREFIX}: {reason}")
+        elif verdict == HealthStatus.CRITICAL:
+            plan.breaker.failed(plan.permit, f"health probe: {reason}")  # counts toward tripping
+        elif trial or (plan.snapshot and plan.snapshot.fail_counter):
+            plan.breaker.succeeded(plan.permit)
+    next_at = outcome.checked_at + interval
+    if status == HealthStatus.CRITICAL and plan.breaker is not None:
         # Come back for the half-open trial when the reset timeout ends.
         next_at = outcome.checked_at + min(interval, timedelta(seconds=plan.breaker.config.reset_timeout))
     snapshot = HealthSnapshot(
@@ -447,11 +446,18 @@ def health_sweep_run(
     max_in_flight: int | None = None,
     keep_rows: bool = False,
 ) -> SweepReport:
-    """Claim, probe and record due services until none is left (no global lock; see health_sweep)."""
+    """Claim, probe and record due services until none is left (no global lock; see health_sweep).
+
+    The calling thread claims and dispatches; results are evaluated and written by
+    one writer thread (its own database connection), so claiming new work never
+    waits for the database writes of earlier results. Call it outside a transaction.
+    """
     started = time.perf_counter()
     batch_size = batch_size or settings.HEALTH_SWEEP_BATCH_SIZE
-    max_in_flight = max(max_in_flight or settings.HEALTH_SWEEP_MAX_IN_FLIGHT, batch_size)
+    max_in_flight = max(max_in_flight or settings.HEALTH_SWEEP_MAX_IN_FLIGHT, 1)
     pool = _probe_pool(max_in_flight)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-writer")
+    writes: list[Future] = []
     report = SweepReport()
     in_flight: set[Future] = set()
     ready: list[Outcome] = []
@@ -459,18 +465,18 @@ def health_sweep_run(
     last_flush = time.monotonic()
     # The claim lease outlives any probe, so nobody re-claims a service while it is probed.
     lease = timedelta(seconds=120)
-    write_batch = max(batch_size, 250)
+    write_batch = 250
+    pending_ids = list(service_ids) if service_ids is not None else None
 
-    def flush() -> None:
-        nonlocal ready, last_flush
+    def write(outcomes: list[Outcome]) -> None:
         rows = []
-        for outcome in ready:
+        for outcome in outcomes:
             try:
                 rows.append(_row_for(outcome))
             except Exception:  # noqa: BLE001 - one bad row must not lose the batch
                 logger.exception("health: could not evaluate service %s", outcome.plan.service.pk)
         report.changes += _write(rows)
-        for outcome in ready:
+        for outcome in outcomes:
             if outcome.plan.withheld:
                 report.withheld += 1
             else:
@@ -480,28 +486,46 @@ def health_sweep_run(
             report.verdicts[r.verdict] = report.verdicts.get(r.verdict, 0) + 1
         if keep_rows:
             report.rows.extend(rows)
+
+    def flush() -> None:
+        nonlocal ready, last_flush
+        if ready:
+            writes.append(writer.submit(write, ready))
         ready, last_flush = [], time.monotonic()
 
-    while True:
-        if not exhausted and len(in_flight) + batch_size <= max_in_flight:
-            batch = _claim(now=timezone.now(), batch_size=batch_size, service_ids=service_ids, lease=lease)
-            report.claimed += len(batch)
-            if not batch or service_ids is not None:
-                exhausted = True
-            for plan in _plan(batch, force=force):
-                if plan.withheld:
-                    ready.append(Outcome(plan=plan, checked_at=timezone.now()))
+    try:
+        while True:
+            # Claim whole batches while fewer than max_in_flight probes are running; the
+            # pool queues the excess, so a claim is never held up by a slow probe.
+            if not exhausted and len(in_flight) < max_in_flight:
+                size = batch_size
+                if pending_ids is not None:
+                    chunk, pending_ids = pending_ids[:size], pending_ids[size:]
+                    batch = _claim(now=timezone.now(), batch_size=size, service_ids=chunk, lease=lease)
+                    exhausted = not pending_ids
                 else:
-                    in_flight.add(pool.submit(probe_send, plan))
-            if not exhausted:
-                continue
-        if not in_flight:
-            break
-        done, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
-        ready.extend(f.result() for f in done)
-        if len(ready) >= write_batch or time.monotonic() - last_flush > 0.5:
-            flush()
-    flush()
+                    batch = _claim(now=timezone.now(), batch_size=size, service_ids=None, lease=lease)
+                    exhausted = not batch
+                report.claimed += len(batch)
+                for plan in _plan(batch, force=force):
+                    if plan.withheld:
+                        ready.append(Outcome(plan=plan, checked_at=timezone.now()))
+                    else:
+                        in_flight.add(pool.submit(probe_send, plan))
+                if not exhausted:
+                    continue
+            if not in_flight:
+                break
+            done, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
+            ready.extend(f.result() for f in done)
+            if len(ready) >= write_batch or time.monotonic() - last_flush > 0.5:
+                flush()
+        flush()
+        for fut in writes:
+            fut.result()  # re-raise a failed write here
+    finally:
+        writer.submit(connections.close_all).result()  # the writer's own connection
+        writer.shutdown(wait=True)
     report.seconds = time.perf_counter() - started
     return report
 
