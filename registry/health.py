@@ -473,6 +473,7 @@ def health_sweep_run(
     force: bool = False,
     batch_size: int | None = None,
     max_in_flight: int | None = None,
+    max_queued: int | None = None,
     keep_rows: bool = False,
 ) -> SweepReport:
     """Claim, probe and record due services until none is left (no global lock; see health_sweep).
@@ -492,8 +493,10 @@ def health_sweep_run(
     ready: list[Outcome] = []
     exhausted = False
     last_flush = time.monotonic()
-    # The claim lease outlives any probe, so nobody re-claims a service while it is probed.
-    lease = timedelta(seconds=120)
+    # The claim lease outlives any probe and the queue, so nobody re-claims a
+    # service while it waits or is probed.
+    lease = timedelta(seconds=300)
+    max_queued = max_queued or settings.HEALTH_SWEEP_MAX_QUEUED
     write_batch = 250
     pending_ids = list(service_ids) if service_ids is not None else None
 
@@ -524,25 +527,25 @@ def health_sweep_run(
 
     try:
         while True:
-            # Claim whole batches while fewer than max_in_flight probes are running; the
-            # pool queues the excess, so a claim is never held up by a slow probe.
-            if not exhausted and len(in_flight) < max_in_flight:
-                size = batch_size
+            # Claim in a burst, dispatching only afterwards: once probes run, hundreds
+            # of pool threads compete for the GIL and a claim would crawl. The pool
+            # queues what exceeds max_in_flight; the claim lease covers the wait.
+            plans: list[Plan] = []
+            while not exhausted and len(in_flight) + len(plans) < max_queued:
                 if pending_ids is not None:
-                    chunk, pending_ids = pending_ids[:size], pending_ids[size:]
-                    batch = _claim(now=timezone.now(), batch_size=size, service_ids=chunk, lease=lease)
+                    chunk, pending_ids = pending_ids[:batch_size], pending_ids[batch_size:]
+                    batch = _claim(now=timezone.now(), batch_size=batch_size, service_ids=chunk, lease=lease)
                     exhausted = not pending_ids
                 else:
-                    batch = _claim(now=timezone.now(), batch_size=size, service_ids=None, lease=lease)
-                    exhausted = not batch
+                    batch = _claim(now=timezone.now(), batch_size=batch_size, service_ids=None, lease=lease)
+                    exhausted = len(batch) < batch_size
                 report.claimed += len(batch)
-                for plan in _plan(batch, force=force):
-                    if plan.withheld:
-                        ready.append(Outcome(plan=plan, checked_at=timezone.now()))
-                    else:
-                        in_flight.add(pool.submit(probe_send, plan))
-                if not exhausted:
-                    continue
+                plans += _plan(batch, force=force)
+            for plan in plans:
+                if plan.withheld:
+                    ready.append(Outcome(plan=plan, checked_at=timezone.now()))
+                else:
+                    in_flight.add(pool.submit(probe_send, plan))
             if not in_flight:
                 break
             done, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)

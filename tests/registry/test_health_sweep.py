@@ -114,7 +114,7 @@ def test_hanging_services_do_not_delay_the_others(loopback, make_service):
     healthy = [make_service(url=server.url, health_path="/ok") for _ in range(40)]
 
     started = time.monotonic()
-    report = health.health_sweep_run(batch_size=10, max_in_flight=30)
+    report = health.health_sweep_run(batch_size=10, max_in_flight=30, max_queued=30)
     elapsed = time.monotonic() - started
 
     assert report.probed == 48
@@ -133,7 +133,7 @@ def test_two_sweepers_share_the_due_services_without_overlap(loopback, make_serv
 
     def sweeper():
         try:
-            reports.append(health.health_sweep_run(batch_size=10, max_in_flight=20))
+            reports.append(health.health_sweep_run(batch_size=10, max_in_flight=10, max_queued=20))
         finally:
             connections.close_all()  # this thread's claim connection
 
