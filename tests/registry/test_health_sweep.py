@@ -226,3 +226,34 @@ def test_setup_periodic_tasks_creates_the_schedule_rows_idempotently(transaction
     assert {"registry.health_sweep", "registry.health_prune", "workflows.reconcile"} <= set(rows)
     assert PeriodicTask.objects.filter(task="registry.health_sweep").count() == 1
     assert rows["registry.health_sweep"].interval.every == 5 and rows["registry.health_sweep"].enabled
+
+
+@pytest.mark.slow
+def test_the_beat_task_sweeps_through_a_real_celery_worker(loopback, make_service):
+    import subprocess
+    import sys
+
+    from registry.tasks import health_sweep_task
+    from tests.registry.health_fixtures import ROOT, subprocess_env
+
+    server = loopback({"/h": HEALTHY})
+    svc = make_service(url=server.url, health_path="/h")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "solo", "--loglevel", "WARNING",
+         "--without-heartbeat", "--without-mingle", "--without-gossip"],
+        env=subprocess_env(), cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        health_sweep_task.delay()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and server.count("/h") == 0:
+            time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Service.objects.get(pk=svc.pk).status != "passing":
+            time.sleep(0.1)
+    finally:
+        worker.terminate()
+        worker.wait(20)
+    assert server.count("/h") == 1
+    assert Service.objects.get(pk=svc.pk).status == "passing"
+    assert HealthSnapshot.objects.filter(service=svc).count() == 1
