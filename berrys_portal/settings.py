@@ -199,6 +199,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
+    "PREPROCESSING_HOOKS": ["registry.urls.schema_hide_trailing_slash_twins"],
     # The API-key scheme comes from registry/schema.py (per operation, so /health shows none).
     "ENUM_NAME_OVERRIDES": {
         "HealthStatusEnum": "registry.models.HealthStatus",
