@@ -216,6 +216,21 @@ ALERT_WEBHOOK_URLS = env_list("ALERT_WEBHOOK_URLS", [])
 ADMINS = [
     (addr.split("@")[0], addr) for addr in env_list("ADMINS", [])
 ]
+# Health sweep, breakers, alerts and the ServiceClient (health issue).
+HEALTH_SWEEP_EVERY_SECONDS = env_int("HEALTH_SWEEP_EVERY_SECONDS", 5, minimum=1)
+HEALTH_SWEEP_BATCH_SIZE = env_int("HEALTH_SWEEP_BATCH_SIZE", 100, minimum=1)
+HEALTH_SWEEP_MAX_IN_FLIGHT = env_int("HEALTH_SWEEP_MAX_IN_FLIGHT", 500, minimum=1)
+HEALTH_SWEEP_HELPERS = env_int("HEALTH_SWEEP_HELPERS", 0, minimum=0)
+HEALTH_SWEEP_LOCK_SECONDS = env_int("HEALTH_SWEEP_LOCK_SECONDS", 120, minimum=5)
+HEALTH_PRUNE_BATCH_SIZE = env_int("HEALTH_PRUNE_BATCH_SIZE", 5000, minimum=100)
+BREAKER_REDIS_PREFIX = env_str("BREAKER_REDIS_PREFIX", "berrys:breaker")
+ALERT_DEDUP_SECONDS = env_int("ALERT_DEDUP_SECONDS", 3600, minimum=0)
+ALERT_WEBHOOK_ATTEMPTS = env_int("ALERT_WEBHOOK_ATTEMPTS", 4, minimum=1)
+ALERT_WEBHOOK_BACKOFF_SECONDS = env_float("ALERT_WEBHOOK_BACKOFF_SECONDS", 0.5, minimum=0)
+ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+SERVICE_CLIENT_RETRIES = env_int("SERVICE_CLIENT_RETRIES", 2, minimum=0)
+SERVICE_CLIENT_BACKOFF_BASE_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_BASE_SECONDS", 0.2, minimum=0)
+SERVICE_CLIENT_BACKOFF_CAP_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_CAP_SECONDS", 5.0, minimum=0)
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25)
@@ -226,6 +241,14 @@ WORKFLOW_RESPONSE_BODY_LIMIT = env_int("WORKFLOW_RESPONSE_BODY_LIMIT", 8192, min
 WORKFLOW_MAX_DELIVERIES = env_int("WORKFLOW_MAX_DELIVERIES", 3, minimum=1)
 WORKFLOW_STEP_LEASE_SECONDS = env_int("WORKFLOW_STEP_LEASE_SECONDS", 60, minimum=5)
 WORKFLOW_RECONCILE_GRACE_SECONDS = env_int("WORKFLOW_RECONCILE_GRACE_SECONDS", 30, minimum=1)
+# Extra modules holding workflow definitions (the tests' workers use it); see workflows.definitions.
+WORKFLOW_DEFINITION_MODULES = env_list("WORKFLOW_DEFINITION_MODULES", [])
+# Celery queue for step tasks (tests give each worker its own).
+WORKFLOW_QUEUE = env_str("WORKFLOW_QUEUE", "celery")
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update({
+    "WorkflowRunStatusEnum": "workflows.models.RunStatus",
+    "WorkflowStepStatusEnum": "workflows.models.StepStatus",
+})
 
 # --- Logging ------------------------------------------------------------------
 LOG_FORMAT = env_str("LOG_FORMAT", "text")
