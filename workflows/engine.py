@@ -104,7 +104,7 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, NoEligibleServiceError):
         return f"No eligible service: {text}"
     if isinstance(exc, CircuitOpenError):
-        return f"Circuit open: {text}"
+        return f"Service unavailable: {text}"
     if isinstance(exc, ServiceConnectionError):
         return f"Connection error: {text}"
     if isinstance(exc, ServiceResponseError):
