@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -200,6 +201,14 @@ def probe_send(plan: Plan) -> Outcome:
     return outcome
 
 
+def _probe_into(plan: Plan, results: queue.SimpleQueue) -> None:
+    try:
+        outcome = probe_send(plan)
+    except BaseException as exc:  # noqa: BLE001 - the sweep waits for exactly one result per probe
+        outcome = Outcome(plan=plan, checked_at=timezone.now(), error=f"probe error: {exc!r}")
+    results.put(outcome)
+
+
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
@@ -351,7 +360,10 @@ def _row_for(outcome: Outcome) -> Row:
             # Critical opens the breaker at once: callers fail fast instead of spending fail_max calls.
             plan.breaker.force_open(reason=f"{HEALTH_TRIP_PREFIX}: {reason}")
         elif verdict == HealthStatus.CRITICAL:
-            plan.breaker.failed(plan.permit, f"health probe: {reason}")  # counts toward tripping
+            # Counts toward tripping. A failed trial re-opens a breaker the critical
+            # alert already announced, hence the prefix (no second alert).
+            error = f"{HEALTH_TRIP_PREFIX}: {reason}" if trial else f"health probe: {reason}"
+            plan.breaker.failed(plan.permit, error)
         elif trial or (plan.snapshot and plan.snapshot.fail_counter):
             plan.breaker.succeeded(plan.permit)
     next_at = outcome.checked_at + interval
@@ -489,7 +501,10 @@ def health_sweep_run(
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-writer")
     writes: list[Future] = []
     report = SweepReport()
-    in_flight: set[Future] = set()
+    # Finished probes arrive on a queue: O(1) per result. (concurrent.futures.wait
+    # over thousands of futures costs O(n) per call and dominated big sweeps.)
+    results: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+    outstanding = 0
     ready: list[Outcome] = []
     exhausted = False
     last_flush = time.monotonic()
@@ -531,7 +546,7 @@ def health_sweep_run(
             # of pool threads compete for the GIL and a claim would crawl. The pool
             # queues what exceeds max_in_flight; the claim lease covers the wait.
             plans: list[Plan] = []
-            while not exhausted and len(in_flight) + len(plans) < max_queued:
+            while not exhausted and outstanding + len(plans) < max_queued:
                 if pending_ids is not None:
                     chunk, pending_ids = pending_ids[:batch_size], pending_ids[batch_size:]
                     batch = _claim(now=timezone.now(), batch_size=batch_size, service_ids=chunk, lease=lease)
@@ -545,11 +560,21 @@ def health_sweep_run(
                 if plan.withheld:
                     ready.append(Outcome(plan=plan, checked_at=timezone.now()))
                 else:
-                    in_flight.add(pool.submit(probe_send, plan))
-            if not in_flight:
+                    pool.submit(_probe_into, plan, results)
+                    outstanding += 1
+            if not outstanding:
                 break
-            done, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
-            ready.extend(f.result() for f in done)
+            try:
+                got = [results.get(timeout=0.2)]
+            except queue.Empty:
+                got = []
+            while True:
+                try:
+                    got.append(results.get_nowait())
+                except queue.Empty:
+                    break
+            outstanding -= len(got)
+            ready.extend(got)
             if len(ready) >= write_batch or time.monotonic() - last_flush > 0.5:
                 flush()
         flush()
