@@ -32,6 +32,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -165,6 +166,10 @@ class Plan:
     permit: Permit | None = None
     snapshot: Snapshot | None = None
     withheld: str = ""
+    # Dispatch bookkeeping of the sweep loop.
+    started: float = 0.0
+    counted: bool = False
+    finished: bool = False
 
 
 @dataclass
@@ -486,6 +491,7 @@ def health_sweep_run(
     batch_size: int | None = None,
     max_in_flight: int | None = None,
     max_queued: int | None = None,
+    concurrency: int | None = None,
     keep_rows: bool = False,
 ) -> SweepReport:
     """Claim, probe and record due services until none is left (no global lock; see health_sweep).
@@ -504,7 +510,11 @@ def health_sweep_run(
     # Finished probes arrive on a queue: O(1) per result. (concurrent.futures.wait
     # over thousands of futures costs O(n) per call and dominated big sweeps.)
     results: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
-    outstanding = 0
+    waiting: deque[Plan] = deque()  # claimed, not yet dispatched
+    fast_window: deque[Plan] = deque()  # dispatched, in start order
+    running = fast = 0
+    concurrency = concurrency or settings.HEALTH_SWEEP_CONCURRENCY
+    slow_after = settings.HEALTH_SWEEP_SLOW_AFTER_SECONDS
     ready: list[Outcome] = []
     exhausted = False
     last_flush = time.monotonic()
@@ -542,11 +552,10 @@ def health_sweep_run(
 
     try:
         while True:
-            # Claim in a burst, dispatching only afterwards: once probes run, hundreds
-            # of pool threads compete for the GIL and a claim would crawl. The pool
-            # queues what exceeds max_in_flight; the claim lease covers the wait.
+            # Claim in a burst while nothing is waiting: once probes run, hundreds of
+            # pool threads compete for the GIL and a claim would crawl.
             plans: list[Plan] = []
-            while not exhausted and outstanding + len(plans) < max_queued:
+            while not exhausted and not waiting and running + len(plans) < max_queued:
                 if pending_ids is not None:
                     chunk, pending_ids = pending_ids[:batch_size], pending_ids[batch_size:]
                     batch = _claim(now=timezone.now(), batch_size=batch_size, service_ids=chunk, lease=lease)
@@ -560,12 +569,27 @@ def health_sweep_run(
                 if plan.withheld:
                     ready.append(Outcome(plan=plan, checked_at=timezone.now()))
                 else:
-                    pool.submit(_probe_into, plan, results)
-                    outstanding += 1
-            if not outstanding:
-                break
+                    waiting.append(plan)
+            # A probe running longer than slow_after stops counting against the
+            # concurrency: hanging services get their own threads (up to
+            # max_in_flight) while only ~`concurrency` fast probes compete for the CPU.
+            now = time.monotonic()
+            while fast_window and (fast_window[0].finished or now - fast_window[0].started >= slow_after):
+                aged = fast_window.popleft()
+                if aged.counted:
+                    aged.counted, fast = False, fast - 1
+            while waiting and fast < concurrency and running < max_in_flight:
+                plan = waiting.popleft()
+                plan.started, plan.counted = now, True
+                pool.submit(_probe_into, plan, results)
+                running, fast = running + 1, fast + 1
+                fast_window.append(plan)
+            if not running and not waiting:
+                if exhausted:
+                    break
+                continue
             try:
-                got = [results.get(timeout=0.2)]
+                got = [results.get(timeout=0.05 if waiting else 0.2)]
             except queue.Empty:
                 got = []
             while True:
@@ -573,7 +597,11 @@ def health_sweep_run(
                     got.append(results.get_nowait())
                 except queue.Empty:
                     break
-            outstanding -= len(got)
+            for outcome in got:
+                done = outcome.plan
+                done.finished, running = True, running - 1
+                if done.counted:
+                    done.counted, fast = False, fast - 1
             ready.extend(got)
             if len(ready) >= write_batch or time.monotonic() - last_flush > 0.5:
                 flush()
