@@ -133,3 +133,24 @@ def test_demo_setup_creates_an_operator_in_the_operators_group(db):
     user = get_user_model().objects.get(username="demo")
     assert user.is_staff and user.groups.filter(name="Operators").exists()
     assert user.has_perm("registry.change_service")
+
+
+def test_the_admin_refuses_link_local_urls(operator, services):
+    svc = services[0]
+    response = operator.post(f"/admin/registry/service/{svc.pk}/change/", {
+        "name": svc.name, "type": svc.type, "url": "http://169.254.169.254/", "health_url": "",
+        "criticality": "non_critical", "metadata": "{}", "capabilities": "[]", "endpoints": "[]",
+        "tags": "[]", "check_interval_seconds": 15, "check_timeout_seconds": 5,
+        "failures_before_critical": 2, "successes_before_passing": 1,
+    })
+    assert response.status_code == 200  # the form again, with the error
+    assert "link-local addresses are refused" in response.content.decode()
+    svc.refresh_from_db()
+    assert svc.url == "http://127.0.0.1:9000"
+
+
+def test_deleting_in_the_admin_keeps_a_deregistered_record(operator, services):
+    response = operator.post(f"/admin/registry/service/{services[0].pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not Service.objects.filter(pk=services[0].pk).exists()
+    assert StatusChange.objects.filter(service_name="planner-0", new_status="deregistered").exists()

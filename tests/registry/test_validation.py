@@ -30,6 +30,7 @@ def _post(client, payload):
         ({"name": None}, "name", "may not be null"),
         ({"name": ""}, "name", "may not be blank"),
         ({"name": "a" * 201}, "name", "no more than 200 characters"),
+        ({"name": "bad\nname"}, "name", "control characters"),
         ({"type": "planning system"}, "type", "UPPER_SNAKE_CASE"),
         ({"type": "Planning_System"}, "type", "UPPER_SNAKE_CASE"),
         ({"type": 42}, "type", "UPPER_SNAKE_CASE"),
@@ -79,6 +80,12 @@ def test_it_rejects_bad_registrations_naming_the_field(register_client, change, 
 def test_it_names_every_unknown_field(register_client):
     body = _post(register_client, {**BASE, "status": "PLANNING", "owner": "x"}).json()
     assert sorted(body["errors"]) == ["owner", "status"]
+
+
+def test_it_reports_unknown_fields_together_with_other_problems(register_client):
+    payload = {k: v for k, v in BASE.items() if k != "url"} | {"status": "PLANNING", "type": "bad type"}
+    body = _post(register_client, payload).json()
+    assert sorted(body["errors"]) == ["status", "type", "url"]
 
 
 @pytest.mark.parametrize("missing", ["name", "type", "url"])
