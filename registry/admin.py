@@ -36,7 +36,7 @@ class ServiceAdminForm(forms.ModelForm):
 
     class Meta:
         model = Service
-        fields = "__all__"
+        fields = ("name", "type", "url", "health_url")  # the admin passes the fieldsets' fields
 
     def clean_url(self):
         return validate_service_url(self.cleaned_data["url"])
