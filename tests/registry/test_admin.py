@@ -126,6 +126,15 @@ def test_groups_grant_operators_everything_and_viewers_view_only(db):
     assert ("registry", "view_service") in viewers
     assert ("django_celery_beat", "view_periodictask") in viewers
     assert all(codename.startswith("view_") for _, codename in viewers)
+    # Every model of the synced apps, including those later migrations added (workflows).
+    from django.contrib.auth.models import Permission
+
+    every = set(Permission.objects.filter(
+        content_type__app_label__in=["registry", "workflows", "django_celery_beat"]
+    ).values_list("content_type__app_label", "codename"))
+    assert any(label == "workflows" for label, _ in every)
+    assert every <= operators
+    assert {p for p in every if p[1].startswith("view_")} == viewers
 
 
 def test_demo_setup_creates_an_operator_in_the_operators_group(db):
