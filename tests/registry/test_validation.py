@@ -184,3 +184,13 @@ class TestAllowedNetworks:
 def test_without_an_allow_list_names_are_not_resolved(register_client):
     response = _post(register_client, {**BASE, "url": "http://no-such-host.invalid:80"})
     assert response.status_code == 201
+
+
+@pytest.mark.parametrize("length", ["-5", "ten"])
+def test_a_bad_content_length_is_a_400(register_client, length):
+    response = register_client.generic(
+        "POST", "/registry/services", json.dumps(BASE), content_type="application/json",
+        CONTENT_LENGTH=length,
+    )
+    assert response.status_code == 400
+    assert response.json() == {"detail": f"Content-Length {length!r} is not a valid length.", "code": "invalid"}
