@@ -145,6 +145,11 @@ def test_the_schema_describes_every_workflow_endpoint(anon_client):
                  "/workflows/definitions"):
         assert path in text, path
     assert "Idempotency-Key" in text and "RunStartInput" in text
+    schema = anon_client.get("/api/schema/?format=json").json()
+    retry = schema["paths"]["/workflows/runs/{run_id}/retry/"]["post"]
+    assert {"200", "400", "404", "409"} <= set(retry["responses"])
+    start = schema["paths"]["/workflows/runs/"]["post"]
+    assert {"200", "201", "400"} <= set(start["responses"])
 
 
 @pytest.mark.slow
