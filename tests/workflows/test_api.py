@@ -41,6 +41,8 @@ def test_the_same_idempotency_key_returns_the_same_run_with_200(workflows_client
     assert (first.status_code, again.status_code, other.status_code) == (201, 200, 201)
     assert again.json()["id"] == first.json()["id"] != other.json()["id"]
     assert WorkflowRun.objects.count() == 2
+    too_long = _start(workflows_client, HTTP_IDEMPOTENCY_KEY="k" * 201)
+    assert too_long.status_code == 400 and "Idempotency-Key" in too_long.json()["errors"]
 
 
 @pytest.mark.django_db
