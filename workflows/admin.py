@@ -193,12 +193,12 @@ class WorkflowRunAdmin(admin.ModelAdmin):
         return request.user.is_superuser
 
     # -- bulk actions
-    @admin.action(description="Retry selected failed runs from their failed step")
+    @admin.action(description="Retry selected failed runs from their failed step", permissions=["change"])
     def retry_runs(self, request, queryset):
         self._bulk(request, queryset, "retried", lambda run: services.run_retry(
             run_id=run.pk, actor=request.user.get_username()))
 
-    @admin.action(description="Cancel selected runs")
+    @admin.action(description="Cancel selected runs", permissions=["change"])
     def cancel_runs(self, request, queryset):
         self._bulk(request, queryset, "cancelled", lambda run: services.run_cancel(
             run_id=run.pk, actor=request.user.get_username()))
@@ -228,6 +228,10 @@ class WorkflowRunAdmin(admin.ModelAdmin):
         ] + super().get_urls()
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        try:
+            uuid.UUID(str(object_id))
+        except ValueError:  # the admin's own "does not exist" handling
+            return super().change_view(request, object_id, form_url, extra_context)
         attempts = Prefetch("attempts", queryset=StepAttempt.objects.order_by("number"))
         run = get_object_or_404(WorkflowRun, pk=object_id)
         steps = list(StepRun.objects.filter(run=run).order_by("index").prefetch_related(attempts))
