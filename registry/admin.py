@@ -11,3 +11,5 @@ from registry.models import Service
 @admin.register(Service)
 class ServiceAdmin(HealthAdminMixin, admin.ModelAdmin):
     list_display = ("name", "type", "status", "url", "last_heartbeat_at", "criticality")
+
+from registry import admin_adapters  # noqa: E402,F401  (registers the adapter rules admin)

@@ -27,6 +27,7 @@ from berrys_portal.errors import (
     ServiceNotFoundError,
     ServiceResponseError,
 )
+from registry.adapters import adapt_request
 from registry.discovery import service_pick
 from registry.models import Service
 
@@ -115,6 +116,7 @@ class ServiceClient:
         headers: dict | None = None,
     ) -> CallResult:
         instance = service if isinstance(service, Service) else service_pick(service_type=service)
+        data = adapt_request(service_type=instance.type, method=method, endpoint=endpoint, data=data)
         url = instance.url.rstrip("/") + "/" + endpoint.lstrip("/")
         call = CallInfo(
             method=method.upper(), url=url, request_body=data,
