@@ -13,13 +13,13 @@ import time
 import pytest
 import requests
 
+from registry.adapters import adapter_cache_clear
 from registry.breakers import breaker_forget
 from registry.models import HealthStatus, RequestAdapterRule, Service
 from simulators.process import SimulatorProcess
 from tests.workflows.conftest import wait_for_run, wait_until
 from workflows.engine import run_start
 from workflows.models import RunStatus, StepStatus, WorkflowRun
-from workflows.services import run_answer, run_retry
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +41,12 @@ def sims():
 def berrys(engine_env, sims):
     """Registers the simulators (all but those a test leaves out) and cleans up after the test."""
     created: list[Service] = []
+    # A transactional test's flush deletes migration-shipped rows: put the chat-bug rule back.
+    RequestAdapterRule.objects.get_or_create(
+        service_type=PC, method="POST", endpoint_pattern="/projects", action="drop", field="status",
+        defaults={"order": 10, "description": "Chat bug (shipped by registry migration 0004)."},
+    )
+    adapter_cache_clear()
 
     def register(*, without: tuple[str, ...] = (), **overrides) -> dict[str, Service]:
         for service_type, url in sims.urls.items():
@@ -99,20 +105,16 @@ def test_chat_project_creation_creates_the_project_and_plans_it(berrys, sims):
 
 def test_chat_project_creation_hits_the_500_when_the_adapter_rule_is_off(berrys, sims):
     berrys()
-    RequestAdapterRule.objects.filter(service_type=PC, endpoint_pattern="/projects").update(enabled=False)
-    from registry.adapters import adapter_cache_clear
-
-    adapter_cache_clear()  # update() sends no signal; the worker reloads on the version bump
+    rule = RequestAdapterRule.objects.get(service_type=PC, endpoint_pattern="/projects")
+    rule.enabled = False
+    rule.save()  # the save bumps the shared rules version: the worker reloads its rules
     run = wait_for_run(start("project_creation", name="New Project").pk, timeout=RUN_TIMEOUT)
     assert run.status == RunStatus.FAILED
     assert run.failed_step == "create_project"
     assert "HTTP 500" in run.error
     attempt = run.steps.get(name="create_project").attempts.last()
     assert attempt.response_status == 500 and "status" in attempt.response_body
-    assert sims.state(PC)["projects"] == {} or all(
-        p["name"] != "New Project" or p["id"] != run.context.get("project_id")
-        for p in sims.state(PC)["projects"].values()
-    )
+    assert "project_id" not in run.context
 
 
 def test_planning_system_missing_gives_a_fallback_plan_recorded_as_fallback(berrys, sims):
@@ -161,7 +163,9 @@ def test_tool_integration_down_means_the_task_runs_without_tools(berrys, sims):
     assert sims.state(AO)["tasks"][task["id"]]["result"].endswith("without tools")
 
 
-def test_a_failing_agent_orchestrator_trips_its_breaker_and_an_operator_retry_recovers(berrys, sims):
+def test_a_failing_agent_orchestrator_trips_its_breaker_and_an_operator_retry_recovers(
+    berrys, sims, workflows_client
+):
     services = berrys(**{AO: {"breaker_fail_max": 3, "breaker_reset_timeout_seconds": 2.0}})
     task = new_task(sims)
     sims.faults(AO, error_rate=1.0)
@@ -179,14 +183,15 @@ def test_a_failing_agent_orchestrator_trips_its_breaker_and_an_operator_retry_re
 
     sims.reset(AO)
     time.sleep(2.2)  # the breaker's reset timeout: the retry's first call is the half-open trial
-    run_retry(run_id=second.pk, actor="operator")
+    response = workflows_client.post(f"/workflows/runs/{second.pk}/retry", {}, format="json")
+    assert response.status_code == 200, response.content
     retried = wait_for_run(second.pk, timeout=RUN_TIMEOUT)
     assert retried.status == RunStatus.SUCCEEDED, retried.error
     assert sims.state(AO)["tasks"][task["id"]]["status"] == "COMPLETED"
-    assert services[AO].pk
+    assert services[AO].breaker_reset_timeout_seconds == 2.0
 
 
-def test_human_interaction_waits_for_the_operators_answer(berrys, sims):
+def test_human_interaction_waits_for_an_answer_given_through_the_api(berrys, sims, workflows_client):
     berrys()
     project = requests.post(f"{sims.urls[PC]}/projects", json={"name": "Ask me"}, timeout=5).json()
     run = start("human_interaction", agent_id="agent-7", project_id=project["id"],
@@ -196,7 +201,9 @@ def test_human_interaction_waits_for_the_operators_answer(berrys, sims):
     question_id = WorkflowRun.objects.get(pk=run.pk).context["question_id"]
     assert sims.state(AO)["questions"][question_id]["status"] == "OPEN"
 
-    run_answer(run_id=run.pk, actor="operator", data={"answer": "PostgreSQL"})
+    response = workflows_client.post(f"/workflows/runs/{run.pk}/signal",
+                                     {"data": {"answer": "PostgreSQL"}}, format="json")
+    assert response.status_code == 200, response.content
     done = wait_for_run(run.pk, timeout=RUN_TIMEOUT)
     assert done.status == RunStatus.SUCCEEDED, done.error
     assert sims.state(AO)["questions"][question_id]["answer"] == "PostgreSQL"
