@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from registry.adapters import adapter_cache_clear
+from registry.breakers import breaker_for, breaker_forget
 from registry.models import HealthStatus, Service
 from simulators.process import SimulatorProcess
 
@@ -24,12 +25,18 @@ def sims():
 @pytest.fixture
 def registered(db, sims):
     adapter_cache_clear()
-    for service_type, url in sims.urls.items():
+    rows = [
         Service.objects.create(name=service_type.lower(), type=service_type, url=url,
                                status=HealthStatus.PASSING)
+        for service_type, url in sims.urls.items()
+    ]
+    for row in rows:
+        breaker_forget(service_id=row.pk)  # ids repeat across sessions; breaker state lives in Redis
     yield sims
     for svc in sims.ready["services"]:
         sims.reset(svc["slug"])
+    for row in rows:
+        breaker_forget(service_id=row.pk)
 
 
 def _closed_port() -> int:
@@ -104,3 +111,29 @@ def test_a_post_is_sent_once_even_when_the_service_answers_503(full_client, regi
     assert response.status_code == 503
     assert response.json()["status"] == "unhealthy"  # the service's own body
     assert _posts_seen(registered) - before == 1
+
+
+def _gets_seen(sims, route: str) -> int:
+    counters = requests.get(sims.urls[PC] + "/_control", timeout=5).json()["counters"]
+    return counters.get(route, 0)
+
+
+def test_a_get_is_retried_when_the_service_answers_503(full_client, registered, settings):
+    settings.SERVICE_CLIENT_RETRIES = 2
+    settings.SERVICE_CLIENT_BACKOFF_BASE_SECONDS = 0.01
+    before = _gets_seen(registered, "GET /projects/{project_id}")
+    registered.faults(PC, down=True)
+    response = full_client.get("/gateway/PROJECT_COORDINATOR/projects/p-1")
+    assert response.status_code == 503
+    assert _gets_seen(registered, "GET /projects/{project_id}") - before == 3
+
+
+def test_an_open_circuit_is_503_and_nothing_is_sent(full_client, registered):
+    service = Service.objects.get(type=TI)
+    breaker_for(service).force_open(reason="test", actor="tester")
+    before = requests.get(registered.urls[TI] + "/_control", timeout=5).json()["counters"]
+    response = full_client.get("/gateway/TOOL_INTEGRATION/tools")
+    assert response.status_code == 503
+    assert response.json()["code"] == "circuit_open"
+    after = requests.get(registered.urls[TI] + "/_control", timeout=5).json()["counters"]
+    assert after.get("GET /tools", 0) == before.get("GET /tools", 0)
