@@ -14,3 +14,6 @@ urlpatterns = [
     path("workflows/", include("workflows.urls")),
     re_path(r"^gateway/(?P<service_type>[^/]+)/(?P<path>.*)$", GatewayView.as_view(), name="gateway"),
 ]
+
+handler404 = "berrys_portal.errors.json_page_not_found"
+handler500 = "berrys_portal.errors.json_server_error"

@@ -9,6 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('registry', '0002_health_alerts'),
+        ('registry', '0002_operator_viewer_groups'),
     ]
 
     operations = [

@@ -135,3 +135,18 @@ def test_a_run_started_in_a_transaction_that_rolls_back_never_executes(engine_en
     run, _ = run_start(workflow="test_demo", input={"name": "real"}, triggered_by="test")
     assert wait_for_run(run.pk).status == RunStatus.SUCCEEDED
     assert [r[2]["name"] for r in demo_services.hits("/projects")] == ["real"]
+
+
+def test_the_start_workflow_command_waits_and_prints_the_final_status(engine_env, demo_services):
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    out = StringIO()
+    call_command("start_workflow", "test_demo", "--input", '{"name": "cli"}', "--wait", "20", stdout=out)
+    assert out.getvalue().splitlines()[-1] == "status: succeeded"
+    with pytest.raises(CommandError, match="needs input key"):
+        call_command("start_workflow", "test_demo", "--input", "{}", stdout=StringIO())
+    with pytest.raises(CommandError, match="not valid JSON"):
+        call_command("start_workflow", "test_demo", "--input", "{oops", stdout=StringIO())
