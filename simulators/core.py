@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -144,6 +145,7 @@ class SimulatedService:
         if server is not None:
             server.shutdown()
             server.server_close()
+            server.drop_connections()
 
     @property
     def listening(self) -> bool:
@@ -246,8 +248,38 @@ class SimulatedService:
 
 
 class _Server(ThreadingHTTPServer):
+    """Tracks open connections so that "down: refuse" also drops kept-alive ones.
+
+    Closing only the listening socket would leave callers' pooled keep-alive
+    connections served, which is not what a dead service looks like.
+    """
+
     daemon_threads = True
     allow_reuse_address = True
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        with self._connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self._connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        with self._connections_lock:
+            open_now = list(self.connections)
+        for conn in open_now:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def _make_handler(service: SimulatedService) -> type[BaseHTTPRequestHandler]:

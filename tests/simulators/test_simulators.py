@@ -169,12 +169,17 @@ def test_latency_and_error_rate_knobs_apply_at_run_time(clean):
 
 def test_down_answers_503_and_refuse_closes_the_port_until_cleared(clean):
     ps = clean.urls["PLANNING_SYSTEM"]
+    kept_alive = requests.Session()
+    assert kept_alive.get(f"{ps}/health", timeout=5).status_code == 200
     clean.faults("planning-system", down=True)
     health = requests.get(f"{ps}/health", timeout=5)
     assert health.status_code == 503 and health.json()["status"] == "unhealthy"
     clean.faults("planning-system", down="refuse")
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{ps}/health", timeout=5)
+    # A pooled keep-alive connection is dropped too, as when a real service dies.
+    with pytest.raises(requests.ConnectionError):
+        kept_alive.get(f"{ps}/health", timeout=5)
     clean.faults("planning-system", down=False)
     assert requests.get(f"{ps}/health", timeout=5).status_code == 200
 
