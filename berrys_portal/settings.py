@@ -118,6 +118,8 @@ if CELERY_BROKER_URL is None:
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
+        # The default 1 s poll adds up to a second per workflow step hop in the demo.
+        "polling_interval": env_float("CELERY_FILESYSTEM_POLL_SECONDS", 0.2, minimum=0.01),
     }
 else:
     # Tasks whose countdown exceeds this are re-delivered by Redis; the workflow
