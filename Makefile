@@ -39,7 +39,7 @@ demo-run:
 	@mkdir -p var/demo
 	@$(BIN)/python manage.py create_api_key --name demo --scopes register,read,workflows,gateway | tail -n 1 > var/demo/api.key
 	@chmod 600 var/demo/api.key
-	BIN=$(BIN) PORT=$(PORT) PORTAL_PORT=$(PORT) SIMULATORS_BASE_PORT=$(SIMULATORS_BASE_PORT) $(BIN)/honcho -f Procfile start
+	BIN=$(BIN) PORTAL_PORT=$(PORT) SIMULATORS_BASE_PORT=$(SIMULATORS_BASE_PORT) $(BIN)/honcho -f Procfile start
 
 test: install-test services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -510,12 +510,19 @@ def health_ttl_expire(*, now: datetime | None = None) -> int:
     )
     expired = 0
     with transaction.atomic():
-        services = list(
+        candidates = (
             Service.objects.filter(ttl_seconds__isnull=False)
             .exclude(status__in=[HealthStatus.CRITICAL, HealthStatus.MAINTENANCE])
-            .alias(deadline=deadline).filter(deadline__lt=now)
-            .select_for_update(skip_locked=True)
         )
+        if connection.vendor == "postgresql":
+            services = list(candidates.alias(deadline=deadline).filter(deadline__lt=now)
+                            .select_for_update(skip_locked=True))
+        else:
+            # SQLite (the demo's embedded default) cannot multiply an integer by an interval.
+            services = [
+                svc for svc in candidates
+                if (svc.last_heartbeat_at or svc.registered_at) + timedelta(seconds=svc.ttl_seconds) < now
+            ]
         for svc in services:
             seen = svc.last_heartbeat_at or svc.registered_at
             reason = f"TTL expired: no heartbeat for {int((now - seen).total_seconds())} s (TTL {svc.ttl_seconds} s)"
