@@ -553,12 +553,18 @@ def health_deregister_expired(*, now: datetime | None = None) -> int:
     )
     gone: list[int] = []
     with transaction.atomic():
-        services = list(
-            Service.objects.filter(status=HealthStatus.CRITICAL, deregister_after_seconds__isnull=False,
-                                   critical_since__isnull=False)
-            .alias(limit=limit).filter(limit__lte=now)
-            .select_for_update(skip_locked=True)
+        candidates = Service.objects.filter(
+            status=HealthStatus.CRITICAL, deregister_after_seconds__isnull=False, critical_since__isnull=False,
         )
+        if connection.vendor == "postgresql":
+            services = list(candidates.alias(limit=limit).filter(limit__lte=now)
+                            .select_for_update(skip_locked=True))
+        else:
+            # SQLite (the demo's embedded default) cannot multiply an integer by an interval.
+            services = [
+                svc for svc in candidates
+                if svc.critical_since + timedelta(seconds=svc.deregister_after_seconds) <= now
+            ]
         for svc in services:
             critical_for = int((now - svc.critical_since).total_seconds())
             StatusChange.objects.create(
