@@ -251,6 +251,11 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update({
     "WorkflowStepStatusEnum": "workflows.models.StepStatus",
 })
 
+# --- Request adapters (demo issue) --------------------------------------------
+# Seconds a process keeps its adapter rules before re-reading them (saves also bump a
+# version in the shared cache, which every process with Redis checks on each call).
+ADAPTER_CACHE_SECONDS = env_float("ADAPTER_CACHE_SECONDS", 5.0, minimum=0)
+
 # --- Logging ------------------------------------------------------------------
 LOG_FORMAT = env_str("LOG_FORMAT", "text")
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")

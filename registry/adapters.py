@@ -54,7 +54,7 @@ class _RuleCache:
         self._version: Any = None
 
     def rules_for(self, service_type: str) -> list[_CompiledRule]:
-        ttl = getattr(settings, "ADAPTER_CACHE_SECONDS", 5.0)
+        ttl = settings.ADAPTER_CACHE_SECONDS
         version = _shared_version()
         with self._lock:
             fresh = (
