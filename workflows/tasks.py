@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery import shared_task
+from django.db import close_old_connections
 
 from workflows import engine
 
@@ -10,10 +11,13 @@ from workflows import engine
 @shared_task(name="workflows.run_step", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_step(step_id: int) -> str:
     """Try one step of a run once (claiming it first, so duplicates are harmless)."""
+    # Connections are reused across tasks (CELERY_DB_REUSE_MAX): drop a broken or old one first.
+    close_old_connections()
     return engine.step_execute(step_id=step_id)
 
 
 @shared_task(name="workflows.reconcile", ignore_result=True)
 def reconcile() -> dict[str, int]:
     """Re-enqueue steps whose message was lost; time out waiting human steps."""
+    close_old_connections()
     return engine.steps_reconcile()
