@@ -44,7 +44,7 @@ def berrys(engine_env, sims):
     # A transactional test's flush deletes migration-shipped rows: put the chat-bug rule back.
     RequestAdapterRule.objects.get_or_create(
         service_type=PC, method="POST", endpoint_pattern="/projects", action="drop", field="status",
-        defaults={"order": 10, "description": "Chat bug (shipped by registry migration 0004)."},
+        defaults={"order": 10, "description": "Chat bug (shipped by registry migration 0005)."},
     )
     adapter_cache_clear()
 
@@ -178,7 +178,7 @@ def test_a_failing_agent_orchestrator_trips_its_breaker_and_an_operator_retry_re
     # Three failures opened the breaker: the next run fails fast, without calling the service.
     second = wait_for_run(start("agent_task_execution", task_id=task["id"]).pk, timeout=RUN_TIMEOUT)
     assert second.status == RunStatus.FAILED
-    assert second.error.startswith("Circuit open:"), second.error
+    assert second.error.startswith("Service unavailable: Circuit breaker open"), second.error
     assert "step get_task, after 1 attempt" in second.error
 
     sims.reset(AO)

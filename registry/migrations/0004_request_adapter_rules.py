@@ -8,8 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('registry', '0002_health_alerts'),
-        ('registry', '0002_operator_viewer_groups'),
+        ('registry', '0003_merge_health_and_groups'),
     ]
 
     operations = [

@@ -35,6 +35,6 @@ def unship(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("registry", "0003_request_adapter_rules")]
+    dependencies = [("registry", "0004_request_adapter_rules")]
 
     operations = [migrations.RunPython(ship, unship)]
