@@ -38,13 +38,14 @@ from typing import Any
 import requests
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from registry.alerts import alert_raise
 from registry.breakers import (
+    HEALTH_TRIP_PREFIX,
     OPEN,
     Permit,
     ServiceBreaker,
@@ -231,7 +232,12 @@ def _claim(*, now: datetime, batch_size: int, service_ids: list[int] | None, lea
     else:
         qs = qs.filter(id__in=service_ids).order_by("id")
     with transaction.atomic():
-        ids = list(qs.select_for_update(skip_locked=True).values_list("id", flat=True)[:batch_size])
+        # NO KEY UPDATE: rows inserted elsewhere that point at a service (snapshots,
+        # breaker events, alerts) take KEY SHARE locks on it; those must not make
+        # the sweep skip the service.
+        ids = list(
+            qs.select_for_update(skip_locked=True, no_key=True).values_list("id", flat=True)[:batch_size]
+        )
         if ids:
             Service.objects.filter(id__in=ids).update(next_check_at=now + lease)
     return list(Service.objects.filter(id__in=ids)) if ids else []
@@ -316,12 +322,6 @@ def _row_for(outcome: Outcome) -> Row:
         slow_threshold_ms=svc.slow_threshold_ms, error=outcome.error,
     )
     trial = plan.permit is not None and plan.permit.trial
-    breaker_state = None
-    if plan.breaker is not None and plan.permit is not None:
-        if verdict == HealthStatus.CRITICAL:
-            breaker_state = plan.breaker.failed(plan.permit, f"health probe: {reason}")
-        elif trial or (plan.snapshot and plan.snapshot.fail_counter):
-            breaker_state = plan.breaker.succeeded(plan.permit)
     if trial:
         details["breaker_trial"] = True
         if verdict == HealthStatus.CRITICAL:
@@ -331,17 +331,25 @@ def _row_for(outcome: Outcome) -> Row:
             status, fails, successes = verdict, 0, 1
     else:
         status, reason, fails, successes = status_next(svc, verdict, reason)
-    if status == HealthStatus.CRITICAL and plan.breaker is not None and breaker_state != OPEN and not trial:
-        if svc.status != HealthStatus.CRITICAL or (plan.snapshot and plan.snapshot.state != OPEN):
+    if plan.breaker is not None and plan.permit is not None:
+        if status == HealthStatus.CRITICAL and not trial:
             # Critical opens the breaker at once: callers fail fast instead of spending fail_max calls.
-            plan.breaker.force_open(reason=f"health critical: {reason}")
+            plan.breaker.force_open(reason=f"{HEALTH_TRIP_PREFIX}: {reason}")
+        elif verdict == HealthStatus.CRITICAL:
+            plan.breaker.failed(plan.permit, f"health probe: {reason}")  # counts toward tripping
+        elif trial or (plan.snapshot and plan.snapshot.fail_counter):
+            plan.breaker.succeeded(plan.permit)
+    next_at = outcome.checked_at + interval
+    if status == HealthStatus.CRITICAL and plan.breaker is not None:
+        # Come back for the half-open trial when the reset timeout ends.
+        next_at = outcome.checked_at + min(interval, timedelta(seconds=plan.breaker.config.reset_timeout))
     snapshot = HealthSnapshot(
         service=svc, checked_at=outcome.checked_at, status=verdict, http_status=outcome.http_status,
         latency_ms=outcome.latency_ms, error=outcome.error or (reason if verdict != HealthStatus.PASSING else ""),
         details=details,
     )
     return Row(svc, svc.status, status, reason[:500], fails, successes, outcome.checked_at,
-               outcome.checked_at + interval, outcome.latency_ms, snapshot, verdict)
+               next_at, outcome.latency_ms, snapshot, verdict)
 
 
 _UPDATE_SQL = """
@@ -438,11 +446,18 @@ def health_sweep_run(
     max_in_flight: int | None = None,
     keep_rows: bool = False,
 ) -> SweepReport:
-    """Claim, probe and record due services until none is left (no global lock; see health_sweep)."""
+    """Claim, probe and record due services until none is left (no global lock; see health_sweep).
+
+    The calling thread claims and dispatches; results are evaluated and written by
+    one writer thread (its own database connection), so claiming new work never
+    waits for the database writes of earlier results. Call it outside a transaction.
+    """
     started = time.perf_counter()
     batch_size = batch_size or settings.HEALTH_SWEEP_BATCH_SIZE
-    max_in_flight = max(max_in_flight or settings.HEALTH_SWEEP_MAX_IN_FLIGHT, batch_size)
+    max_in_flight = max(max_in_flight or settings.HEALTH_SWEEP_MAX_IN_FLIGHT, 1)
     pool = _probe_pool(max_in_flight)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-writer")
+    writes: list[Future] = []
     report = SweepReport()
     in_flight: set[Future] = set()
     ready: list[Outcome] = []
@@ -450,18 +465,18 @@ def health_sweep_run(
     last_flush = time.monotonic()
     # The claim lease outlives any probe, so nobody re-claims a service while it is probed.
     lease = timedelta(seconds=120)
-    write_batch = max(batch_size, 250)
+    write_batch = 250
+    pending_ids = list(service_ids) if service_ids is not None else None
 
-    def flush() -> None:
-        nonlocal ready, last_flush
+    def write(outcomes: list[Outcome]) -> None:
         rows = []
-        for outcome in ready:
+        for outcome in outcomes:
             try:
                 rows.append(_row_for(outcome))
             except Exception:  # noqa: BLE001 - one bad row must not lose the batch
                 logger.exception("health: could not evaluate service %s", outcome.plan.service.pk)
         report.changes += _write(rows)
-        for outcome in ready:
+        for outcome in outcomes:
             if outcome.plan.withheld:
                 report.withheld += 1
             else:
@@ -471,28 +486,46 @@ def health_sweep_run(
             report.verdicts[r.verdict] = report.verdicts.get(r.verdict, 0) + 1
         if keep_rows:
             report.rows.extend(rows)
+
+    def flush() -> None:
+        nonlocal ready, last_flush
+        if ready:
+            writes.append(writer.submit(write, ready))
         ready, last_flush = [], time.monotonic()
 
-    while True:
-        if not exhausted and len(in_flight) + batch_size <= max_in_flight:
-            batch = _claim(now=timezone.now(), batch_size=batch_size, service_ids=service_ids, lease=lease)
-            report.claimed += len(batch)
-            if not batch or service_ids is not None:
-                exhausted = True
-            for plan in _plan(batch, force=force):
-                if plan.withheld:
-                    ready.append(Outcome(plan=plan, checked_at=timezone.now()))
+    try:
+        while True:
+            # Claim whole batches while fewer than max_in_flight probes are running; the
+            # pool queues the excess, so a claim is never held up by a slow probe.
+            if not exhausted and len(in_flight) < max_in_flight:
+                size = batch_size
+                if pending_ids is not None:
+                    chunk, pending_ids = pending_ids[:size], pending_ids[size:]
+                    batch = _claim(now=timezone.now(), batch_size=size, service_ids=chunk, lease=lease)
+                    exhausted = not pending_ids
                 else:
-                    in_flight.add(pool.submit(probe_send, plan))
-            if not exhausted:
-                continue
-        if not in_flight:
-            break
-        done, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
-        ready.extend(f.result() for f in done)
-        if len(ready) >= write_batch or time.monotonic() - last_flush > 0.5:
-            flush()
-    flush()
+                    batch = _claim(now=timezone.now(), batch_size=size, service_ids=None, lease=lease)
+                    exhausted = not batch
+                report.claimed += len(batch)
+                for plan in _plan(batch, force=force):
+                    if plan.withheld:
+                        ready.append(Outcome(plan=plan, checked_at=timezone.now()))
+                    else:
+                        in_flight.add(pool.submit(probe_send, plan))
+                if not exhausted:
+                    continue
+            if not in_flight:
+                break
+            done, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
+            ready.extend(f.result() for f in done)
+            if len(ready) >= write_batch or time.monotonic() - last_flush > 0.5:
+                flush()
+        flush()
+        for fut in writes:
+            fut.result()  # re-raise a failed write here
+    finally:
+        writer.submit(connections.close_all).result()  # the writer's own connection
+        writer.shutdown(wait=True)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -516,7 +549,7 @@ def health_ttl_expire(*, now: datetime | None = None) -> int:
         )
         if connection.vendor == "postgresql":
             services = list(candidates.alias(deadline=deadline).filter(deadline__lt=now)
-                            .select_for_update(skip_locked=True))
+                            .select_for_update(skip_locked=True, no_key=True))
         else:
             # SQLite (the demo's embedded default) cannot multiply an integer by an interval.
             services = [
@@ -538,7 +571,7 @@ def health_ttl_expire(*, now: datetime | None = None) -> int:
             _alert_for_change(svc, old, HealthStatus.CRITICAL, reason)
             expired += 1
     for svc in services:  # after commit: the breaker lives in Redis
-        breaker_for(svc).force_open(reason=f"health critical: {svc.status_reason}")
+        breaker_for(svc).force_open(reason=f"{HEALTH_TRIP_PREFIX}: {svc.status_reason}")
     return expired
 
 
@@ -625,3 +658,36 @@ def health_snapshots_prune(*, now: datetime | None = None, batch_size: int | Non
         if not ids:
             return total
         total += HealthSnapshot.objects.filter(id__in=ids).delete()[0]
+
+
+# --- Uptime (admin) ------------------------------------------------------------------------------
+
+UP_STATUSES = frozenset({HealthStatus.PASSING, HealthStatus.WARNING})
+DOWN_STATUSES = frozenset({HealthStatus.CRITICAL})
+
+
+def service_uptime(*, service: Service, window: timedelta, now: datetime | None = None) -> float | None:
+    """Share of ``window`` the service was up (passing/warning) vs down (critical), from StatusChange.
+
+    Time in unknown or maintenance counts neither way. None when nothing is known.
+    """
+    now = now or timezone.now()
+    start = now - window
+    before = (
+        StatusChange.objects.filter(service=service, at__lte=start).order_by("-at")
+        .values_list("new_status", flat=True).first()
+    )
+    changes = list(
+        StatusChange.objects.filter(service=service, at__gt=start, at__lte=now).order_by("at")
+        .values_list("at", "new_status")
+    )
+    status, since = (before or HealthStatus.UNKNOWN), max(start, service.registered_at or start)
+    up = down = 0.0
+    for at, new_status in [*changes, (now, None)]:
+        span = max(0.0, (at - since).total_seconds())
+        if status in UP_STATUSES:
+            up += span
+        elif status in DOWN_STATUSES:
+            down += span
+        status, since = new_status, max(since, at)
+    return None if up + down == 0 else up / (up + down)
