@@ -118,6 +118,8 @@ if CELERY_BROKER_URL is None:
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
+        # The default 1 s poll adds up to a second per workflow step hop in the demo.
+        "polling_interval": env_float("CELERY_FILESYSTEM_POLL_SECONDS", 0.2, minimum=0.01),
     }
 else:
     # Tasks whose countdown exceeds this are re-delivered by Redis; the workflow
@@ -255,6 +257,11 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update({
     "WorkflowRunStatusEnum": "workflows.models.RunStatus",
     "WorkflowStepStatusEnum": "workflows.models.StepStatus",
 })
+
+# --- Request adapters (demo issue) --------------------------------------------
+# Seconds a process keeps its adapter rules before re-reading them (saves also bump a
+# version in the shared cache, which every process with Redis checks on each call).
+ADAPTER_CACHE_SECONDS = env_float("ADAPTER_CACHE_SECONDS", 5.0, minimum=0)
 
 # --- Logging ------------------------------------------------------------------
 LOG_FORMAT = env_str("LOG_FORMAT", "text")

@@ -181,3 +181,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def revoke(self, request, queryset):
         done = api_key_revoke(keys=queryset)
         self.message_user(request, f"Revoked {done} key(s); they stop working at once.", messages.SUCCESS)
+
+
+from registry import admin_adapters  # noqa: E402,F401  (registers the adapter rules admin)

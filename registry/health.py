@@ -575,12 +575,19 @@ def health_ttl_expire(*, now: datetime | None = None) -> int:
     )
     expired = 0
     with transaction.atomic():
-        services = list(
+        candidates = (
             Service.objects.filter(ttl_seconds__isnull=False)
             .exclude(status__in=[HealthStatus.CRITICAL, HealthStatus.MAINTENANCE])
-            .alias(deadline=deadline).filter(deadline__lt=now)
-            .select_for_update(skip_locked=True, no_key=True)
         )
+        if connection.vendor == "postgresql":
+            services = list(candidates.alias(deadline=deadline).filter(deadline__lt=now)
+                            .select_for_update(skip_locked=True, no_key=True))
+        else:
+            # SQLite (the demo's embedded default) cannot multiply an integer by an interval.
+            services = [
+                svc for svc in candidates
+                if (svc.last_heartbeat_at or svc.registered_at) + timedelta(seconds=svc.ttl_seconds) < now
+            ]
         for svc in services:
             seen = svc.last_heartbeat_at or svc.registered_at
             reason = f"TTL expired: no heartbeat for {int((now - seen).total_seconds())} s (TTL {svc.ttl_seconds} s)"
@@ -611,12 +618,18 @@ def health_deregister_expired(*, now: datetime | None = None) -> int:
     )
     gone: list[int] = []
     with transaction.atomic():
-        services = list(
-            Service.objects.filter(status=HealthStatus.CRITICAL, deregister_after_seconds__isnull=False,
-                                   critical_since__isnull=False)
-            .alias(limit=limit).filter(limit__lte=now)
-            .select_for_update(skip_locked=True)
+        candidates = Service.objects.filter(
+            status=HealthStatus.CRITICAL, deregister_after_seconds__isnull=False, critical_since__isnull=False,
         )
+        if connection.vendor == "postgresql":
+            services = list(candidates.alias(limit=limit).filter(limit__lte=now)
+                            .select_for_update(skip_locked=True))
+        else:
+            # SQLite (the demo's embedded default) cannot multiply an integer by an interval.
+            services = [
+                svc for svc in candidates
+                if svc.critical_since + timedelta(seconds=svc.deregister_after_seconds) <= now
+            ]
         for svc in services:
             critical_for = int((now - svc.critical_since).total_seconds())
             StatusChange.objects.create(
