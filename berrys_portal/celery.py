@@ -5,9 +5,19 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_process_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "berrys_portal.settings")
 
 app = Celery("berrys_portal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+# --- Prometheus multi-process mode (dashboard issue) ---------------------------------
+# A pool process that exits releases its live files; its counters stay summed.
+@worker_process_shutdown.connect
+def _metrics_process_dead(pid=None, **kwargs) -> None:
+    from berrys_portal.metrics import process_dead
+
+    process_dead(pid or os.getpid())
