@@ -217,6 +217,10 @@ WORKFLOW_RESPONSE_BODY_LIMIT = env_int("WORKFLOW_RESPONSE_BODY_LIMIT", 8192, min
 WORKFLOW_MAX_DELIVERIES = env_int("WORKFLOW_MAX_DELIVERIES", 3, minimum=1)
 WORKFLOW_STEP_LEASE_SECONDS = env_int("WORKFLOW_STEP_LEASE_SECONDS", 60, minimum=5)
 WORKFLOW_RECONCILE_GRACE_SECONDS = env_int("WORKFLOW_RECONCILE_GRACE_SECONDS", 30, minimum=1)
+# Extra modules holding workflow definitions (the tests' workers use it); see workflows.definitions.
+WORKFLOW_DEFINITION_MODULES = env_list("WORKFLOW_DEFINITION_MODULES", [])
+# Celery queue for step tasks (tests give each worker its own).
+WORKFLOW_QUEUE = env_str("WORKFLOW_QUEUE", "celery")
 
 # --- Logging ------------------------------------------------------------------
 LOG_FORMAT = env_str("LOG_FORMAT", "text")

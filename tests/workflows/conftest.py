@@ -1,0 +1,239 @@
+"""Fixtures for the workflow engine: a real Celery worker, loopback HTTP services, waiting helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+import tests.workflows.definitions  # noqa: F401 - registers the test-only workflows here too
+from registry.models import HealthStatus, Service
+from workflows.models import RUN_FINISHED, WorkflowRun
+
+ROOT = Path(__file__).resolve().parents[2]
+QUEUE = f"wf-test-{uuid.uuid4().hex[:8]}"
+# Short leases so lost-worker tests finish quickly; the cap is small for the killer test.
+WORKER_ENV = {
+    "WORKFLOW_STEP_LEASE_SECONDS": "5",
+    "WORKFLOW_MAX_DELIVERIES": "2",
+}
+
+
+class Worker:
+    """A `celery worker` subprocess on the test database and a private queue."""
+
+    def __init__(self, db_name: str):
+        self.db_name = db_name
+        self.proc: subprocess.Popen | None = None
+        self.log_path = ROOT / "var" / f"test-worker-{QUEUE}.log"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        db = settings.DATABASES["default"]
+        env.update(WORKER_ENV)
+        env.update({
+            "DJANGO_SETTINGS_MODULE": "berrys_portal.settings_test",
+            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{self.db_name}",
+            "REDIS_URL": settings.REDIS_URL,
+            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+            "WORKFLOW_QUEUE": QUEUE,
+            "WORKFLOW_DEFINITION_MODULES": "tests.workflows.definitions",
+            "PYTHONPATH": str(ROOT),
+        })
+        return env
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "prefork", "-c", "2",
+             "--without-heartbeat", "--without-gossip", "--without-mingle", "-Q", QUEUE,
+             "-n", f"{QUEUE}-{uuid.uuid4().hex[:4]}@%h", "--loglevel", "INFO"],
+            cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log_path.read_text()[-3000:]}")
+            if b" ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready:\n{self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children (the whole process group)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.log_path.write_bytes(b"")  # a restarted worker's readiness line must be new
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def worker(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        db_name = connection.settings_dict["NAME"]
+    w = Worker(db_name)
+    w.start()
+    yield w
+    w.stop()
+    w.kill()
+
+
+@pytest.fixture
+def wf_settings(settings):
+    """The test process enqueues to the worker's queue and reconciles with a short grace."""
+    settings.WORKFLOW_QUEUE = QUEUE
+    settings.WORKFLOW_RECONCILE_GRACE_SECONDS = 1
+    return settings
+
+
+@pytest.fixture
+def engine_env(worker, wf_settings, transactional_db):
+    """Everything a worker test needs: a running worker, committed rows, our queue."""
+    yield worker
+    # A test that killed the worker leaves it for the next one in a good state.
+    if worker.proc is None or worker.proc.poll() is not None:
+        worker.start()
+
+
+# --------------------------------------------------------------------------- HTTP stubs
+
+
+class StubServer:
+    """A loopback HTTP service. ``routes[(METHOD, path)] = callable(body) -> (status, json)``."""
+
+    def __init__(self):
+        self.routes: dict[tuple[str, str], Callable] = {}
+        self.requests: list[tuple[str, str, object, float]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else None
+                stub.requests.append((self.command, self.path, body, time.monotonic()))
+                route = stub.routes.get((self.command, self.path))
+                status, payload = route(body) if route else (404, {"detail": "no route"})
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def register(self, service_type: str, name: str | None = None) -> Service:
+        return Service.objects.create(
+            name=name or f"{service_type.lower()}-1", type=service_type, url=self.url,
+            health_url=self.url + "/health", status=HealthStatus.PASSING,
+        )
+
+    def hits(self, path: str) -> list:
+        return [r for r in self.requests if r[1] == path]
+
+
+@pytest.fixture
+def stub():
+    servers: list[StubServer] = []
+
+    def make() -> StubServer:
+        s = StubServer()
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def demo_routes(server: StubServer) -> None:
+    """Happy-path answers for the test_demo workflow."""
+    server.routes[("POST", "/projects")] = lambda body: (201, {"id": "p-1", "name": body["name"]})
+    server.routes[("POST", "/plans/strategic/p-1")] = lambda body: (200, {"phases": ["a", "b"]})
+    server.routes[("POST", "/agents")] = lambda body: (200, [{"agent": "planner"}])
+
+
+@pytest.fixture
+def demo_services(stub):
+    """One server playing the three services of the demo workflow."""
+    server = stub()
+    demo_routes(server)
+    for t in ("PROJECT_COORDINATOR", "PLANNING_SYSTEM", "AGENT_ORCHESTRATOR"):
+        server.register(t)
+    return server
+
+
+def wait_for_run(run_id, *, statuses=RUN_FINISHED, timeout: float = 20.0) -> WorkflowRun:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = WorkflowRun.objects.get(pk=run_id)
+        if run.status in statuses:
+            return run
+        if time.monotonic() > deadline:
+            steps = list(run.steps.values_list("name", "status", "deliveries", "error"))
+            raise AssertionError(f"run still {run.status} after {timeout}s; steps: {steps}")
+        time.sleep(0.05)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def broker():
+    """The test's own Redis db (the broker): only ever FLUSHDB on it."""
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    yield client
+    client.close()

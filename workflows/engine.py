@@ -1,0 +1,579 @@
+"""The workflow engine: start a run, execute one step attempt, move the run on, reconcile.
+
+Execution model
+    ``run_start`` creates the run and all its StepRuns in one transaction and enqueues
+    the first step with ``transaction.on_commit`` (a rolled-back start never runs).
+    Each Celery message means "try step X once" (``workflows.tasks.run_step``).
+    ``step_execute`` claims the step with a conditional UPDATE (only a queued/retrying
+    step, or a running one whose lease expired, can be claimed, so a duplicate message
+    is a no-op), makes the call outside any transaction, then records the attempt and
+    the decision (next step, retry later, fallback / skip, run fails) in one short
+    transaction. The next message is sent only after that commit.
+
+Faults
+    Celery runs the task with ``acks_late`` and ``reject_on_worker_lost``. A message the
+    broker lost (Redis restart, worker SIGKILL) is found again by ``steps_reconcile``
+    (beat, every 15 s): queued/retrying steps past due + grace and running steps whose
+    lease expired are re-enqueued, at most once per pass, each recorded as a RunEvent.
+    ``deliveries`` counts claims since the last finished attempt; a step that keeps
+    killing its worker fails the run once it exceeds ``WORKFLOW_MAX_DELIVERIES``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from berrys_portal.errors import (
+    CircuitOpenError,
+    InvalidInput,
+    NoEligibleServiceError,
+    ServiceConnectionError,
+    ServiceNotFoundError,
+    ServiceResponseError,
+    WorkflowError,
+)
+from registry.client import service_client
+from workflows import definitions
+from workflows.definitions import Step, Workflow
+from workflows.models import (
+    STEP_CLAIMABLE,
+    RunEvent,
+    RunStatus,
+    StepAttempt,
+    StepRun,
+    StepStatus,
+    WorkflowRun,
+)
+
+logger = logging.getLogger(__name__)
+
+SYSTEM = "system"
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+# Errors that mean "the service is not there to call": never retried by the engine,
+# they go straight to fallback / skip / fail.
+UNAVAILABLE = (ServiceNotFoundError, NoEligibleServiceError, CircuitOpenError)
+
+# The registry's client gains a ``retries`` argument with the breaker work; until then
+# the engine must not pass it. The engine owns retries (one StepAttempt per try).
+_CLIENT_TAKES_RETRIES = "retries" in inspect.signature(service_client.request).parameters
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _now() -> datetime:
+    return timezone.now()
+
+
+def _queue() -> str:
+    return getattr(settings, "WORKFLOW_QUEUE", "celery")
+
+
+def _enqueue(step_id: int, countdown: float | None = None) -> None:
+    from workflows.tasks import run_step
+
+    options: dict[str, Any] = {"queue": _queue()}
+    if countdown and countdown > 0:
+        options["countdown"] = countdown
+    run_step.apply_async(args=[step_id], **options)
+
+
+def _enqueue_on_commit(step_id: int, countdown: float | None = None) -> None:
+    transaction.on_commit(lambda: _enqueue(step_id, countdown))
+
+
+def error_message(exc: BaseException) -> str:
+    """The cause in the integration guide's wording, e.g. ``Service not found: No service of type X found``."""
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    if isinstance(exc, ServiceNotFoundError):
+        return f"Service not found: {text}"
+    if isinstance(exc, NoEligibleServiceError):
+        return f"No eligible service: {text}"
+    if isinstance(exc, CircuitOpenError):
+        return f"Circuit open: {text}"
+    if isinstance(exc, ServiceConnectionError):
+        return f"Connection error: {text}"
+    if isinstance(exc, ServiceResponseError):
+        return f"Service error: {text}"
+    if isinstance(exc, WorkflowError):
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+def _truncate(body: Any) -> str:
+    if body is None:
+        return ""
+    text = body if isinstance(body, str) else json.dumps(body, default=str)
+    limit = settings.WORKFLOW_RESPONSE_BODY_LIMIT
+    return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit} more characters]"
+
+
+def _jsonable(value: Any) -> Any:
+    """Request bodies are stored as JSON; anything odd is stored as its text."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
+
+
+# --------------------------------------------------------------------------- start
+
+
+def run_start(
+    *,
+    workflow: str,
+    input: dict[str, Any],  # noqa: A002 - the API's field name
+    idempotency_key: str | None = None,
+    triggered_by: str,
+) -> tuple[WorkflowRun, bool]:
+    """Create a run (and all its steps) and enqueue its first step after commit.
+
+    Returns ``(run, created)``: with an ``idempotency_key`` already used for this
+    workflow, the existing run and ``False``. Raises ``InvalidInput`` for an unknown
+    workflow or missing inputs.
+    """
+    try:
+        wf = definitions.get(workflow)
+    except definitions.UnknownWorkflow as exc:
+        raise InvalidInput(str(exc), errors={"workflow": [str(exc)]}) from None
+    if not isinstance(input, dict):
+        raise InvalidInput("input must be a JSON object", errors={"input": ["Must be a JSON object."]})
+    missing = wf.missing_inputs(input)
+    if missing:
+        msg = f"Workflow {wf.name} needs input key(s): {', '.join(missing)}"
+        raise InvalidInput(msg, errors={"input": [msg]})
+    if idempotency_key:
+        existing = WorkflowRun.objects.filter(workflow=wf.name, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing, False
+    try:
+        with transaction.atomic():
+            run = _create_run(wf, input, idempotency_key, triggered_by)
+    except IntegrityError:
+        # A concurrent request with the same key won the race.
+        existing = WorkflowRun.objects.filter(workflow=wf.name, idempotency_key=idempotency_key).first()
+        if existing is None:
+            raise
+        return existing, False
+    return run, True
+
+
+def _create_run(wf: Workflow, input: dict, idempotency_key: str | None, triggered_by: str) -> WorkflowRun:  # noqa: A002
+    now = _now()
+    run = WorkflowRun.objects.create(
+        workflow=wf.name, version=wf.version, status=RunStatus.RUNNING, input=input,
+        context=dict(input), idempotency_key=idempotency_key or None,
+        triggered_by=triggered_by[:200], started_at=now,
+    )
+    steps = StepRun.objects.bulk_create([
+        StepRun(run=run, index=i, name=s.name, kind=s.kind, service_type=s.service_type or "",
+                required=s.required)
+        for i, s in enumerate(wf.steps)
+    ])
+    RunEvent.objects.create(run=run, kind=RunEvent.Kind.STARTED, actor=triggered_by[:200],
+                            details={"version": wf.version})
+    _activate(run, steps[0], wf.steps[0], now)
+    return run
+
+
+def _activate(run: WorkflowRun, step: StepRun, spec: Step, now: datetime) -> None:
+    """Make ``step`` the current step: queue it (after commit) or, for a human step, wait."""
+    if spec.kind == "human":
+        wait_until = now + timedelta(seconds=spec.human.timeout) if spec.human.timeout else None
+        StepRun.objects.filter(pk=step.pk).update(
+            status=StepStatus.WAITING, started_at=now, wait_until=wait_until, next_attempt_at=None,
+            error="", output=None, finished_at=None,
+        )
+        WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.WAITING)
+        return
+    StepRun.objects.filter(pk=step.pk).update(
+        status=StepStatus.QUEUED, next_attempt_at=now, lease_expires_at=None, error="",
+        output=None, finished_at=None,
+    )
+    _enqueue_on_commit(step.pk)
+
+
+# --------------------------------------------------------------------------- execute
+
+
+@dataclass
+class AttemptRecord:
+    """What one attempt did; becomes a StepAttempt row."""
+
+    started_at: datetime
+    finished_at: datetime | None = None
+    service_id: int | None = None
+    service_name: str = ""
+    method: str = ""
+    url: str = ""
+    request_body: Any = None
+    status: int | None = None
+    response: Any = None
+    latency_ms: float | None = None
+    error: str = ""
+    outcome: str = ""
+
+
+def _claim(step_id: int) -> StepRun | None:
+    """Take the step for this worker; ``None`` if someone else has it or it is not due."""
+    now = _now()
+    lease = now + timedelta(seconds=settings.WORKFLOW_STEP_LEASE_SECONDS)
+    claimed = StepRun.objects.filter(
+        # A retry's message must not run it early (a stale duplicate could); 1 s covers clock skew.
+        Q(status__in=STEP_CLAIMABLE, next_attempt_at__lte=now + timedelta(seconds=1))
+        | Q(status=StepStatus.RUNNING, lease_expires_at__lt=now),
+        pk=step_id,
+    ).update(
+        status=StepStatus.RUNNING, lease_expires_at=lease, deliveries=F("deliveries") + 1,
+        started_at=Coalesce(F("started_at"), Value(now)),
+    )
+    if claimed != 1:
+        return None
+    return StepRun.objects.select_related("run").get(pk=step_id)
+
+
+def step_execute(*, step_id: int) -> str:
+    """Run one attempt of a step (the body of the ``run_step`` task). Returns what happened."""
+    step = _claim(step_id)
+    if step is None:
+        return "not claimed"
+    run = step.run
+    token = step.deliveries
+    if run.status not in (RunStatus.RUNNING,) or run.cancel_requested:
+        # Cancelled (or finished) while the message waited: release it without running.
+        StepRun.objects.filter(pk=step.pk, deliveries=token).update(
+            status=StepStatus.SKIPPED, error="Run is no longer running", lease_expires_at=None,
+            finished_at=_now(),
+        )
+        return "run not running"
+    if step.deliveries > settings.WORKFLOW_MAX_DELIVERIES:
+        return _fail_delivery_cap(run, step)
+    try:
+        wf = definitions.get(run.workflow, run.version)
+    except definitions.UnknownWorkflow as exc:
+        return _finish_failed_run(run, step, token, f"{exc} (the run is pinned to it)", None)
+    spec = wf.steps[step.index]
+    ctx = run.context
+    record = AttemptRecord(started_at=_now())
+    output: dict[str, Any] | None = None
+    exc: BaseException | None = None
+    try:
+        if spec.kind == "local":
+            record.method = "LOCAL"
+            started = time.perf_counter()
+            try:
+                output = dict(spec.local(ctx) or {})
+            finally:
+                record.latency_ms = (time.perf_counter() - started) * 1000
+        else:
+            output = _call_http(spec, ctx, record)
+    except Exception as error:  # noqa: BLE001 - every failure is an attempt outcome
+        exc = error
+        record.error = error_message(error)
+    record.finished_at = _now()
+    return _decide(run, step, token, wf, spec, record, output, exc)
+
+
+def _call_http(spec: Step, ctx: dict, record: AttemptRecord) -> dict[str, Any]:
+    try:
+        path = spec.render_path(ctx)
+        body = spec.request_body(ctx)
+    except Exception as exc:
+        raise WorkflowError(f"Could not build the request: {type(exc).__name__}: {exc}") from exc
+    record.method, record.url, record.request_body = spec.method, path, _jsonable(body)
+    kwargs: dict[str, Any] = {"timeout": spec.timeout}
+    if _CLIENT_TAKES_RETRIES:
+        kwargs["retries"] = 0
+    try:
+        result = service_client.request(
+            spec.method, service=spec.service_type, endpoint=path, data=body, **kwargs
+        )
+    except Exception as exc:
+        call = getattr(exc, "call", None)
+        if call is not None:
+            _copy_call(record, call)
+        if isinstance(exc, ServiceResponseError) and record.status is None:
+            record.status, record.response = exc.status, exc.body
+        raise
+    _copy_call(record, result.call)
+    record.status, record.response = result.status, result.body
+    try:
+        return spec.output_from_response(ctx, result.body)
+    except Exception as exc:
+        raise WorkflowError(f"Could not read the response: {type(exc).__name__}: {exc}") from exc
+
+
+def _copy_call(record: AttemptRecord, call: Any) -> None:
+    record.service_id = getattr(call, "service_id", None)
+    record.service_name = getattr(call, "service_name", "") or ""
+    record.method = getattr(call, "method", record.method) or record.method
+    record.url = getattr(call, "url", record.url) or record.url
+    record.status = getattr(call, "status", None)
+    record.response = getattr(call, "body", None)
+    record.latency_ms = getattr(call, "latency_ms", None)
+
+
+def _save_attempt(step: StepRun, record: AttemptRecord, number: int) -> None:
+    StepAttempt.objects.create(
+        step_id=step.pk, number=number, service_id=record.service_id,
+        service_name=record.service_name[:200], request_method=record.method[:10],
+        request_url=record.url[:2000], request_body=record.request_body,
+        response_status=record.status, response_body=_truncate(record.response),
+        latency_ms=record.latency_ms, error=record.error, outcome=record.outcome,
+        worker=WORKER_ID[:200], started_at=record.started_at, finished_at=record.finished_at,
+    )
+
+
+def _decide(run, step, token, wf, spec, record, output, exc) -> str:
+    attempt_number = step.attempt_count + 1
+    number = step.attempts_total + 1
+    if exc is None:
+        record.outcome = "succeeded"
+        return _complete(run, step, token, wf, record, number, StepStatus.SUCCEEDED, output)
+    retryable = not isinstance(exc, UNAVAILABLE | WorkflowError) and spec.retry.is_retryable(
+        exc, record.status
+    )
+    if retryable and attempt_number < spec.retry.max_attempts:
+        record.outcome = "retry"
+        delay = spec.retry.delay_after(attempt_number)
+        return _retry(step, token, record, number, delay)
+    # The step cannot complete: fallback, skip, or fail the run.
+    cause = record.error
+    if spec.fallback is not None:
+        try:
+            fallback_output = spec.fallback(run.context)
+        except Exception as fb_exc:  # noqa: BLE001 - a broken fallback fails like the step
+            fallback_output = None
+            cause += f"; the fallback raised {type(fb_exc).__name__}: {fb_exc}"
+        if fallback_output is not None:
+            record.outcome = "fallback"
+            return _complete(run, step, token, wf, record, number, StepStatus.FALLBACK,
+                             dict(fallback_output), error=cause)
+    if not spec.required:
+        record.outcome = "skipped"
+        return _complete(run, step, token, wf, record, number, StepStatus.SKIPPED, None, error=cause)
+    record.outcome = "failed"
+    tries = f"after {attempt_number} attempt{'s' if attempt_number != 1 else ''}"
+    return _finish_failed_run(run, step, token, f"{cause} (step {step.name}, {tries})", (record, number))
+
+
+def _retry(step: StepRun, token: int, record: AttemptRecord, number: int, delay: float) -> str:
+    now = _now()
+    with transaction.atomic():
+        updated = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, deliveries=token).update(
+            status=StepStatus.RETRYING, next_attempt_at=now + timedelta(seconds=delay),
+            attempt_count=F("attempt_count") + 1, attempts_total=F("attempts_total") + 1,
+            deliveries=0, lease_expires_at=None, error=record.error,
+        )
+        if updated != 1:
+            return "lost lease"
+        _save_attempt(step, record, number)
+        # Longer waits than the broker's visibility timeout would be redelivered early:
+        # the reconciler picks those up when they are due.
+        if delay < settings.CELERY_VISIBILITY_TIMEOUT:
+            _enqueue_on_commit(step.pk, delay)
+    return "retry"
+
+
+def _complete(run, step, token, wf, record, number, status, output, error="") -> str:
+    """The step is done (succeeded / fallback / skipped): merge its output and move on."""
+    now = _now()
+    context = dict(run.context)
+    if output:
+        context.update(output)
+    next_index = step.index + 1
+    with transaction.atomic():
+        updated = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, deliveries=token).update(
+            status=status, output=output, error=error, finished_at=now, lease_expires_at=None,
+            attempt_count=F("attempt_count") + 1, attempts_total=F("attempts_total") + 1,
+            deliveries=0,
+        )
+        if updated != 1:
+            return "lost lease"
+        _save_attempt(step, record, number)
+        if next_index >= len(wf.steps):
+            WorkflowRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+                status=RunStatus.SUCCEEDED, context=context, finished_at=now
+            )
+            return str(status)
+        moved = WorkflowRun.objects.filter(
+            pk=run.pk, status=RunStatus.RUNNING, cancel_requested=False
+        ).update(context=context)
+        if moved != 1:
+            # Cancelled meanwhile: the running step finished, nothing further runs.
+            return f"{status}; run cancelled"
+        next_step = StepRun.objects.only("pk").get(run_id=run.pk, index=next_index)
+        run.context = context
+        _activate(run, next_step, wf.steps[next_index], now)
+    return str(status)
+
+
+def _finish_failed_run(run, step, token, message: str, attempt: tuple | None) -> str:
+    now = _now()
+    with transaction.atomic():
+        updated = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, deliveries=token).update(
+            status=StepStatus.FAILED, error=message, finished_at=now, lease_expires_at=None,
+            attempt_count=F("attempt_count") + (1 if attempt else 0),
+            attempts_total=F("attempts_total") + (1 if attempt else 0),
+        )
+        if updated != 1:
+            return "lost lease"
+        if attempt:
+            _save_attempt(step, *attempt)
+        WorkflowRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+            status=RunStatus.FAILED, error=message, failed_step=step.name, finished_at=now
+        )
+    logger.warning("workflow run %s failed: %s", run.pk, message)
+    return "failed"
+
+
+def _fail_delivery_cap(run: WorkflowRun, step: StepRun) -> str:
+    cap = settings.WORKFLOW_MAX_DELIVERIES
+    message = (
+        f"Delivery cap reached: step {step.name} was delivered {step.deliveries} times without "
+        f"finishing an attempt (its worker died each time); WORKFLOW_MAX_DELIVERIES={cap}"
+    )
+    with transaction.atomic():
+        RunEvent.objects.create(run_id=run.pk, kind=RunEvent.Kind.DELIVERY_CAP, actor=SYSTEM,
+                                step_name=step.name, details={"deliveries": step.deliveries})
+        return _finish_failed_run(run, step, step.deliveries, message, None)
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+def steps_reconcile(*, batch: int = 500) -> dict[str, int]:
+    """Re-enqueue steps whose message is gone; time out waiting human steps.
+
+    Each step is touched at most once per pass (its due time / lease is pushed forward
+    before its message is sent). Returns counts of what was done.
+    """
+    now = _now()
+    grace = timedelta(seconds=settings.WORKFLOW_RECONCILE_GRACE_SECONDS)
+    counts = {"requeued": 0, "lease_expired": 0, "timed_out": 0}
+    _declare_queue()
+    overdue = list(
+        StepRun.objects.filter(status__in=STEP_CLAIMABLE, next_attempt_at__lt=now - grace,
+                               run__status=RunStatus.RUNNING)
+        .values_list("pk", "run_id", "name", "status")[:batch]
+    )
+    expired = list(
+        StepRun.objects.filter(status=StepStatus.RUNNING, lease_expires_at__lt=now)
+        .values_list("pk", "run_id", "name", "lease_expires_at")[:batch]
+    )
+    for pk, run_id, name, status in overdue:
+        with transaction.atomic():
+            # Pushing the due time forward keeps the next pass from sending it again.
+            if StepRun.objects.filter(pk=pk, status=status, next_attempt_at__lt=now - grace).update(
+                next_attempt_at=now
+            ) != 1:
+                continue
+            RunEvent.objects.create(run_id=run_id, kind=RunEvent.Kind.REQUEUED, actor=SYSTEM,
+                                    step_name=name, details={"reason": f"{status} past due"})
+            _enqueue_on_commit(pk)
+        counts["requeued"] += 1
+    for pk, run_id, name, lease in expired:
+        with transaction.atomic():
+            if StepRun.objects.filter(pk=pk, status=StepStatus.RUNNING, lease_expires_at=lease).update(
+                status=StepStatus.QUEUED, next_attempt_at=now, lease_expires_at=None
+            ) != 1:
+                continue
+            RunEvent.objects.create(run_id=run_id, kind=RunEvent.Kind.REQUEUED, actor=SYSTEM,
+                                    step_name=name, details={"reason": "lease expired"})
+            _enqueue_on_commit(pk)
+        counts["lease_expired"] += 1
+    waits = list(
+        StepRun.objects.filter(status=StepStatus.WAITING, wait_until__lt=now)
+        .values_list("pk", flat=True)[:batch]
+    )
+    for pk in waits:
+        if wait_timeout(step_id=pk):
+            counts["timed_out"] += 1
+    return counts
+
+
+def _declare_queue() -> None:
+    """(Re)declare the step queue's broker binding.
+
+    An emptied Redis (restart without persistence, FLUSHDB) also loses kombu's routing
+    table; publishers cache their declarations, so without this every re-enqueued
+    message would be dead-lettered until the workers restart.
+    """
+    from berrys_portal.celery import app
+
+    try:
+        queue = app.amqp.queues[_queue()]
+        with app.connection_for_write() as conn:
+            queue.bind(conn.default_channel).declare()
+    except Exception:  # noqa: BLE001 - the broker may be down; the next pass tries again
+        logger.warning("could not declare the workflow queue %s", _queue(), exc_info=True)
+
+
+def wait_timeout(*, step_id: int) -> bool:
+    """Apply a waiting human step's ``on_timeout`` outcome."""
+    now = _now()
+    with transaction.atomic():
+        step = (StepRun.objects.select_for_update().select_related("run")
+                .filter(pk=step_id, status=StepStatus.WAITING, wait_until__lt=now).first())
+        if step is None:
+            return False
+        run = step.run
+        wf = definitions.get(run.workflow, run.version)
+        spec = wf.steps[step.index]
+        outcome = spec.human.on_timeout
+        RunEvent.objects.create(run=run, kind=RunEvent.Kind.TIMED_OUT, actor=SYSTEM,
+                                step_name=step.name, details={"outcome": outcome})
+        if outcome == "fail":
+            message = f"Timed out waiting for an answer (step {step.name})"
+            step.status, step.error, step.finished_at = StepStatus.FAILED, message, now
+            step.save(update_fields=["status", "error", "finished_at"])
+            WorkflowRun.objects.filter(pk=run.pk).update(
+                status=RunStatus.FAILED, error=message, failed_step=step.name, finished_at=now
+            )
+            return True
+        if outcome == "skip":
+            advance_after(run=run, step=step, wf=wf, status=StepStatus.SKIPPED, output=None,
+                          error="Timed out waiting for an answer")
+        else:
+            output = spec.output_from_answer(run.context, dict(spec.human.default_answer))
+            advance_after(run=run, step=step, wf=wf, status=StepStatus.SUCCEEDED, output=output,
+                          error="Timed out: continued with the default answer")
+    return True
+
+
+def advance_after(*, run: WorkflowRun, step: StepRun, wf: Workflow, status: str,
+                  output: dict | None, error: str = "") -> None:
+    """Finish a non-running step (a human answer or timeout) and activate the next one.
+
+    Call inside a transaction holding the step's row lock.
+    """
+    now = _now()
+    context = dict(run.context)
+    if output:
+        context.update(output)
+    StepRun.objects.filter(pk=step.pk).update(status=status, output=output, error=error,
+                                              finished_at=now, wait_until=None)
+    next_index = step.index + 1
+    if next_index >= len(wf.steps):
+        WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.SUCCEEDED, context=context,
+                                                     finished_at=now)
+        return
+    WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, context=context)
+    run.context = context
+    next_step = StepRun.objects.get(run_id=run.pk, index=next_index)
+    _activate(run, next_step, wf.steps[next_index], now)

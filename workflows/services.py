@@ -1,0 +1,147 @@
+"""Operator actions on runs: retry, retry with edited input, rerun from a step, cancel, answer.
+
+The admin and the API call these; each locks the run, changes state, records a
+RunEvent with the operator's name, and enqueues work only after commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.db import transaction
+from django.utils import timezone
+
+from berrys_portal.errors import Conflict, InvalidInput, NotFound
+from workflows import definitions, engine
+from workflows.models import (
+    RUN_ACTIVE,
+    STEP_DONE,
+    RunEvent,
+    RunStatus,
+    StepRun,
+    StepStatus,
+    WorkflowRun,
+)
+
+
+def _locked_run(run_id: UUID | str) -> WorkflowRun:
+    try:
+        return WorkflowRun.objects.select_for_update().get(pk=run_id)
+    except (WorkflowRun.DoesNotExist, ValueError):
+        raise NotFound(f"Workflow run {run_id} not found") from None
+
+
+def run_retry(
+    *,
+    run_id: UUID | str,
+    actor: str,
+    from_step: str | None = None,
+    input: dict[str, Any] | None = None,  # noqa: A002 - the API's field name
+) -> WorkflowRun:
+    """Run a finished run again from its failed step (or ``from_step``), keeping earlier outputs.
+
+    With ``input``, the run's input is replaced first (retry with edited input); the
+    context is rebuilt from the new input plus the outputs of the steps before the
+    restart point.
+    """
+    with transaction.atomic():
+        run = _locked_run(run_id)
+        if run.status in RUN_ACTIVE:
+            raise Conflict(f"Run {run.pk} is {run.status}; cancel it before retrying it")
+        wf = definitions.get(run.workflow, run.version)
+        steps = list(run.steps.order_by("index"))
+        if from_step:
+            try:
+                index = wf.step_index(from_step)
+            except KeyError:
+                names = ", ".join(s.name for s in wf.steps)
+                msg = f"Workflow {wf.name} has no step {from_step!r} (steps: {names})"
+                raise InvalidInput(msg, errors={"from_step": [msg]}) from None
+        else:
+            index = next((s.index for s in steps if s.status == StepStatus.FAILED), None)
+            if index is None:
+                index = next((s.index for s in steps if s.status not in STEP_DONE), None)
+            if index is None:
+                raise Conflict(f"Run {run.pk} has no failed step; name a step to rerun from")
+        if input is not None:
+            if not isinstance(input, dict):
+                raise InvalidInput("input must be a JSON object", errors={"input": ["Must be a JSON object."]})
+            missing = wf.missing_inputs(input)
+            if missing:
+                msg = f"Workflow {wf.name} needs input key(s): {', '.join(missing)}"
+                raise InvalidInput(msg, errors={"input": [msg]})
+        old_input = run.input
+        new_input = run.input if input is None else input
+        context = dict(new_input)
+        for s in steps[:index]:
+            if s.status in STEP_DONE and s.output:
+                context.update(s.output)
+        StepRun.objects.filter(run=run, index__gte=index).update(
+            status=StepStatus.PENDING, output=None, error="", attempt_count=0, deliveries=0,
+            next_attempt_at=None, lease_expires_at=None, wait_until=None, started_at=None,
+            finished_at=None,
+        )
+        run.input, run.context = new_input, context
+        run.status, run.error, run.failed_step = RunStatus.RUNNING, "", ""
+        run.finished_at, run.cancel_requested = None, False
+        run.save(update_fields=["input", "context", "status", "error", "failed_step", "finished_at",
+                                "cancel_requested"])
+        if input is not None:
+            kind = RunEvent.Kind.INPUT_EDITED
+        elif from_step:
+            kind = RunEvent.Kind.RERUN
+        else:
+            kind = RunEvent.Kind.RETRIED
+        details: dict[str, Any] = {"from_step": wf.steps[index].name}
+        if input is not None:
+            details["old_input"] = old_input
+            details["new_input"] = new_input
+        RunEvent.objects.create(run=run, kind=kind, actor=actor[:200], step_name=wf.steps[index].name,
+                                details=details)
+        engine._activate(run, steps[index], wf.steps[index], timezone.now())
+    run.refresh_from_db()
+    return run
+
+
+def run_cancel(*, run_id: UUID | str, actor: str) -> WorkflowRun:
+    """Cancel a run: a step already running may finish, nothing further runs."""
+    now = timezone.now()
+    with transaction.atomic():
+        run = _locked_run(run_id)
+        if run.status not in RUN_ACTIVE:
+            raise Conflict(f"Run {run.pk} is already {run.status}")
+        StepRun.objects.filter(
+            run=run, status__in=[StepStatus.QUEUED, StepStatus.RETRYING, StepStatus.WAITING]
+        ).update(status=StepStatus.SKIPPED, error=f"Run cancelled by {actor}", finished_at=now,
+                 next_attempt_at=None, wait_until=None)
+        run.status, run.cancel_requested, run.finished_at = RunStatus.CANCELLED, True, now
+        run.error = f"Cancelled by {actor}"
+        run.save(update_fields=["status", "cancel_requested", "finished_at", "error"])
+        RunEvent.objects.create(run=run, kind=RunEvent.Kind.CANCELLED, actor=actor[:200])
+    return run
+
+
+def run_answer(
+    *, run_id: UUID | str, actor: str, data: dict[str, Any], step: str | None = None
+) -> WorkflowRun:
+    """Answer the run's waiting human step (or the named one) with ``data``; the run goes on."""
+    if not isinstance(data, dict):
+        raise InvalidInput("data must be a JSON object", errors={"data": ["Must be a JSON object."]})
+    with transaction.atomic():
+        run = _locked_run(run_id)
+        waiting = run.steps.select_for_update().filter(status=StepStatus.WAITING)
+        if step:
+            waiting = waiting.filter(name=step)
+        step_row = waiting.order_by("index").first()
+        if step_row is None:
+            what = f"a waiting step named {step!r}" if step else "a waiting step"
+            raise Conflict(f"Run {run.pk} has no {what} (run status: {run.status})")
+        wf = definitions.get(run.workflow, run.version)
+        spec = wf.steps[step_row.index]
+        output = spec.output_from_answer(run.context, data)
+        RunEvent.objects.create(run=run, kind=RunEvent.Kind.ANSWERED, actor=actor[:200],
+                                step_name=step_row.name, details={"data": data})
+        engine.advance_after(run=run, step=step_row, wf=wf, status=StepStatus.SUCCEEDED, output=output)
+    run.refresh_from_db()
+    return run

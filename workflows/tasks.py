@@ -1,0 +1,19 @@
+"""Celery tasks of the workflow engine: thin wrappers over ``workflows.engine``."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from workflows import engine
+
+
+@shared_task(name="workflows.run_step", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_step(step_id: int) -> str:
+    """Try one step of a run once (claiming it first, so duplicates are harmless)."""
+    return engine.step_execute(step_id=step_id)
+
+
+@shared_task(name="workflows.reconcile", ignore_result=True)
+def reconcile() -> dict[str, int]:
+    """Re-enqueue steps whose message was lost; time out waiting human steps."""
+    return engine.steps_reconcile()
