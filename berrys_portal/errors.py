@@ -15,7 +15,8 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, JsonResponse
+from django.views import defaults as django_defaults
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
@@ -169,3 +170,21 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         else:
             response.data = {"detail": str(detail), "code": getattr(detail, "code", exc.default_code)}
     return response
+
+
+def _is_html_path(request) -> bool:
+    return request.path.startswith(("/admin/", "/static/"))
+
+
+def json_page_not_found(request, exception=None):
+    """``handler404``: the API's error shape for unknown API paths; Django's page for the admin."""
+    if _is_html_path(request):
+        return django_defaults.page_not_found(request, exception)
+    return JsonResponse({"detail": f"No endpoint at {request.path}.", "code": "not_found"}, status=404)
+
+
+def json_server_error(request):
+    """``handler500``: a crash still answers in the API's error shape (details are in the log)."""
+    if _is_html_path(request):
+        return django_defaults.server_error(request)
+    return JsonResponse({"detail": "Internal server error.", "code": "server_error"}, status=500)

@@ -17,6 +17,8 @@ from berrys_portal.env import (
     env_float,
     env_int,
     env_list,
+    env_networks,
+    env_rate,
     env_str,
     parse_database_url,
     sqlite_database,
@@ -167,8 +169,16 @@ LOGIN_URL = "admin:login"
 # --- API ----------------------------------------------------------------------
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
-REGISTRY_ALLOWED_NETWORKS = env_list("REGISTRY_ALLOWED_NETWORKS", [])
-API_WRITE_THROTTLE_RATE = env_str("API_WRITE_THROTTLE_RATE", "6000/min")
+# --- Registry API (registry issue) -----------------------------------------------
+# Registered url/health_url hosts must be IP literals inside one of these networks
+# (or names resolving only into them) when the list is non-empty. Link-local is always refused.
+REGISTRY_ALLOWED_NETWORKS = env_networks("REGISTRY_ALLOWED_NETWORKS")
+# Per API key, for POST/PUT/PATCH/DELETE; DRF rate syntax: "<n>/<sec|min|hour|day>".
+API_WRITE_THROTTLE_RATE = env_rate("API_WRITE_THROTTLE_RATE", "6000/min")
+# ApiKey.last_used_at is written at most this often per key (not on every request).
+API_KEY_LAST_USED_INTERVAL_SECONDS = env_int("API_KEY_LAST_USED_INTERVAL_SECONDS", 60, minimum=1)
+# /health's broker probe gives up after this many seconds.
+HEALTH_BROKER_TIMEOUT_SECONDS = env_float("HEALTH_BROKER_TIMEOUT_SECONDS", 1.0, minimum=0.05)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["registry.auth.ApiKeyAuthentication"],
@@ -179,6 +189,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "berrys_portal.errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "berrys_portal.pagination.PortalPagination",
     "PAGE_SIZE": 50,
+    "DEFAULT_THROTTLE_CLASSES": ["registry.auth.ApiKeyWriteThrottle"],
     "DEFAULT_THROTTLE_RATES": {"write": API_WRITE_THROTTLE_RATE},
     "UNAUTHENTICATED_USER": None,
 }
@@ -190,13 +201,12 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
-    "APPEND_COMPONENTS": {
-        "securitySchemes": {
-            "ApiKey": {"type": "apiKey", "in": "header", "name": "Authorization",
-                       "description": "`Token <key>` or `Bearer <key>`"}
-        }
+    # The API-key scheme comes from registry/schema.py (per operation, so /health shows none).
+    "ENUM_NAME_OVERRIDES": {
+        "HealthStatusEnum": "registry.models.HealthStatus",
+        "CriticalityEnum": "registry.models.Criticality",
+        "PortalHealthStatusEnum": [("healthy", "healthy"), ("unhealthy", "unhealthy")],
     },
-    "SECURITY": [{"ApiKey": []}],
 }
 
 # --- Health monitoring and breakers -------------------------------------------

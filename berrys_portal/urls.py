@@ -13,3 +13,6 @@ urlpatterns = [
     path("", include("registry.urls")),
     path("workflows/", include("workflows.urls")),
 ]
+
+handler404 = "berrys_portal.errors.json_page_not_found"
+handler500 = "berrys_portal.errors.json_server_error"

@@ -9,14 +9,19 @@ with ``required_scopes = {"GET": "read", "POST": "register", ...}`` or a single
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
-from rest_framework import authentication, exceptions, permissions
+from rest_framework import authentication, exceptions, permissions, throttling
 
 from registry.models import ApiKey
+
+logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "bp_"
 
@@ -29,6 +34,8 @@ def api_key_create(
     *, name: str, scopes: list[str], expires_at: datetime | None = None, created_by=None
 ) -> tuple[ApiKey, str]:
     """Create a key; returns the row and the plain key (shown once, never stored)."""
+    if not name or not name.strip():
+        raise ValueError("A key needs a name.")
     valid = set(ApiKey.Scope.values)
     unknown = sorted(set(scopes) - valid)
     if unknown:
@@ -43,6 +50,11 @@ def api_key_create(
         created_by=created_by,
     )
     return key, plain
+
+
+def api_key_revoke(*, keys) -> int:
+    """Revoke keys (a queryset); effective on their next request. Returns how many were revoked."""
+    return keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
 
 
 @dataclass(frozen=True)
@@ -63,31 +75,49 @@ class ApiPrincipal:
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
-    """``Authorization: Token <key>`` or ``Authorization: Bearer <key>``."""
+    """``Authorization: Token <key>`` or ``Authorization: Bearer <key>``.
+
+    One indexed query per request (``key_hash`` is unique) and no cache: a
+    revoked or expired key stops working on the very next request.
+    """
 
     keywords = ("token", "bearer")
 
     def authenticate(self, request):
         header = authentication.get_authorization_header(request).decode("latin-1")
-        if not header:
-            return None
         parts = header.split()
-        if parts[0].lower() not in self.keywords:
+        if not parts or parts[0].lower() not in self.keywords:
             return None
         if len(parts) != 2:
-            raise exceptions.AuthenticationFailed("Malformed Authorization header: use 'Token <key>'.")
+            raise exceptions.AuthenticationFailed(
+                "Malformed Authorization header: use 'Token <key>' or 'Bearer <key>'."
+            )
         key = ApiKey.objects.filter(key_hash=hash_key(parts[1])).first()
         if key is None:
             raise exceptions.AuthenticationFailed("Invalid API key.")
+        now = timezone.now()
         if key.revoked_at is not None:
             raise exceptions.AuthenticationFailed("API key has been revoked.")
-        if key.expires_at is not None and key.expires_at <= timezone.now():
+        if key.expires_at is not None and key.expires_at <= now:
             raise exceptions.AuthenticationFailed("API key has expired.")
+        _touch_last_used(key, now)
         return ApiPrincipal(key), key
 
     def authenticate_header(self, request) -> str:
         # Makes DRF answer 401 (not 403) when credentials are missing.
         return 'Token realm="berrys-portal"'
+
+
+def _touch_last_used(key: ApiKey, now: datetime) -> None:
+    """Record use at most once per interval: a write on every request would halve throughput."""
+    interval = timedelta(seconds=settings.API_KEY_LAST_USED_INTERVAL_SECONDS)
+    if key.last_used_at is not None and now - key.last_used_at < interval:
+        return
+    # Conditional UPDATE: of concurrent requests only one writes; no row lock is held.
+    ApiKey.objects.filter(pk=key.pk).filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - interval)
+    ).update(last_used_at=now)
+    key.last_used_at = now
 
 
 class HasApiKey(permissions.BasePermission):
@@ -110,3 +140,35 @@ def required_scope(view, method: str) -> str | None:
     if scopes:
         return scopes.get(method, scopes.get("*"))
     return getattr(view, "required_scope", None)
+
+
+class ApiKeyWriteThrottle(throttling.SimpleRateThrottle):
+    """Rate-limits writes (POST/PUT/PATCH/DELETE) per API key; reads are never throttled.
+
+    The rate is ``API_WRITE_THROTTLE_RATE``. Counters live in the cache; if the
+    cache is down the request is let through (throttling is protection, not a
+    dependency that may take the API down).
+    """
+
+    scope = "write"
+
+    def get_rate(self) -> str:
+        # Read at request time (DRF caches THROTTLE_RATES at import), so the setting is honoured.
+        return settings.API_WRITE_THROTTLE_RATE
+
+    def allow_request(self, request, view) -> bool:
+        if request.method in permissions.SAFE_METHODS:
+            return True
+        try:
+            return super().allow_request(request, view)
+        except Exception:  # noqa: BLE001 - a cache outage must not turn writes into 500s
+            logger.warning("write throttle unavailable (cache down?); request allowed")
+            return True
+
+    def get_cache_key(self, request, view) -> str | None:
+        principal = request.user
+        if isinstance(principal, ApiPrincipal):
+            ident = f"key:{principal.key.pk}"
+        else:
+            ident = f"ip:{self.get_ident(request)}"
+        return f"throttle:{self.scope}:{ident}"

@@ -9,14 +9,13 @@ from __future__ import annotations
 import itertools
 import logging
 
-from django.core.cache import cache
-
 from berrys_portal.errors import NoEligibleServiceError, ServiceNotFoundError
 from registry.models import DISCOVERY_RANK, HealthStatus, Service
 
 logger = logging.getLogger(__name__)
 
-_local_counter = itertools.count()
+_counters: dict[str, itertools.count] = {}
+MAX_STATES_LISTED = 20
 
 
 def service_eligible_list(*, service_type: str) -> list[Service]:
@@ -30,7 +29,9 @@ def service_eligible_list(*, service_type: str) -> list[Service]:
     healthy = by_status.get(HealthStatus.PASSING, []) + by_status.get(HealthStatus.WARNING, [])
     eligible = healthy or by_status.get(HealthStatus.UNKNOWN, [])
     if not eligible:
-        states = ", ".join(f"{inst.name}: {inst.status}" for inst in instances)
+        states = ", ".join(f"{inst.name}: {inst.status}" for inst in instances[:MAX_STATES_LISTED])
+        if len(instances) > MAX_STATES_LISTED:
+            states += f", and {len(instances) - MAX_STATES_LISTED} more"
         raise NoEligibleServiceError(
             f"{len(instances)} instance(s) of type {service_type} registered but none is eligible "
             f"({states})"
@@ -39,17 +40,16 @@ def service_eligible_list(*, service_type: str) -> list[Service]:
 
 
 def _next_index(service_type: str) -> int:
-    try:
-        return cache.incr(f"discovery:rr:{service_type}")
-    except ValueError:
-        cache.add(f"discovery:rr:{service_type}", 0, timeout=None)
-        try:
-            return cache.incr(f"discovery:rr:{service_type}")
-        except Exception:  # noqa: BLE001 - rotation is best effort
-            return next(_local_counter)
-    except Exception:  # noqa: BLE001 - a cache outage must not break discovery
-        logger.warning("discovery rotation counter unavailable; using a process-local one")
-        return next(_local_counter)
+    """A per-process round-robin counter.
+
+    Process-local on purpose: discovery is the hot path, and a shared counter in
+    Redis costs a network round trip per call. Each worker process rotates through
+    the instances on its own, which spreads load just as evenly.
+    """
+    counter = _counters.get(service_type)
+    if counter is None:
+        counter = _counters.setdefault(service_type, itertools.count())
+    return next(counter)  # itertools.count is atomic under the GIL
 
 
 def service_pick(*, service_type: str) -> Service:

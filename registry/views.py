@@ -1,0 +1,246 @@
+"""Registry, discovery and portal-health endpoints. Thin: validate, call a service, serialize."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+)
+from rest_framework import generics, permissions, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from berrys_portal.errors import InvalidInput, NotFound
+from berrys_portal.pagination import PortalPagination
+from registry import services
+from registry.discovery import service_eligible_list, service_pick
+from registry.filters import service_filter
+from registry.models import Service
+from registry.portal_health import portal_health
+from registry.serializers import (
+    DiscoveryListSerializer,
+    ErrorSerializer,
+    MaintenanceSerializer,
+    PortalHealthSerializer,
+    ServiceListQuerySerializer,
+    ServiceRegisterSerializer,
+    ServiceSerializer,
+    ServiceUpdateSerializer,
+)
+from registry.types import TYPE_PATTERN
+
+_ERROR_TEXT = {
+    400: "Invalid input: `detail` summarises, `errors` names each field.",
+    401: "Missing, malformed, unknown, revoked or expired API key.",
+    403: "The API key lacks the scope this endpoint needs.",
+    404: "Not found.",
+    413: "Request body larger than API_MAX_BODY_BYTES.",
+    429: "Too many writes for this API key (API_WRITE_THROTTLE_RATE).",
+    503: "Instances are registered but none is eligible; `detail` lists their states.",
+}
+
+
+def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+    return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_TEXT[code]) for code in codes}
+
+
+_READ_ERRORS = (401, 403)
+_WRITE_ERRORS = (400, 401, 403, 413, 429)
+
+
+_PK = OpenApiParameter("pk", int, OpenApiParameter.PATH, description="The service's id.")
+
+
+def _service_or_404(pk: int) -> Service:
+    service = Service.objects.filter(pk=pk).first()
+    if service is None:
+        raise NotFound(f"No registered service with id {pk}.")
+    return service
+
+
+def _actor(request) -> str:
+    return getattr(request.user, "username", "")
+
+
+class ServiceCollectionView(generics.GenericAPIView):
+    """``/registry/services``: register (POST) and list (GET)."""
+
+    required_scopes = {"GET": "read", "POST": "register"}
+    pagination_class = PortalPagination
+    serializer_class = ServiceSerializer
+
+    @extend_schema(
+        operation_id="services_list",
+        summary="List registered services",
+        parameters=[
+            OpenApiParameter("type", str, description="Exact type, e.g. PLANNING_SYSTEM."),
+            OpenApiParameter("status", str, enum=[c for c, _ in Service._meta.get_field("status").choices]),
+            OpenApiParameter("name", str, description="Case-insensitive substring of the name."),
+            OpenApiParameter("tag", str, many=True, description="Repeat to require several tags (ANDed)."),
+            OpenApiParameter("capability", str, many=True, description="Repeat to require several (ANDed)."),
+        ],
+        responses={200: ServiceSerializer(many=True), **_errors(400, 404, *_READ_ERRORS)},
+    )
+    def get(self, request):
+        raw = {key: request.query_params.get(key) for key in ("type", "status", "name", "page", "page_size")}
+        raw = {key: value for key, value in raw.items() if value is not None}
+        for key in ("tag", "capability"):
+            if key in request.query_params:
+                raw[key] = request.query_params.getlist(key)
+        query = ServiceListQuerySerializer(data=raw)
+        query.is_valid(raise_exception=True)
+        queryset = service_filter(Service.objects.all(), **query.validated_data).order_by("type", "name", "id")
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(ServiceSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="services_register",
+        summary="Register a service (idempotent upsert on name + url)",
+        request=ServiceRegisterSerializer,
+        responses={
+            201: OpenApiResponse(ServiceSerializer, description="Registered for the first time."),
+            200: OpenApiResponse(ServiceSerializer, description="Already registered: updated in place."),
+            **_errors(*_WRITE_ERRORS),
+        },
+    )
+    def post(self, request):
+        data = ServiceRegisterSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        service, created = services.service_register(data=data.validated_data)
+        return Response(
+            ServiceSerializer(service).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+class ServiceDetailView(APIView):
+    """``/registry/services/{id}``: read, change, deregister one instance."""
+
+    required_scopes = {"GET": "read", "PATCH": "register", "DELETE": "register"}
+
+    @extend_schema(
+        operation_id="services_retrieve", parameters=[_PK], summary="One registered service",
+        responses={200: ServiceSerializer, **_errors(404, *_READ_ERRORS)},
+    )
+    def get(self, request, pk: str):
+        return Response(ServiceSerializer(_service_or_404(int(pk))).data)
+
+    @extend_schema(
+        operation_id="services_update", parameters=[_PK], summary="Change a service's optional fields",
+        request=ServiceUpdateSerializer,
+        responses={200: ServiceSerializer, **_errors(404, *_WRITE_ERRORS)},
+    )
+    def patch(self, request, pk: str):
+        service = _service_or_404(int(pk))
+        data = ServiceUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        service = services.service_update(service=service, data=data.validated_data)
+        return Response(ServiceSerializer(service).data)
+
+    @extend_schema(
+        operation_id="services_deregister", parameters=[_PK], summary="Deregister a service",
+        responses={204: OpenApiResponse(description="Deregistered."), **_errors(404, 401, 403, 429)},
+    )
+    def delete(self, request, pk: str):
+        if not services.service_deregister(service=int(pk), actor=_actor(request), reason="API request"):
+            raise NotFound(f"No registered service with id {pk}.")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ServiceHeartbeatView(APIView):
+    """``PUT /registry/services/{id}/heartbeat``."""
+
+    required_scopes = {"PUT": "register"}
+
+    @extend_schema(
+        operation_id="services_heartbeat", parameters=[_PK], summary="Record a heartbeat", request=None,
+        responses={200: ServiceSerializer, **_errors(404, 401, 403, 413, 429)},
+    )
+    def put(self, request, pk: str):
+        _service_or_404(int(pk))
+        return Response(ServiceSerializer(services.service_heartbeat(service=int(pk))).data)
+
+
+class ServiceMaintenanceView(APIView):
+    """``POST /registry/services/{id}/maintenance`` with ``{"enabled": bool, "reason": str}``."""
+
+    required_scopes = {"POST": "register"}
+
+    @extend_schema(
+        operation_id="services_maintenance", parameters=[_PK], summary="Enter or leave maintenance",
+        request=MaintenanceSerializer,
+        responses={200: ServiceSerializer, **_errors(404, *_WRITE_ERRORS)},
+    )
+    def post(self, request, pk: str):
+        _service_or_404(int(pk))
+        data = MaintenanceSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        service = services.service_set_maintenance(
+            service=int(pk), on=data.validated_data["enabled"], reason=data.validated_data["reason"],
+            actor=_actor(request),
+        )
+        return Response(ServiceSerializer(service).data)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class DiscoveryView(APIView):
+    """``GET /discovery/{type}``: one eligible instance (rotating), or all with ``?all=1``."""
+
+    required_scopes = {"GET": "read"}
+
+    @extend_schema(
+        operation_id="discovery_get",
+        summary="Discover an instance of a service type",
+        parameters=[
+            OpenApiParameter("type", str, OpenApiParameter.PATH, description="e.g. PLANNING_SYSTEM"),
+            OpenApiParameter("all", bool, description="List every eligible instance instead of one."),
+        ],
+        responses={
+            200: PolymorphicProxySerializer(
+                component_name="DiscoveryResult",
+                serializers=[ServiceSerializer, DiscoveryListSerializer],
+                resource_type_field_name=None,
+            ),
+            **_errors(400, 404, 503, *_READ_ERRORS),
+        },
+    )
+    def get(self, request, service_type: str):
+        if not TYPE_PATTERN.match(service_type) or len(service_type) > 64:
+            raise InvalidInput(
+                "Type must be UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM.",
+                errors={"type": ["Type must be UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM."]},
+            )
+        flag = request.query_params.get("all", "").strip().lower()
+        if flag not in _TRUE | _FALSE:
+            raise InvalidInput("all must be 1/0 or true/false.", errors={"all": ["Must be 1/0 or true/false."]})
+        if flag in _TRUE:
+            eligible = service_eligible_list(service_type=service_type)
+            return Response(
+                {"type": service_type, "count": len(eligible),
+                 "services": ServiceSerializer(eligible, many=True).data}
+            )
+        return Response(ServiceSerializer(service_pick(service_type=service_type)).data)
+
+
+class PortalHealthView(APIView):
+    """``GET /health``: the portal's own health, no key needed (load balancers poll it)."""
+
+    authentication_classes: list = []
+    permission_classes = [permissions.AllowAny]
+    throttle_classes: list = []
+
+    @extend_schema(
+        operation_id="portal_health", summary="The portal's own health", auth=[],
+        responses={
+            200: OpenApiResponse(PortalHealthSerializer, description="Healthy."),
+            503: OpenApiResponse(PortalHealthSerializer, description="A dependency does not answer."),
+        },
+    )
+    def get(self, request):
+        body = portal_health()
+        code = status.HTTP_200_OK if body["status"] == "healthy" else status.HTTP_503_SERVICE_UNAVAILABLE
+        return Response(body, status=code)
