@@ -9,25 +9,39 @@ The interface mirrors the integration guide::
 
     svc = service_discovery.get_service_by_type(ServiceType.PLANNING_SYSTEM)
     result = service_client.post(service=svc, endpoint="/plans/strategic", data={...})
+
+Retries: only transient failures (connection errors, timeouts, 502/503/504)
+are retried, with exponential backoff and full jitter
+(``uniform(0, min(cap, base * 2**n))``), and only for idempotent methods unless
+the caller passes ``idempotent=True``. ``retries=0`` means exactly one try.
+Every error carries ``.call`` (the last try, or None when nothing was sent) and
+``.tries`` (every try).
 """
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+from django.conf import settings
 
 from berrys_portal.errors import (
     CircuitOpenError,
+    NoEligibleServiceError,
+    PortalError,
     ServiceConnectionError,
     ServiceNotFoundError,
     ServiceResponseError,
 )
-from registry.discovery import service_pick
+from registry.adapters import adapt_request
+from registry.breakers import Permit, breaker_for
+from registry.discovery import service_eligible_list, service_pick
 from registry.models import Service
 
 __all__ = [
@@ -38,12 +52,16 @@ __all__ = [
     "service_client",
     "service_discovery",
     "CircuitOpenError",
+    "NoEligibleServiceError",
     "ServiceConnectionError",
     "ServiceNotFoundError",
     "ServiceResponseError",
+    "TRANSIENT_STATUSES",
 ]
 
 WORKER_HOSTNAME = socket.gethostname()
+TRANSIENT_STATUSES = frozenset({502, 503, 504})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 @dataclass
@@ -60,6 +78,8 @@ class CallInfo:
     latency_ms: float | None = None
     error: str = ""
     started_at: float = field(default_factory=time.time)
+    attempt: int = 1
+    trial: bool = False  # this try was the breaker's half-open trial
 
 
 @dataclass
@@ -92,16 +112,71 @@ def _decode(response: requests.Response) -> Any:
         return response.text
 
 
+def _attach(error: PortalError, call: CallInfo | None, tries: list[CallInfo]) -> PortalError:
+    error.call = call
+    error.tries = list(tries)
+    return error
+
+
 class ServiceDiscovery:
     def get_service_by_type(self, service_type: str) -> Service:
-        return service_pick(service_type=service_type)
+        try:
+            return service_pick(service_type=service_type)
+        except (ServiceNotFoundError, NoEligibleServiceError) as exc:
+            raise _attach(exc, None, []) from None
 
 
 class ServiceClient:
-    """Calls a service by type or instance. Thread-safe; one Session per thread."""
+    """Calls a service by type or instance. Thread-safe; one Session per thread.
 
-    def __init__(self, *, default_timeout: float = 10.0):
+    ``sleep`` and ``rand`` are injectable so tests can check the retry schedule
+    without waiting for it.
+    """
+
+    def __init__(
+        self,
+        *,
+        default_timeout: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+    ):
         self.default_timeout = default_timeout
+        self.sleep = sleep
+        self.rand = rand
+
+    # --- retry policy -----------------------------------------------------------------
+
+    @staticmethod
+    def _settings() -> tuple[int, float, float]:
+        return (
+            getattr(settings, "SERVICE_CLIENT_RETRIES", 2),
+            getattr(settings, "SERVICE_CLIENT_BACKOFF_BASE_SECONDS", 0.2),
+            getattr(settings, "SERVICE_CLIENT_BACKOFF_CAP_SECONDS", 5.0),
+        )
+
+    def backoff_delay(self, retry_number: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**retry_number))."""
+        _, base, cap = self._settings()
+        return self.rand() * min(cap, base * (2 ** retry_number))
+
+    # --- instance selection ------------------------------------------------------------
+
+    def _candidates(self, service: Service | str) -> list[Service]:
+        """The instance to call first, then the other eligible ones (failover when open)."""
+        if isinstance(service, Service):
+            return [service]
+        first = service_pick(service_type=service)
+        rest = [s for s in service_eligible_list(service_type=service) if s.pk != first.pk]
+        return [first, *rest]
+
+    def _permit(self, candidates: list[Service]) -> tuple[Service, Permit] | None:
+        for instance in candidates:
+            permit = breaker_for(instance).acquire()
+            if permit is not None:
+                return instance, permit
+        return None
+
+    # --- the call ------------------------------------------------------------------------
 
     def request(
         self,
@@ -113,40 +188,84 @@ class ServiceClient:
         params: dict | None = None,
         timeout: float | None = None,
         headers: dict | None = None,
+        idempotent: bool | None = None,
+        retries: int | None = None,
     ) -> CallResult:
-        instance = service if isinstance(service, Service) else service_pick(service_type=service)
-        url = instance.url.rstrip("/") + "/" + endpoint.lstrip("/")
-        call = CallInfo(
-            method=method.upper(), url=url, request_body=data,
-            service_id=instance.pk, service_name=instance.name,
-        )
-        started = time.perf_counter()
-        try:
-            response = _session().request(
-                method.upper(), url, json=data, params=params, headers=headers,
-                timeout=timeout or self.default_timeout,
+        method = method.upper()
+        default_retries, _, _ = self._settings()
+        retries = default_retries if retries is None else max(0, retries)
+        may_retry = idempotent if idempotent is not None else method in IDEMPOTENT_METHODS
+        tries: list[CallInfo] = []
+
+        for attempt in range(1, retries + 2):
+            try:
+                candidates = self._candidates(service)
+            except (ServiceNotFoundError, NoEligibleServiceError) as exc:
+                raise _attach(exc, tries[-1] if tries else None, tries) from None
+            service_type = candidates[0].type
+            body = adapt_request(service_type=service_type, method=method, endpoint=endpoint, data=data)
+
+            picked = self._permit(candidates)
+            if picked is None:
+                names = ", ".join(s.name for s in candidates)
+                raise _attach(
+                    CircuitOpenError(f"Circuit breaker open for {names}; the call was not sent"),
+                    tries[-1] if tries else None, tries,
+                )
+            instance, permit = picked
+            breaker = permit.breaker
+            url = instance.url.rstrip("/") + "/" + endpoint.lstrip("/")
+            call = CallInfo(
+                method=method, url=url, request_body=body, service_id=instance.pk,
+                service_name=instance.name, attempt=attempt, trial=permit.trial,
             )
-        except requests.RequestException as exc:
+            tries.append(call)
+            call_timeout = timeout or self.default_timeout or breaker.config.call_timeout
+            started = time.perf_counter()
+            try:
+                response = _session().request(
+                    method, url, json=body, params=params, headers=headers, timeout=call_timeout,
+                )
+            except requests.RequestException as exc:
+                call.latency_ms = (time.perf_counter() - started) * 1000
+                kind = "Timeout" if isinstance(exc, requests.Timeout) else "Connection error"
+                call.error = f"{kind}: {type(exc).__name__}: {exc}"
+                breaker.failed(permit, call.error)
+                if may_retry and attempt <= retries:
+                    self.sleep(self.backoff_delay(attempt - 1))
+                    continue
+                raise _attach(
+                    ServiceConnectionError(f"Could not reach {instance.name} ({url}): {kind.lower()}: {exc}"),
+                    call, tries,
+                ) from exc
+
             call.latency_ms = (time.perf_counter() - started) * 1000
-            call.error = f"{type(exc).__name__}: {exc}"
-            error = ServiceConnectionError(f"Could not connect to {instance.name} ({url}): {exc}")
-            error.call = call
-            raise error from exc
-        call.latency_ms = (time.perf_counter() - started) * 1000
-        call.status = response.status_code
-        call.body = _decode(response)
-        if response.status_code >= 400:
+            call.status = response.status_code
+            call.body = _decode(response)
+            if response.status_code < 400:
+                breaker.succeeded(permit)
+                return CallResult(
+                    status=response.status_code, body=call.body, latency_ms=call.latency_ms,
+                    service=instance, call=call, tries=tries,
+                )
             call.error = f"HTTP {response.status_code}"
-            error = ServiceResponseError(
-                f"{instance.name} answered HTTP {response.status_code} to {method.upper()} {endpoint}",
-                status=response.status_code, body=call.body,
+            if response.status_code >= 500:
+                # The service is failing: counts toward tripping its breaker.
+                breaker.failed(permit, call.error)
+            else:
+                # A 4xx is the caller's problem; the service answered, so it is up.
+                breaker.succeeded(permit)
+            if response.status_code in TRANSIENT_STATUSES and may_retry and attempt <= retries:
+                self.sleep(self.backoff_delay(attempt - 1))
+                continue
+            raise _attach(
+                ServiceResponseError(
+                    f"{instance.name} answered HTTP {response.status_code} to {method} {endpoint}",
+                    status=response.status_code, body=call.body,
+                ),
+                call, tries,
             )
-            error.call = call
-            raise error
-        return CallResult(
-            status=response.status_code, body=call.body, latency_ms=call.latency_ms,
-            service=instance, call=call, tries=[call],
-        )
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def get(self, *, service, endpoint, params=None, **kw) -> CallResult:
         return self.request("GET", service=service, endpoint=endpoint, params=params, **kw)

@@ -217,3 +217,44 @@ class BreakerEvent(models.Model):
             # Dashboard: breaker trips in the last 24 h.
             models.Index(fields=["new_state", "-at"], name="registry_breakerevent_trips"),
         ]
+
+
+class AlertKind(models.TextChoices):
+    CRITICAL = "critical", "Service turned critical"
+    RECOVERED = "recovered", "Service recovered"
+    BREAKER_TRIP = "breaker_trip", "Circuit breaker opened"
+    BREAKER_STORAGE_DOWN = "breaker_storage_down", "Breaker state store unreachable"
+
+
+class Alert(models.Model):
+    """One notification sent to the alert channels (webhooks, ADMINS e-mail).
+
+    Also the de-duplication state: a (service, kind) alert is not re-sent while
+    it is the service's latest alert and younger than ALERT_DEDUP_SECONDS.
+    """
+
+    service = models.ForeignKey(
+        Service, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts"
+    )
+    service_name = models.CharField(max_length=200, blank=True)
+    kind = models.CharField(max_length=32, choices=AlertKind.choices)
+    message = models.TextField()
+    created_at = models.DateTimeField()
+    delivered_at = models.DateTimeField(null=True, blank=True, help_text="Every channel accepted it.")
+    attempts = models.PositiveIntegerField(default=0, help_text="Delivery rounds tried.")
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # De-duplication: the latest alert of one service (any kind, or one kind).
+            models.Index(fields=["service", "-created_at"], name="registry_alert_latest"),
+            # Re-delivery sweep: alerts not yet delivered.
+            models.Index(
+                fields=["created_at"], name="registry_alert_undelivered",
+                condition=Q(delivered_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.service_name}"

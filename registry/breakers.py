@@ -1,0 +1,564 @@
+"""Circuit breakers: one per registered service, shared by every process through Redis.
+
+Each service gets a ``ServiceBreaker`` (a ``pybreaker.CircuitBreaker``) whose
+state lives in a ``SharedBreakerStorage``: one Redis hash per service id when
+``settings.REDIS_URL`` is set, process memory otherwise.
+
+We do not use pybreaker's ``call()``: it holds one process-wide lock for the
+whole guarded call, which would serialise concurrent calls to one service.
+Instead callers ask for a ``Permit`` before the HTTP call and report the outcome
+after it; every state change is one atomic step (a Lua script in Redis, a short
+lock in memory), so exactly one process records each transition.
+
+Rules:
+- closed: calls pass; ``fail_max`` consecutive failures open the breaker.
+- open: calls fail fast until ``reset_timeout`` has passed; then ONE caller,
+  across all processes, gets the half-open trial (a lease key set with NX).
+- half-open: the trial's success closes the breaker, its failure re-opens it.
+- Redis unreachable: log, raise an alert, and fall back to process-local state
+  (which starts closed) so the portal keeps working.
+
+Transitions become ``BreakerEvent`` rows written by a background thread, on its
+own database connection, never inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pybreaker
+import redis
+from django.conf import settings
+from django.db import close_old_connections, connections
+
+from registry.models import BreakerEvent, BreakerState, Criticality, Service
+
+logger = logging.getLogger(__name__)
+
+# The integration guide's presets: (fail_max, reset_timeout s, call timeout s).
+PRESETS: dict[str, tuple[int, float, float]] = {
+    Criticality.CRITICAL: (5, 30.0, 5.0),
+    Criticality.NON_CRITICAL: (3, 60.0, 10.0),
+}
+
+CLOSED = BreakerState.CLOSED.value
+OPEN = BreakerState.OPEN.value
+HALF_OPEN = BreakerState.HALF_OPEN.value
+
+# How long the portal keeps using process-local state after Redis failed, before
+# trying Redis again (so an outage costs one connect timeout per period, not per call).
+REDIS_RETRY_AFTER_SECONDS = 5.0
+
+
+def _prefix() -> str:
+    return getattr(settings, "BREAKER_REDIS_PREFIX", "berrys:breaker")
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    fail_max: int
+    reset_timeout: float
+    call_timeout: float
+
+
+def breaker_config(service: Service) -> BreakerConfig:
+    """The criticality preset with the service's own overrides applied."""
+    fail_max, reset_timeout, call_timeout = PRESETS.get(
+        service.criticality, PRESETS[Criticality.NON_CRITICAL]
+    )
+    return BreakerConfig(
+        fail_max=service.breaker_fail_max or fail_max,
+        reset_timeout=service.breaker_reset_timeout_seconds or reset_timeout,
+        call_timeout=service.breaker_call_timeout_seconds or call_timeout,
+    )
+
+
+@dataclass
+class Snapshot:
+    state: str
+    fail_counter: int
+    opened_at: float | None
+    last_error: str
+    trial_held: bool
+
+    def reset_due(self, reset_timeout: float, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return self.state == OPEN and (self.opened_at or 0) + reset_timeout <= now
+
+
+@dataclass
+class Transition:
+    old: str
+    new: str
+    error: str = ""
+
+
+# --- Storage backends ---------------------------------------------------------------
+# Both implement the same atomic operations; each returns the transition it made.
+
+_LUA_ACQUIRE = """
+local st = redis.call('HGET', KEYS[1], 'state') or 'closed'
+if st == 'closed' then return {st, 'closed', 0} end
+local force = tonumber(ARGV[4])
+local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at') or '0')
+if force == 0 and st == 'open' and tonumber(ARGV[1]) < opened + tonumber(ARGV[2]) then
+  return {st, st, 0}
+end
+local got
+if force == 1 then
+  got = redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
+else
+  got = redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[5])
+end
+if got then
+  redis.call('HSET', KEYS[1], 'state', 'half-open')
+  return {st, 'half-open', 1}
+end
+return {st, st, 0}
+"""
+
+_LUA_SUCCESS = """
+local st = redis.call('HGET', KEYS[1], 'state') or 'closed'
+if st == 'half-open' and ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'state', 'closed', 'fails', 0)
+  redis.call('DEL', KEYS[2])
+  return {st, 'closed'}
+end
+if st == 'closed' and tonumber(redis.call('HGET', KEYS[1], 'fails') or '0') > 0 then
+  redis.call('HSET', KEYS[1], 'fails', 0)
+end
+return {st, st}
+"""
+
+_LUA_FAILURE = """
+local st = redis.call('HGET', KEYS[1], 'state') or 'closed'
+if st == 'half-open' and ARGV[4] ~= '' and redis.call('GET', KEYS[2]) == ARGV[4] then
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[2], 'fails', 0, 'last_error', ARGV[3])
+  redis.call('DEL', KEYS[2])
+  return {st, 'open'}
+end
+if st == 'closed' then
+  local n = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+  redis.call('HSET', KEYS[1], 'last_error', ARGV[3])
+  if n >= tonumber(ARGV[1]) then
+    redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[2], 'fails', 0)
+    return {st, 'open'}
+  end
+end
+return {st, st}
+"""
+
+_LUA_SET = """
+local st = redis.call('HGET', KEYS[1], 'state') or 'closed'
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'fails', 0, 'opened_at', ARGV[2], 'last_error', ARGV[3])
+redis.call('DEL', KEYS[2])
+return {st, ARGV[1]}
+"""
+
+
+class _MemoryBackend:
+    """Process-local breaker state; the same rules as the Redis scripts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: dict[int, dict[str, Any]] = {}
+
+    def _row(self, sid: int) -> dict[str, Any]:
+        return self._rows.setdefault(
+            sid, {"state": CLOSED, "fails": 0, "opened_at": None, "last_error": "",
+                  "trial": None, "trial_until": 0.0}
+        )
+
+    def snapshot(self, sids: list[int]) -> dict[int, Snapshot]:
+        now = time.time()
+        with self._lock:
+            out = {}
+            for sid in sids:
+                r = self._row(sid)
+                out[sid] = Snapshot(r["state"], r["fails"], r["opened_at"], r["last_error"],
+                                    bool(r["trial"]) and r["trial_until"] > now)
+            return out
+
+    def acquire(self, sid, *, now, reset_timeout, token, force, lease_ms) -> tuple[str, str, bool]:
+        with self._lock:
+            r = self._row(sid)
+            st = r["state"]
+            if st == CLOSED:
+                return st, st, False
+            if not force and st == OPEN and now < (r["opened_at"] or 0) + reset_timeout:
+                return st, st, False
+            if force or not (r["trial"] and r["trial_until"] > now):
+                r["trial"], r["trial_until"], r["state"] = token, now + lease_ms / 1000, HALF_OPEN
+                return st, HALF_OPEN, True
+            return st, st, False
+
+    def success(self, sid, *, token) -> tuple[str, str]:
+        with self._lock:
+            r = self._row(sid)
+            st = r["state"]
+            if st == HALF_OPEN and token and r["trial"] == token:
+                r.update(state=CLOSED, fails=0, trial=None)
+                return st, CLOSED
+            if st == CLOSED:
+                r["fails"] = 0
+            return st, st
+
+    def failure(self, sid, *, fail_max, now, error, token) -> tuple[str, str]:
+        with self._lock:
+            r = self._row(sid)
+            st = r["state"]
+            if st == HALF_OPEN and token and r["trial"] == token:
+                r.update(state=OPEN, opened_at=now, fails=0, last_error=error, trial=None)
+                return st, OPEN
+            if st == CLOSED:
+                r["fails"] += 1
+                r["last_error"] = error
+                if r["fails"] >= fail_max:
+                    r.update(state=OPEN, opened_at=now, fails=0)
+                    return st, OPEN
+            return st, st
+
+    def set_state(self, sid, *, state, now, error) -> tuple[str, str]:
+        with self._lock:
+            r = self._row(sid)
+            st = r["state"]
+            r.update(state=state, fails=0, opened_at=now, last_error=error, trial=None)
+            return st, state
+
+    def forget(self, sid: int) -> None:
+        with self._lock:
+            self._rows.pop(sid, None)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _RedisBackend:
+    """Breaker state in one Redis hash per service: ``<prefix>:<service id>``."""
+
+    def __init__(self, url: str) -> None:
+        # Short timeouts: a dead Redis must cost a fraction of a second, not a call's budget.
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=0.3, socket_connect_timeout=0.3, retry_on_timeout=False,
+        )
+        self._acquire = self.client.register_script(_LUA_ACQUIRE)
+        self._success = self.client.register_script(_LUA_SUCCESS)
+        self._failure = self.client.register_script(_LUA_FAILURE)
+        self._set = self.client.register_script(_LUA_SET)
+
+    @staticmethod
+    def keys(sid: int) -> list[str]:
+        base = f"{_prefix()}:{sid}"
+        return [base, base + ":trial"]
+
+    def snapshot(self, sids: list[int]) -> dict[int, Snapshot]:
+        pipe = self.client.pipeline(transaction=False)
+        for sid in sids:
+            main, trial = self.keys(sid)
+            pipe.hmget(main, "state", "fails", "opened_at", "last_error")
+            pipe.exists(trial)
+        raw = pipe.execute()
+        out = {}
+        for i, sid in enumerate(sids):
+            state, fails, opened_at, last_error = raw[2 * i]
+            out[sid] = Snapshot(
+                _s(state) if state else CLOSED,
+                int(fails or 0),
+                float(opened_at) if opened_at else None,
+                _s(last_error) if last_error else "",
+                bool(raw[2 * i + 1]),
+            )
+        return out
+
+    def acquire(self, sid, *, now, reset_timeout, token, force, lease_ms) -> tuple[str, str, bool]:
+        old, new, granted = self._acquire(
+            keys=self.keys(sid), args=[repr(now), repr(reset_timeout), token, int(force), int(lease_ms)]
+        )
+        return _s(old), _s(new), bool(granted)
+
+    def success(self, sid, *, token) -> tuple[str, str]:
+        old, new = self._success(keys=self.keys(sid), args=[token or ""])
+        return _s(old), _s(new)
+
+    def failure(self, sid, *, fail_max, now, error, token) -> tuple[str, str]:
+        old, new = self._failure(
+            keys=self.keys(sid), args=[fail_max, repr(now), error[:1000], token or ""]
+        )
+        return _s(old), _s(new)
+
+    def set_state(self, sid, *, state, now, error) -> tuple[str, str]:
+        old, new = self._set(keys=self.keys(sid), args=[state, repr(now), error[:1000]])
+        return _s(old), _s(new)
+
+    def forget(self, sid: int) -> None:
+        self.client.delete(*self.keys(sid))
+
+
+class SharedBreakerStorage(pybreaker.CircuitBreakerStorage):
+    """pybreaker storage over the shared backend, with the Redis-outage fallback.
+
+    The pybreaker-facing properties (``state``, ``counter``, ``opened_at``) let
+    pybreaker tooling read a breaker; the portal itself uses the atomic
+    operations in ``ServiceBreaker``.
+    """
+
+    def __init__(self, service_id: int) -> None:
+        super().__init__("redis" if settings.REDIS_URL else "memory")
+        self.service_id = service_id
+
+    def _snap(self) -> Snapshot:
+        return _backend_call("snapshot", [self.service_id])[self.service_id]
+
+    @property
+    def state(self) -> str:
+        return self._snap().state
+
+    @state.setter
+    def state(self, state: str) -> None:
+        _backend_call("set_state", self.service_id, state=state, now=time.time(), error="")
+
+    @property
+    def counter(self) -> int:
+        return self._snap().fail_counter
+
+    @property
+    def success_counter(self) -> int:
+        return 0
+
+    @property
+    def opened_at(self) -> datetime | None:
+        at = self._snap().opened_at
+        return datetime.fromtimestamp(at, UTC) if at else None
+
+    @opened_at.setter
+    def opened_at(self, value: datetime) -> None:  # set together with the state
+        pass
+
+
+# --- Backend selection with the Redis-outage fallback --------------------------------
+
+_memory = _MemoryBackend()
+_redis_backends: dict[str, _RedisBackend] = {}
+_redis_down_until = 0.0
+_backend_lock = threading.Lock()
+
+
+def _redis_backend() -> _RedisBackend | None:
+    url = settings.REDIS_URL
+    if not url or time.monotonic() < _redis_down_until:
+        return None
+    backend = _redis_backends.get(url)
+    if backend is None:
+        with _backend_lock:
+            backend = _redis_backends.setdefault(url, _RedisBackend(url))
+    return backend
+
+
+def _redis_failed(exc: Exception) -> None:
+    global _redis_down_until
+    _redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_SECONDS
+    logger.error("Breaker state store (Redis) unreachable, using process-local breaker state: %s", exc)
+    from registry.alerts import alert_raise  # late: alerts imports models that import us
+
+    alert_raise(
+        kind="breaker_storage_down", service=None,
+        message=f"Circuit-breaker state store (Redis) unreachable: {exc}. "
+                "Breakers fall back to process-local state.",
+    )
+
+
+def _backend_call(op: str, *args: Any, **kwargs: Any) -> Any:
+    backend = _redis_backend()
+    if backend is not None:
+        try:
+            return getattr(backend, op)(*args, **kwargs)
+        except redis.RedisError as exc:
+            _redis_failed(exc)
+    return getattr(_memory, op)(*args, **kwargs)
+
+
+def storage_reset_for_tests() -> None:
+    """Forget process-local state and Redis connections (tests switch REDIS_URL)."""
+    global _memory, _redis_down_until
+    _memory = _MemoryBackend()
+    _redis_down_until = 0.0
+    _redis_backends.clear()
+    _breakers.clear()
+
+
+# --- Transition recording --------------------------------------------------------------
+
+_event_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="breaker-events")
+_pending: list[Future] = []
+_pending_lock = threading.Lock()
+
+
+def _write_event(service_id: int, service_name: str, t: Transition, actor: str) -> None:
+    close_old_connections()
+    try:
+        service = Service.objects.filter(pk=service_id).first()
+        BreakerEvent.objects.create(
+            service=service, service_name=service_name, old_state=t.old, new_state=t.new,
+            at=datetime.now(UTC), last_error=t.error[:5000], actor=actor,
+        )
+        if t.new == OPEN and service is not None:
+            from registry.alerts import alert_raise
+
+            alert_raise(
+                kind="breaker_trip", service=service,
+                message=f"Circuit breaker of {service.name} opened ({t.old} → open). {t.error}".strip(),
+            )
+    except Exception:  # noqa: BLE001 - recording must never take the caller down
+        logger.exception("Could not record breaker transition of service %s", service_id)
+    finally:
+        connections.close_all()  # this thread's own connection; keeps no session open
+
+
+def _record(service_id: int, service_name: str, t: Transition, actor: str = "") -> None:
+    if t.old == t.new:
+        return
+    logger.info("breaker %s (%s): %s -> %s %s", service_name, service_id, t.old, t.new, t.error)
+    fut = _event_writer.submit(_write_event, service_id, service_name, t, actor)
+    with _pending_lock:
+        _pending[:] = [f for f in _pending if not f.done()]
+        _pending.append(fut)
+
+
+def events_flush(timeout: float = 10.0) -> None:
+    """Wait until every transition recorded so far is written (tests, commands)."""
+    with _pending_lock:
+        pending = list(_pending)
+    for fut in pending:
+        fut.result(timeout=timeout)
+
+
+# --- The breaker -------------------------------------------------------------------------
+
+
+@dataclass
+class Permit:
+    """Permission to send one call. ``trial`` marks the single half-open trial."""
+
+    breaker: ServiceBreaker
+    trial: bool = False
+    token: str = ""
+
+
+class ServiceBreaker(pybreaker.CircuitBreaker):
+    """One service's breaker. Use ``acquire`` / ``succeeded`` / ``failed`` around a call."""
+
+    def __init__(self, service: Service) -> None:
+        self.service_id = service.pk
+        self.service_name = service.name
+        self.config = breaker_config(service)
+        super().__init__(
+            fail_max=self.config.fail_max,
+            reset_timeout=self.config.reset_timeout,
+            state_storage=SharedBreakerStorage(service.pk),
+            name=f"service:{service.pk}",
+        )
+
+    def refresh(self, service: Service) -> None:
+        self.service_name = service.name
+        self.config = breaker_config(service)
+        self.fail_max = self.config.fail_max
+        self.reset_timeout = self.config.reset_timeout
+
+    # pybreaker's call() would hold a process-wide lock during the call: refuse it.
+    def call(self, func, *args, **kwargs):  # noqa: D102
+        raise NotImplementedError("Use acquire()/succeeded()/failed(); call() serialises callers")
+
+    def snapshot(self) -> Snapshot:
+        return _backend_call("snapshot", [self.service_id])[self.service_id]
+
+    def acquire(self, *, force: bool = False, lease_seconds: float | None = None) -> Permit | None:
+        """A permit to send a call, or None when the breaker is open.
+
+        ``force`` (an operator's "check now") takes the half-open trial even
+        before the reset timeout has passed.
+        """
+        token = uuid.uuid4().hex
+        # The trial lease outlives the call; a crashed trial frees the slot when it expires.
+        lease_ms = ((lease_seconds or self.config.call_timeout) + 5) * 1000
+        old, new, granted = _backend_call(
+            "acquire", self.service_id, now=time.time(), reset_timeout=self.config.reset_timeout,
+            token=token, force=force, lease_ms=lease_ms,
+        )
+        if old == CLOSED:
+            return Permit(self)
+        if not granted:
+            return None
+        _record(self.service_id, self.service_name, Transition(old, new))
+        return Permit(self, trial=True, token=token)
+
+    def succeeded(self, permit: Permit) -> None:
+        old, new = _backend_call("success", self.service_id, token=permit.token if permit.trial else "")
+        _record(self.service_id, self.service_name, Transition(old, new))
+
+    def failed(self, permit: Permit, error: str) -> None:
+        old, new = _backend_call(
+            "failure", self.service_id, fail_max=self.config.fail_max, now=time.time(),
+            error=error, token=permit.token if permit.trial else "",
+        )
+        _record(self.service_id, self.service_name, Transition(old, new, error))
+
+    def force_open(self, *, reason: str, actor: str = "") -> bool:
+        """Open now (health verdict critical, or an operator). True if it changed."""
+        old, new = _backend_call("set_state", self.service_id, state=OPEN, now=time.time(), error=reason)
+        _record(self.service_id, self.service_name, Transition(old, new, reason), actor)
+        return old != new
+
+    def reset(self, *, actor: str = "", reason: str = "") -> bool:
+        """Close now (operator). True if it changed."""
+        old, new = _backend_call("set_state", self.service_id, state=CLOSED, now=time.time(), error="")
+        _record(self.service_id, self.service_name, Transition(old, new, reason), actor)
+        return old != new
+
+    # pybreaker's own open/close/half_open go through the same atomic path.
+    def open(self) -> bool:
+        self.force_open(reason="opened")
+        return True
+
+    def close(self) -> None:
+        self.reset()
+
+    def half_open(self) -> None:
+        self.acquire(force=True)
+
+
+_breakers: dict[int, ServiceBreaker] = {}
+_breakers_lock = threading.Lock()
+
+
+def breaker_for(service: Service) -> ServiceBreaker:
+    """The breaker of one service (cached per process; config refreshed from the row)."""
+    breaker = _breakers.get(service.pk)
+    if breaker is None:
+        with _breakers_lock:
+            breaker = _breakers.get(service.pk)
+            if breaker is None:
+                breaker = _breakers[service.pk] = ServiceBreaker(service)
+                return breaker
+    breaker.refresh(service)
+    return breaker
+
+
+def breaker_snapshots(service_ids: list[int]) -> dict[int, Snapshot]:
+    """Live state of many breakers in one round trip (sweep, admin list)."""
+    if not service_ids:
+        return {}
+    return _backend_call("snapshot", list(service_ids))
+
+
+def breaker_forget(*, service_id: int) -> None:
+    """Drop a deregistered service's shared state."""
+    _breakers.pop(service_id, None)
+    _backend_call("forget", service_id)
