@@ -91,6 +91,9 @@ def groups_sync(sender=None, **kwargs) -> None:
     Adds only: permissions an administrator granted by hand are kept. Also run by
     the registry app's own group sync, if any; both are get-or-create.
     """
+    app_config = kwargs.get("app_config")
+    if app_config is not None and app_config.label != "dashboard":
+        return  # once per migrate, after the dashboard app (listed last) has its permissions
     from django.contrib.auth.models import Group, Permission
 
     operate = Permission.objects.filter(
