@@ -57,6 +57,24 @@ def log_context(
         _context.reset(token)
 
 
+def log_context_update(**fields: Any) -> None:
+    """Add fields to the current context without opening a block.
+
+    Only inside a ``log_context`` block (e.g. the Celery task wraps the call in one
+    and the engine adds ``run_id`` once it has loaded the step): leaving that block
+    discards these fields too, so nothing leaks into the next task.
+    """
+    current = dict(_context.get() or {})
+    for name, value in fields.items():
+        if name not in CONTEXT_FIELDS:
+            raise TypeError(f"unknown log context field {name!r}")
+        if value is None:
+            current.pop(name, None)
+        else:
+            current[name] = str(value) if name == "run_id" else value
+    _context.set(current)
+
+
 def log_context_get() -> dict[str, Any]:
     """The current context (a copy): for passing to another thread explicitly."""
     return dict(_context.get() or {})

@@ -281,6 +281,8 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
 Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
 # Scrapers from these networks (CIDR) read /metrics without a key.
 METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", [])
+# Celery workers keep Django's LOGGING (so LOG_FORMAT=json covers the engine's lines).
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Dashboard windows.
 DASHBOARD_FAILED_RUNS_SHOWN = env_int("DASHBOARD_FAILED_RUNS_SHOWN", 10, minimum=1)
 

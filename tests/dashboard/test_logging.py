@@ -110,3 +110,34 @@ def test_settings_use_the_json_formatter_when_log_format_is_json():
     entry = json.loads(proc.stderr.strip().splitlines()[-1])
     assert entry == {**entry, "logger": "workflows.engine", "message": "through settings",
                      "run_id": "abc", "step_id": 3, "service": "svc-1", "level": "WARNING"}
+
+
+@pytest.mark.slow
+def test_the_worker_writes_json_lines_tagged_with_run_step_and_service(engine, flaky_services):
+    from tests.dashboard.conftest import wait_for_run
+    from workflows.engine import run_start
+
+    flaky_services.flaky.ok = False
+    run, _ = run_start(workflow="test_demo", input={"name": "Logs"}, triggered_by="test")
+    run = wait_for_run(run.pk)
+    step_ids = {s.name: s.pk for s in run.steps.all()}
+
+    lines = []
+    for raw in engine.log_path.read_text().splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            continue  # celery's banner is not a log record
+    mine = [e for e in lines if e.get("run_id") == str(run.pk)]
+    client_lines = [e for e in mine if e["logger"] == "registry.client"]
+    engine_lines = [e for e in mine if e["logger"] == "workflows.engine"]
+    assert client_lines and engine_lines
+    # Every client line names the step and the instance it called.
+    assert {e["step_id"] for e in client_lines} == set(step_ids.values())
+    assert {e["service"] for e in client_lines} == {
+        "project_coordinator-1", "planning_system-1", "agent_orchestrator-1"
+    }
+    assert any("HTTP 500" in e["message"] and e["step_id"] == step_ids["assign_agents"] for e in client_lines)
+    # The engine's "run failed" line carries the run and the failed step.
+    assert any("failed" in e["message"] and e["step_id"] == step_ids["assign_agents"] for e in engine_lines)
+    assert all({"time", "level", "logger", "message"} <= e.keys() for e in lines)
