@@ -245,6 +245,10 @@ WORKFLOW_RECONCILE_GRACE_SECONDS = env_int("WORKFLOW_RECONCILE_GRACE_SECONDS", 3
 WORKFLOW_DEFINITION_MODULES = env_list("WORKFLOW_DEFINITION_MODULES", [])
 # Celery queue for step tasks (tests give each worker its own).
 WORKFLOW_QUEUE = env_str("WORKFLOW_QUEUE", "celery")
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update({
+    "WorkflowRunStatusEnum": "workflows.models.RunStatus",
+    "WorkflowStepStatusEnum": "workflows.models.StepStatus",
+})
 
 # --- Logging ------------------------------------------------------------------
 LOG_FORMAT = env_str("LOG_FORMAT", "text")

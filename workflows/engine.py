@@ -353,7 +353,7 @@ def _decide(run, step, token, wf, spec, record, output, exc) -> str:
     if exc is None:
         record.outcome = "succeeded"
         return _complete(run, step, token, wf, record, number, StepStatus.SUCCEEDED, output)
-    retryable = not isinstance(exc, UNAVAILABLE | WorkflowError) and spec.retry.is_retryable(
+    retryable = not isinstance(exc, (*UNAVAILABLE, WorkflowError)) and spec.retry.is_retryable(
         exc, record.status
     )
     if retryable and attempt_number < spec.retry.max_attempts:

@@ -136,7 +136,7 @@ def run_answer(
             waiting = waiting.filter(name=step)
         step_row = waiting.order_by("index").first()
         if step_row is None:
-            what = f"a waiting step named {step!r}" if step else "a waiting step"
+            what = f"waiting step named {step!r}" if step else "waiting step"
             raise Conflict(f"Run {run.pk} has no {what} (run status: {run.status})")
         wf = definitions.get(run.workflow, run.version)
         spec = wf.steps[step_row.index]

@@ -1,3 +1,16 @@
-"""Workflow API URLs, mounted under /workflows/."""
+"""Workflow API URLs, mounted under /workflows/ (each with or without a trailing slash)."""
 
-urlpatterns: list = []
+from django.urls import re_path
+
+from workflows import views
+
+RUN = r"^runs/(?P<run_id>[0-9a-fA-F-]{36})"
+
+urlpatterns = [
+    re_path(r"^runs/?$", views.RunListView.as_view(), name="workflow-runs"),
+    re_path(RUN + r"/?$", views.RunDetailView.as_view(), name="workflow-run"),
+    re_path(RUN + r"/retry/?$", views.RunRetryView.as_view(), name="workflow-run-retry"),
+    re_path(RUN + r"/cancel/?$", views.RunCancelView.as_view(), name="workflow-run-cancel"),
+    re_path(RUN + r"/signal/?$", views.RunSignalView.as_view(), name="workflow-run-signal"),
+    re_path(r"^definitions/?$", views.DefinitionListView.as_view(), name="workflow-definitions"),
+]

@@ -57,6 +57,7 @@ class Worker:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(exist_ok=True)
+        already = self.log_path.read_bytes().count(b" ready.") if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "prefork", "-c", "2",
@@ -65,14 +66,14 @@ class Worker:
             cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
-        self._wait_ready()
+        self._wait_ready(already)
 
-    def _wait_ready(self, timeout: float = 30) -> None:
+    def _wait_ready(self, already: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited early:\n{self.log_path.read_text()[-3000:]}")
-            if b" ready." in self.log_path.read_bytes():
+            if self.log_path.read_bytes().count(b" ready.") > already:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"worker not ready:\n{self.log_path.read_text()[-3000:]}")
@@ -82,7 +83,6 @@ class Worker:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
-        self.log_path.write_bytes(b"")  # a restarted worker's readiness line must be new
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -1,0 +1,85 @@
+"""Faults lose nothing: a SIGKILLed worker, an emptied broker, a step that kills its worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.workflows.conftest import wait_until
+from workflows.engine import run_start, steps_reconcile
+from workflows.models import RUN_FINISHED, RunEvent, RunStatus, StepStatus, WorkflowRun
+
+pytestmark = pytest.mark.slow
+
+
+def reconcile_until_finished(run_ids, timeout: float = 40.0) -> list[WorkflowRun]:
+    """Run the reconciler (as beat would) until every run has finished."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = list(WorkflowRun.objects.filter(pk__in=run_ids))
+        if all(r.status in RUN_FINISHED for r in runs):
+            return runs
+        if time.monotonic() > deadline:
+            raise AssertionError(f"unfinished: {[(str(r.pk)[:8], r.status) for r in runs]}")
+        steps_reconcile()
+        time.sleep(0.5)
+
+
+def test_a_run_survives_its_worker_being_sigkilled_mid_request(engine_env, demo_services):
+    worker = engine_env
+    arrived, release = threading.Event(), threading.Event()
+    calls = []
+
+    def held_plan(body):
+        calls.append(body)
+        if len(calls) == 1:
+            arrived.set()
+            release.wait(10)  # the first request hangs while its worker dies
+        return 200, {"phases": ["x"]}
+
+    demo_services.routes[("POST", "/plans/strategic/p-1")] = held_plan
+    run, _ = run_start(workflow="test_demo", input={"name": "A"}, triggered_by="test")
+    assert arrived.wait(20)
+    worker.kill()
+    release.set()
+    assert WorkflowRun.objects.get(pk=run.pk).steps.get(name="plan").status == StepStatus.RUNNING
+    worker.start()
+    (run,) = reconcile_until_finished([run.pk])
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    plan = run.steps.get(name="plan")
+    assert plan.attempts.count() == 1  # the killed try never finished, so it left no row
+    assert len(calls) == 2
+    assert run.events.filter(kind=RunEvent.Kind.REQUEUED, step_name="plan",
+                             details__reason="lease expired").exists()
+
+
+def test_the_reconciler_completes_every_run_after_the_broker_is_emptied(engine_env, demo_services, broker):
+    release = threading.Event()
+
+    def held_project(body):
+        release.wait(10)
+        return 201, {"id": "p-1"}
+
+    demo_services.routes[("POST", "/projects")] = held_project
+    run_ids = [run_start(workflow="test_demo", input={"name": f"r{i}"}, triggered_by="test")[0].pk
+               for i in range(5)]
+    # Two runs are in the worker's hands (concurrency 2); three messages wait in Redis.
+    wait_until(lambda: len(demo_services.hits("/projects")) == 2, what="two requests in flight")
+    broker.flushdb()  # like a Redis restart without persistence: messages and bindings gone
+    release.set()
+    runs = reconcile_until_finished(run_ids)
+    assert [r.status for r in runs] == [RunStatus.SUCCEEDED] * 5
+    assert RunEvent.objects.filter(run_id__in=run_ids, kind=RunEvent.Kind.REQUEUED).count() >= 3
+
+
+def test_a_step_that_kills_its_worker_every_time_fails_after_the_delivery_cap(engine_env):
+    run, _ = run_start(workflow="test_killer", input={}, triggered_by="test")
+    (run,) = reconcile_until_finished([run.pk], timeout=60)
+    assert run.status == RunStatus.FAILED
+    assert run.error.startswith("Delivery cap reached: step boom was delivered 3 times")
+    assert "WORKFLOW_MAX_DELIVERIES=2" in run.error
+    step = run.steps.get()
+    assert (step.status, step.deliveries) == (StepStatus.FAILED, 3)
+    assert run.events.filter(kind=RunEvent.Kind.DELIVERY_CAP).exists()

@@ -1,0 +1,157 @@
+"""The workflow API: start, list, inspect, retry, cancel and signal runs; list definitions.
+
+Thin views: validate input with a serializer, call ``workflows.engine`` /
+``workflows.services``, serialize the result. Writes need the ``workflows`` scope.
+"""
+
+from __future__ import annotations
+
+from django.db.models import Prefetch
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from berrys_portal.errors import NotFound
+from workflows import definitions, engine, services
+from workflows.models import StepAttempt, StepRun, WorkflowRun
+from workflows.serializers import (
+    DefinitionOut,
+    EmptyInput,
+    RunDetailOut,
+    RunListQuery,
+    RunOut,
+    RunRetryInput,
+    RunSignalInput,
+    RunStartInput,
+)
+
+SCOPES = {"GET": "read", "POST": "workflows"}
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    description="The same key and workflow return the same run (200) instead of starting another.",
+)
+
+
+class RunCursorPagination(CursorPagination):
+    """Newest first, no COUNT(*): the runs table is expected to hold millions of rows."""
+
+    ordering = ("-created_at", "-id")
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+def _actor(request: Request) -> str:
+    return getattr(request.user, "username", "") or "api"
+
+
+def _detail(run_id) -> WorkflowRun:
+    attempts = Prefetch("attempts", queryset=StepAttempt.objects.order_by("number"))
+    steps = Prefetch("steps", queryset=StepRun.objects.order_by("index").prefetch_related(attempts))
+    try:
+        return WorkflowRun.objects.prefetch_related(steps, "events").get(pk=run_id)
+    except (WorkflowRun.DoesNotExist, ValueError):
+        raise NotFound(f"Workflow run {run_id} not found") from None
+
+
+class RunListView(APIView):
+    required_scopes = SCOPES
+
+    @extend_schema(
+        operation_id="workflow_runs_list",
+        parameters=[RunListQuery, OpenApiParameter("cursor", OpenApiTypes.STR, description="Page cursor.")],
+        responses=RunOut(many=True),
+        summary="List runs, newest first (cursor-paginated).",
+    )
+    def get(self, request: Request) -> Response:
+        query = RunListQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        filters = query.validated_data
+        runs = WorkflowRun.objects.all()
+        if "workflow" in filters:
+            runs = runs.filter(workflow=filters["workflow"])
+        if "status" in filters:
+            runs = runs.filter(status=filters["status"])
+        if "created_after" in filters:
+            runs = runs.filter(created_at__gte=filters["created_after"])
+        if "created_before" in filters:
+            runs = runs.filter(created_at__lt=filters["created_before"])
+        paginator = RunCursorPagination()
+        page = paginator.paginate_queryset(runs, request, view=self)
+        return paginator.get_paginated_response(RunOut(page, many=True).data)
+
+    @extend_schema(
+        operation_id="workflow_runs_start",
+        request=RunStartInput,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={201: RunDetailOut, 200: RunDetailOut},
+        summary="Start a run (or return the run an Idempotency-Key already started).",
+    )
+    def post(self, request: Request) -> Response:
+        data = RunStartInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        run, created = engine.run_start(
+            workflow=data.validated_data["workflow"], input=data.validated_data["input"],
+            idempotency_key=request.headers.get("Idempotency-Key") or None,
+            triggered_by=_actor(request),
+        )
+        return Response(RunDetailOut(_detail(run.pk)).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class RunDetailView(APIView):
+    required_scopes = SCOPES
+
+    @extend_schema(operation_id="workflow_runs_retrieve", responses=RunDetailOut,
+                   summary="A run with its steps, their attempts, and its events.")
+    def get(self, request: Request, run_id) -> Response:
+        return Response(RunDetailOut(_detail(run_id)).data)
+
+
+class RunRetryView(APIView):
+    required_scopes = SCOPES
+
+    @extend_schema(operation_id="workflow_runs_retry", request=RunRetryInput, responses=RunDetailOut,
+                   summary="Retry from the failed step, or rerun from from_step, optionally with new input.")
+    def post(self, request: Request, run_id) -> Response:
+        data = RunRetryInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.run_retry(run_id=run_id, actor=_actor(request), **data.validated_data)
+        return Response(RunDetailOut(_detail(run_id)).data)
+
+
+class RunCancelView(APIView):
+    required_scopes = SCOPES
+
+    @extend_schema(operation_id="workflow_runs_cancel", request=EmptyInput, responses=RunDetailOut,
+                   summary="Cancel a run: a running step may finish, nothing further runs.")
+    def post(self, request: Request, run_id) -> Response:
+        EmptyInput(data=request.data or {}).is_valid(raise_exception=True)
+        services.run_cancel(run_id=run_id, actor=_actor(request))
+        return Response(RunDetailOut(_detail(run_id)).data)
+
+
+class RunSignalView(APIView):
+    required_scopes = SCOPES
+
+    @extend_schema(operation_id="workflow_runs_signal", request=RunSignalInput, responses=RunDetailOut,
+                   summary="Answer the run's waiting human step.")
+    def post(self, request: Request, run_id) -> Response:
+        data = RunSignalInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.run_answer(run_id=run_id, actor=_actor(request), **data.validated_data)
+        return Response(RunDetailOut(_detail(run_id)).data)
+
+
+class DefinitionListView(APIView):
+    required_scopes = SCOPES
+    pagination_class = None
+
+    @extend_schema(operation_id="workflow_definitions_list", responses=DefinitionOut(many=True),
+                   summary="Registered workflows (latest versions) with their steps and services.")
+    def get(self, request: Request) -> Response:
+        return Response(DefinitionOut([wf.describe() for wf in definitions.all()], many=True).data)
