@@ -46,6 +46,7 @@ def viewer_client(viewer) -> Client:
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 import uuid  # noqa: E402
 
 from tests.workflows import conftest as wf_conftest  # noqa: E402
@@ -75,7 +76,12 @@ class JsonLogWorker(wf_conftest.Worker):
                 cwd=wf_conftest.ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._wait_ready()
+        deadline = time.monotonic() + 30
+        while b" ready." not in self.log_path.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"worker did not start:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +121,7 @@ class Flaky:
 
 
 @pytest.fixture
-def flaky_services(stub):
+def flaky_services(stub):  # noqa: F811 - the imported fixture
     """The test_demo workflow's three services on one loopback server; /agents fails until .ok."""
     server = stub()
     demo_routes(server)
