@@ -14,6 +14,7 @@ from django.apps import apps
 from django.conf import settings
 from django.db.models import Count
 from django.db.models.functions import TruncHour
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from berrys_portal.metrics import service_states
@@ -36,6 +37,14 @@ def _run_model():
     try:
         return apps.get_model("workflows", "WorkflowRun")
     except LookupError:  # the workflow tables are not there yet
+        return None
+
+
+def run_admin_url(pk) -> str | None:
+    """The run's admin page, if the workflows admin is installed."""
+    try:
+        return reverse("admin:workflows_workflowrun_change", args=[pk])
+    except NoReverseMatch:
         return None
 
 
@@ -114,6 +123,8 @@ def _runs_panel(*, now: datetime, since: datetime) -> dict:
         .only("id", "workflow", "version", "error", "failed_step", "finished_at", "created_at")
         [: settings.DASHBOARD_FAILED_RUNS_SHOWN]
     )
+    for run in failed:
+        run.admin_url = run_admin_url(run.pk)
     return {
         "runs_available": True,
         "runs_chart": chart,
