@@ -29,6 +29,7 @@ services:
 demo: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py demo_setup
+	$(BIN)/python manage.py setup_periodic_tasks
 	$(BIN)/python manage.py runserver 0.0.0.0:$(PORT) --noreload
 
 test: install-test services

@@ -313,17 +313,20 @@ class SharedBreakerStorage(pybreaker.CircuitBreakerStorage):
     def __init__(self, service_id: int) -> None:
         super().__init__("redis" if settings.REDIS_URL else "memory")
         self.service_id = service_id
-
-    def _snap(self) -> Snapshot:
-        return _backend_call("snapshot", [self.service_id])[self.service_id]
+        # pybreaker's constructor reads the state once; answering "closed" there
+        # saves a Redis round trip per breaker (the live state is read per call).
+        self.ready = False
 
     @property
     def state(self) -> str:
-        return self._snap().state
+        return self._snap().state if self.ready else CLOSED
 
     @state.setter
     def state(self, state: str) -> None:
         _backend_call("set_state", self.service_id, state=state, now=time.time(), error="")
+
+    def _snap(self) -> Snapshot:
+        return _backend_call("snapshot", [self.service_id])[self.service_id]
 
     @property
     def counter(self) -> int:
@@ -465,6 +468,7 @@ class ServiceBreaker(pybreaker.CircuitBreaker):
             state_storage=SharedBreakerStorage(service.pk),
             name=f"service:{service.pk}",
         )
+        self._state_storage.ready = True
 
     def refresh(self, service: Service) -> None:
         self.service_name = service.name
@@ -499,16 +503,20 @@ class ServiceBreaker(pybreaker.CircuitBreaker):
         _record(self.service_id, self.service_name, Transition(old, new))
         return Permit(self, trial=True, token=token)
 
-    def succeeded(self, permit: Permit) -> None:
+    def succeeded(self, permit: Permit) -> str:
+        """Report a successful call; returns the state after it."""
         old, new = _backend_call("success", self.service_id, token=permit.token if permit.trial else "")
         _record(self.service_id, self.service_name, Transition(old, new))
+        return new
 
-    def failed(self, permit: Permit, error: str) -> None:
+    def failed(self, permit: Permit, error: str) -> str:
+        """Report a failed call; returns the state after it (``open`` if it tripped)."""
         old, new = _backend_call(
             "failure", self.service_id, fail_max=self.config.fail_max, now=time.time(),
             error=error, token=permit.token if permit.trial else "",
         )
         _record(self.service_id, self.service_name, Transition(old, new, error))
+        return new
 
     def force_open(self, *, reason: str, actor: str = "") -> bool:
         """Open now (health verdict critical, or an operator). True if it changed."""

@@ -61,6 +61,8 @@ class _ServiceUrlField(serializers.CharField):
         value = super().to_internal_value(data)
         if value == "" and self.allow_blank:
             return value
+        if len(value) > self.max_length:  # before parsing: DRF runs max_length after this method
+            self.fail("max_length", max_length=self.max_length)
         try:
             return validate_service_url(value)
         except DjangoValidationError as exc:

@@ -32,6 +32,10 @@ _INET_ATON_LIKE = re.compile(r"^(0[xX][0-9a-fA-F]*|[0-9]+)(\.(0[xX][0-9a-fA-F]*|
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def _show(host: str) -> str:
+    return repr(host if len(host) <= 80 else host[:77] + "...")
+
+
 def _literal_address(host: str) -> IPAddress | None:
     """The address a host string denotes by itself (without DNS), or None for a name."""
     bare = host.rstrip(".")
@@ -43,7 +47,7 @@ def _literal_address(host: str) -> IPAddress | None:
         try:
             return ipaddress.IPv4Address(socket.inet_aton(bare))
         except OSError as exc:
-            raise ValidationError(f"Host {host!r} is not a valid IPv4 address.") from exc
+            raise ValidationError(f"Host {_show(host)} is not a valid IPv4 address.") from exc
     return None
 
 
@@ -63,7 +67,7 @@ def _resolve(host: str) -> list[IPAddress]:
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError) as exc:
-        raise ValidationError(f"Host {host!r} does not resolve ({exc}).") from exc
+        raise ValidationError(f"Host {_show(host)} does not resolve ({exc}).") from exc
     return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
 
 
@@ -84,23 +88,23 @@ def validate_service_url(value: str) -> str:
     if port == 0:
         raise ValidationError("URL port must be between 1 and 65535.")
     if "%" in host:  # an IPv6 zone id (fe80::1%eth0) or percent-encoding: both refused
-        raise ValidationError(f"Host {host!r} must not contain '%'.")
+        raise ValidationError(f"Host {_show(host)} must not contain '%'.")
     addr = _literal_address(host)
     if addr is None and not _HOST_NAME.match(host):
-        raise ValidationError(f"Host {host!r} is not a valid host name.")
+        raise ValidationError(f"Host {_show(host)} is not a valid host name.")
     if addr is not None and _is_link_local(addr):
-        raise ValidationError(f"Host {host!r} is link-local ({addr}); link-local addresses are refused.")
+        raise ValidationError(f"Host {_show(host)} is link-local ({addr}); link-local addresses are refused.")
     networks = settings.REGISTRY_ALLOWED_NETWORKS
     if networks:
         addresses = [addr] if addr is not None else _resolve(host.rstrip("."))
         for resolved in addresses:
             if _is_link_local(resolved):
                 raise ValidationError(
-                    f"Host {host!r} resolves to link-local {resolved}; link-local addresses are refused."
+                    f"Host {_show(host)} resolves to link-local {resolved}; link-local addresses are refused."
                 )
             if not _in_allowed(resolved, networks):
                 allowed = ", ".join(str(n) for n in networks)
                 raise ValidationError(
-                    f"Host {host!r} ({resolved}) is outside REGISTRY_ALLOWED_NETWORKS ({allowed})."
+                    f"Host {_show(host)} ({resolved}) is outside REGISTRY_ALLOWED_NETWORKS ({allowed})."
                 )
     return value

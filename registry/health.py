@@ -1,0 +1,614 @@
+"""Health monitoring: probes, verdicts, thresholds, the sweep, TTL, deregistration, pruning.
+
+The sweep (``health_sweep``, run by Celery beat every few seconds and by
+``manage.py check_health``):
+
+1. takes a global lock (cache ``add`` = Redis ``SET NX`` with a TTL) so only one
+   sweep coordinates at a time, whatever the number of beats and workers;
+2. claims due services in small batches with ``SELECT … FOR UPDATE SKIP LOCKED``
+   and pushes their ``next_check_at`` forward in the same transaction, so
+   helper workers (``health_sweep_share``) running the same loop never probe a
+   service twice;
+3. probes in a thread pool with a requests Session per thread, keeping up to
+   ``HEALTH_SWEEP_MAX_IN_FLIGHT`` probes in flight and claiming more as slots
+   free up, so hanging services never hold back the others;
+4. goes through each service's circuit breaker (the same one the ServiceClient
+   uses): an open breaker withholds the probe ("breaker open"), the first probe
+   after its reset timeout is the half-open trial, failed probes count toward
+   tripping it, and a service turning critical opens it at once;
+5. writes results in batches: snapshots with ``bulk_create``, services with one
+   ``UPDATE … FROM (VALUES …)`` per chunk (guarded on the status read, so a
+   concurrent maintenance switch is never overwritten), status changes in bulk;
+6. evaluates TTL services and deregisters services critical for too long.
+
+No network I/O happens inside a transaction; alerts go out after commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import requests
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection, transaction
+from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Q, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from registry.alerts import alert_raise
+from registry.breakers import (
+    OPEN,
+    Permit,
+    ServiceBreaker,
+    Snapshot,
+    breaker_for,
+    breaker_forget,
+    breaker_snapshots,
+)
+from registry.models import AlertKind, HealthSnapshot, HealthStatus, Service, StatusChange
+
+logger = logging.getLogger(__name__)
+
+SWEEP_LOCK_KEY = "health:sweep:lock"
+BREAKER_OPEN_REASON = "breaker open"
+
+
+# --- Verdicts ---------------------------------------------------------------------------
+
+
+def _falsy_dependency(value: Any) -> bool:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, str):
+        return value.lower() in {"down", "unhealthy", "false", "error", "fail", "failed"}
+    if isinstance(value, dict):
+        if "status" in value:
+            return _falsy_dependency(value["status"])
+        if "healthy" in value:
+            return _falsy_dependency(value["healthy"])
+    return False
+
+
+def _dependencies_down(body: dict) -> list[str]:
+    down = [key for key in ("database", "cache") if key in body and _falsy_dependency(body[key])]
+    deps = body.get("dependencies")
+    if isinstance(deps, dict):
+        down += [f"dependencies.{name}" for name, value in deps.items() if _falsy_dependency(value)]
+    elif isinstance(deps, list):
+        for item in deps:
+            if isinstance(item, dict) and _falsy_dependency(item):
+                down.append(f"dependencies.{item.get('name', '?')}")
+    elif deps is not None and _falsy_dependency(deps):
+        down.append("dependencies")
+    return down
+
+
+def probe_verdict(
+    *, http_status: int | None, body: Any, latency_ms: float | None,
+    slow_threshold_ms: int | None, error: str = "",
+) -> tuple[str, str, dict]:
+    """(status, reason, details) of one probe, by the integration guide's body.
+
+    passing: 2xx with no body, a non-JSON body, or ``status`` "healthy";
+    warning: 2xx but slow, or a dependency reported down while still "healthy";
+    critical: no answer, a non-2xx answer, or ``status`` "unhealthy".
+    """
+    details: dict[str, Any] = {}
+    if isinstance(body, dict):
+        details = {k: body[k] for k in ("status", "database", "cache", "dependencies", "timestamp") if k in body}
+    if error:
+        return HealthStatus.CRITICAL, error, details
+    if http_status is None or not 200 <= http_status < 300:
+        return HealthStatus.CRITICAL, f"HTTP {http_status}", details
+    reported = str(body.get("status", "healthy")).lower() if isinstance(body, dict) else "healthy"
+    if reported == "unhealthy":
+        down = _dependencies_down(body)
+        return HealthStatus.CRITICAL, "reports unhealthy" + (f" ({', '.join(down)} down)" if down else ""), details
+    if isinstance(body, dict):
+        down = _dependencies_down(body)
+        if down:
+            details["down"] = down
+            return HealthStatus.WARNING, f"dependency down: {', '.join(down)}", details
+        if reported not in {"healthy", "ok", "pass", "passing", "up"}:
+            return HealthStatus.WARNING, f"reports status {reported!r}", details
+    if slow_threshold_ms is not None and latency_ms is not None and latency_ms > slow_threshold_ms:
+        return HealthStatus.WARNING, f"slow: {latency_ms:.0f} ms > {slow_threshold_ms} ms", details
+    return HealthStatus.PASSING, "", details
+
+
+def status_next(service: Service, verdict: str, reason: str) -> tuple[str, str, int, int]:
+    """Apply the service's thresholds: (status, reason, consecutive failures, successes).
+
+    A service never checked before takes its first verdict at once. Entering
+    critical needs ``failures_before_critical`` failed probes in a row; leaving
+    it needs ``successes_before_passing`` good ones. Passing ↔ warning is immediate.
+    """
+    first = service.last_checked_at is None or service.status == HealthStatus.UNKNOWN
+    if verdict == HealthStatus.CRITICAL:
+        failures, successes = service.consecutive_failures + 1, 0
+        if first or service.status == HealthStatus.CRITICAL or failures >= service.failures_before_critical:
+            return HealthStatus.CRITICAL, reason, failures, successes
+        return service.status, service.status_reason, failures, successes
+    failures, successes = 0, service.consecutive_successes + 1
+    if service.status == HealthStatus.CRITICAL and not first and successes < service.successes_before_passing:
+        return service.status, service.status_reason, failures, successes
+    return verdict, reason, failures, successes
+
+
+# --- Probing ----------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = _local.session = requests.Session()
+    return session
+
+
+@dataclass
+class Plan:
+    service: Service
+    breaker: ServiceBreaker | None = None
+    permit: Permit | None = None
+    snapshot: Snapshot | None = None
+    withheld: str = ""
+
+
+@dataclass
+class Outcome:
+    plan: Plan
+    checked_at: datetime
+    http_status: int | None = None
+    latency_ms: float | None = None
+    body: Any = None
+    error: str = ""
+
+
+def probe_send(plan: Plan) -> Outcome:
+    """GET the health URL (runs on a pool thread; never raises)."""
+    svc = plan.service
+    started = time.perf_counter()
+    outcome = Outcome(plan=plan, checked_at=timezone.now())
+    try:
+        response = _session().get(svc.health_url, timeout=svc.check_timeout_seconds)
+        outcome.latency_ms = (time.perf_counter() - started) * 1000
+        outcome.http_status = response.status_code
+        try:
+            outcome.body = response.json() if response.content else None
+        except ValueError:
+            outcome.body = None
+    except requests.Timeout:
+        outcome.latency_ms = (time.perf_counter() - started) * 1000
+        outcome.error = f"timeout after {svc.check_timeout_seconds:g} s"
+    except requests.RequestException as exc:
+        outcome.latency_ms = (time.perf_counter() - started) * 1000
+        outcome.error = f"connection error: {type(exc).__name__}"
+    except Exception as exc:  # noqa: BLE001 - a bad URL must not stop the sweep
+        outcome.error = f"probe error: {type(exc).__name__}: {exc}"
+    return outcome
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _probe_pool(size: int) -> ThreadPoolExecutor:
+    """One long-lived pool per process (threads keep their Sessions between sweeps)."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < size:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool, _pool_size = ThreadPoolExecutor(max_workers=size, thread_name_prefix="probe"), size
+        return _pool
+
+
+# --- Claiming -----------------------------------------------------------------------------
+
+
+def _probed() -> Q:
+    return Q(ttl_seconds__isnull=True) & ~Q(health_url="") & ~Q(status=HealthStatus.MAINTENANCE)
+
+
+def _claim(*, now: datetime, batch_size: int, service_ids: list[int] | None, lease: timedelta) -> list[Service]:
+    """Lock a batch of due services (skipping rows other sweepers hold) and push them forward."""
+    qs = Service.objects.filter(_probed())
+    if service_ids is None:
+        qs = qs.filter(Q(next_check_at__isnull=True) | Q(next_check_at__lte=now)).order_by(
+            F("next_check_at").asc(nulls_first=True), "id"
+        )
+    else:
+        qs = qs.filter(id__in=service_ids).order_by("id")
+    with transaction.atomic():
+        ids = list(qs.select_for_update(skip_locked=True).values_list("id", flat=True)[:batch_size])
+        if ids:
+            Service.objects.filter(id__in=ids).update(next_check_at=now + lease)
+    return list(Service.objects.filter(id__in=ids)) if ids else []
+
+
+def _plan(services: list[Service], *, force: bool) -> list[Plan]:
+    """Decide, per service, whether its breaker lets the probe go (one Redis round trip)."""
+    snaps = breaker_snapshots([s.pk for s in services])
+    plans = []
+    for svc in services:
+        breaker = breaker_for(svc)
+        snap = snaps[svc.pk]
+        plan = Plan(service=svc, breaker=breaker, snapshot=snap)
+        if snap.state == "closed":
+            plan.permit = Permit(breaker)
+        elif force or snap.state == "half-open" or snap.reset_due(breaker.config.reset_timeout):
+            plan.permit = breaker.acquire(force=force, lease_seconds=svc.check_timeout_seconds)
+            if plan.permit is None:
+                plan.withheld = f"{BREAKER_OPEN_REASON} (trial in progress)"
+        else:
+            plan.withheld = BREAKER_OPEN_REASON
+        plans.append(plan)
+    return plans
+
+
+# --- Applying results -----------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """The new state of one service after its probe."""
+
+    service: Service
+    old_status: str
+    status: str
+    reason: str
+    fails: int
+    successes: int
+    checked_at: datetime
+    next_at: datetime
+    latency_ms: float | None
+    snapshot: HealthSnapshot | None
+    verdict: str
+
+
+@dataclass
+class SweepReport:
+    claimed: int = 0
+    probed: int = 0
+    withheld: int = 0
+    trials: int = 0
+    changes: int = 0
+    ttl_expired: int = 0
+    deregistered: int = 0
+    skipped_locked: bool = False
+    seconds: float = 0.0
+    verdicts: dict[str, int] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)  # only with keep_rows (check_health's table)
+
+
+def _row_for(outcome: Outcome) -> Row:
+    plan, svc = outcome.plan, outcome.plan.service
+    interval = timedelta(seconds=svc.check_interval_seconds)
+    if plan.withheld:
+        # Not sent: keep it critical until the breaker lets a trial through,
+        # and come back as soon as the reset timeout has passed.
+        snap = plan.snapshot
+        reopen = (
+            datetime.fromtimestamp((snap.opened_at or 0) + plan.breaker.config.reset_timeout, tz=UTC)
+            if snap and snap.state == OPEN else outcome.checked_at + interval
+        )
+        next_at = max(outcome.checked_at + timedelta(seconds=1), min(outcome.checked_at + interval, reopen))
+        snapshot = HealthSnapshot(
+            service=svc, checked_at=outcome.checked_at, status=HealthStatus.CRITICAL,
+            error=plan.withheld, details={"withheld": True},
+        )
+        return Row(svc, svc.status, HealthStatus.CRITICAL, plan.withheld, svc.consecutive_failures,
+                   0, outcome.checked_at, next_at, None, snapshot, HealthStatus.CRITICAL)
+
+    verdict, reason, details = probe_verdict(
+        http_status=outcome.http_status, body=outcome.body, latency_ms=outcome.latency_ms,
+        slow_threshold_ms=svc.slow_threshold_ms, error=outcome.error,
+    )
+    trial = plan.permit is not None and plan.permit.trial
+    breaker_state = None
+    if plan.breaker is not None and plan.permit is not None:
+        if verdict == HealthStatus.CRITICAL:
+            breaker_state = plan.breaker.failed(plan.permit, f"health probe: {reason}")
+        elif trial or (plan.snapshot and plan.snapshot.fail_counter):
+            breaker_state = plan.breaker.succeeded(plan.permit)
+    if trial:
+        details["breaker_trial"] = True
+        if verdict == HealthStatus.CRITICAL:
+            status, reason = HealthStatus.CRITICAL, f"breaker trial failed: {reason}"
+            fails, successes = svc.consecutive_failures + 1, 0
+        else:  # the trial passed: breaker closed, status follows the verdict at once
+            status, fails, successes = verdict, 0, 1
+    else:
+        status, reason, fails, successes = status_next(svc, verdict, reason)
+    if status == HealthStatus.CRITICAL and plan.breaker is not None and breaker_state != OPEN and not trial:
+        if svc.status != HealthStatus.CRITICAL or (plan.snapshot and plan.snapshot.state != OPEN):
+            # Critical opens the breaker at once: callers fail fast instead of spending fail_max calls.
+            plan.breaker.force_open(reason=f"health critical: {reason}")
+    snapshot = HealthSnapshot(
+        service=svc, checked_at=outcome.checked_at, status=verdict, http_status=outcome.http_status,
+        latency_ms=outcome.latency_ms, error=outcome.error or (reason if verdict != HealthStatus.PASSING else ""),
+        details=details,
+    )
+    return Row(svc, svc.status, status, reason[:500], fails, successes, outcome.checked_at,
+               outcome.checked_at + interval, outcome.latency_ms, snapshot, verdict)
+
+
+_UPDATE_SQL = """
+UPDATE registry_service AS s SET
+  status = v.status, status_reason = v.reason, status_changed_at = v.changed_at,
+  last_checked_at = v.checked_at, next_check_at = v.next_at, consecutive_failures = v.fails,
+  consecutive_successes = v.successes, critical_since = v.critical_since, last_latency_ms = v.latency
+FROM (VALUES {values}) AS v(id, old_status, status, reason, changed_at, checked_at, next_at, fails,
+                            successes, critical_since, latency)
+WHERE s.id = v.id AND s.status = v.old_status
+RETURNING s.id
+"""
+_VALUE_TEMPLATE = (
+    "(%s::bigint, %s::varchar, %s::varchar, %s::varchar, %s::timestamptz, %s::timestamptz, "
+    "%s::timestamptz, %s::int, %s::int, %s::timestamptz, %s::float8)"
+)
+
+
+def _fields(row: Row) -> tuple:
+    svc = row.service
+    changed = row.status != row.old_status
+    changed_at = row.checked_at if changed else svc.status_changed_at
+    if row.status == HealthStatus.CRITICAL:
+        critical_since = svc.critical_since if (svc.critical_since and not changed) else row.checked_at
+    else:
+        critical_since = None
+    return (svc.pk, row.old_status, row.status, row.reason, changed_at, row.checked_at, row.next_at,
+            row.fails, row.successes, critical_since, row.latency_ms)
+
+
+def _update_services(rows: list[Row]) -> set[int]:
+    """Write the rows' new state; returns the ids actually updated (status unchanged meanwhile)."""
+    updated: set[int] = set()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            for start in range(0, len(rows), 1000):
+                chunk = rows[start:start + 1000]
+                params = [value for row in chunk for value in _fields(row)]
+                sql = _UPDATE_SQL.format(values=", ".join([_VALUE_TEMPLATE] * len(chunk)))
+                cursor.execute(sql, params)
+                updated.update(r[0] for r in cursor.fetchall())
+        return updated
+    for row in rows:  # the embedded SQLite default: fine for a demo's handful of services
+        (pk, old, status, reason, changed_at, checked_at, next_at, fails, successes, crit, latency) = _fields(row)
+        n = Service.objects.filter(pk=pk, status=old).update(
+            status=status, status_reason=reason, status_changed_at=changed_at, last_checked_at=checked_at,
+            next_check_at=next_at, consecutive_failures=fails, consecutive_successes=successes,
+            critical_since=crit, last_latency_ms=latency,
+        )
+        if n:
+            updated.add(pk)
+    return updated
+
+
+def _alert_for_change(service: Service, old: str, new: str, reason: str) -> None:
+    if new == HealthStatus.CRITICAL:
+        alert_raise(kind=AlertKind.CRITICAL, service=service,
+                    message=f"{service.name} ({service.type}) is critical: {reason or 'no reason given'}")
+    elif old == HealthStatus.CRITICAL and new in (HealthStatus.PASSING, HealthStatus.WARNING):
+        alert_raise(kind=AlertKind.RECOVERED, service=service,
+                    message=f"{service.name} ({service.type}) recovered: now {new}")
+
+
+def _write(rows: list[Row]) -> int:
+    """Persist one group of results in one short transaction; returns status changes written."""
+    if not rows:
+        return 0
+    changes: list[StatusChange] = []
+    with transaction.atomic():
+        updated = _update_services(rows)
+        HealthSnapshot.objects.bulk_create(
+            [r.snapshot for r in rows if r.snapshot is not None and r.service.pk in updated], batch_size=2000
+        )
+        for r in rows:
+            if r.service.pk in updated and r.status != r.old_status:
+                changes.append(StatusChange(
+                    service=r.service, service_name=r.service.name, service_type=r.service.type,
+                    old_status=r.old_status, new_status=r.status, reason=r.reason, at=r.checked_at,
+                ))
+        StatusChange.objects.bulk_create(changes, batch_size=2000)
+        for change in changes:
+            _alert_for_change(change.service, change.old_status, change.new_status, change.reason)
+    return len(changes)
+
+
+# --- The sweep ---------------------------------------------------------------------------------
+
+
+def health_sweep_run(
+    *,
+    service_ids: list[int] | None = None,
+    force: bool = False,
+    batch_size: int | None = None,
+    max_in_flight: int | None = None,
+    keep_rows: bool = False,
+) -> SweepReport:
+    """Claim, probe and record due services until none is left (no global lock; see health_sweep)."""
+    started = time.perf_counter()
+    batch_size = batch_size or settings.HEALTH_SWEEP_BATCH_SIZE
+    max_in_flight = max(max_in_flight or settings.HEALTH_SWEEP_MAX_IN_FLIGHT, batch_size)
+    pool = _probe_pool(max_in_flight)
+    report = SweepReport()
+    in_flight: set[Future] = set()
+    ready: list[Outcome] = []
+    exhausted = False
+    last_flush = time.monotonic()
+    # The claim lease outlives any probe, so nobody re-claims a service while it is probed.
+    lease = timedelta(seconds=120)
+    write_batch = max(batch_size, 250)
+
+    def flush() -> None:
+        nonlocal ready, last_flush
+        rows = []
+        for outcome in ready:
+            try:
+                rows.append(_row_for(outcome))
+            except Exception:  # noqa: BLE001 - one bad row must not lose the batch
+                logger.exception("health: could not evaluate service %s", outcome.plan.service.pk)
+        report.changes += _write(rows)
+        for outcome in ready:
+            if outcome.plan.withheld:
+                report.withheld += 1
+            else:
+                report.probed += 1
+                report.trials += bool(outcome.plan.permit and outcome.plan.permit.trial)
+        for r in rows:
+            report.verdicts[r.verdict] = report.verdicts.get(r.verdict, 0) + 1
+        if keep_rows:
+            report.rows.extend(rows)
+        ready, last_flush = [], time.monotonic()
+
+    while True:
+        if not exhausted and len(in_flight) + batch_size <= max_in_flight:
+            batch = _claim(now=timezone.now(), batch_size=batch_size, service_ids=service_ids, lease=lease)
+            report.claimed += len(batch)
+            if not batch or service_ids is not None:
+                exhausted = True
+            for plan in _plan(batch, force=force):
+                if plan.withheld:
+                    ready.append(Outcome(plan=plan, checked_at=timezone.now()))
+                else:
+                    in_flight.add(pool.submit(probe_send, plan))
+            if not exhausted:
+                continue
+        if not in_flight:
+            break
+        done, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
+        ready.extend(f.result() for f in done)
+        if len(ready) >= write_batch or time.monotonic() - last_flush > 0.5:
+            flush()
+    flush()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# --- TTL services and deregistration ----------------------------------------------------------
+
+
+def health_ttl_expire(*, now: datetime | None = None) -> int:
+    """Turn critical every TTL service whose last heartbeat is older than its TTL."""
+    now = now or timezone.now()
+    deadline = ExpressionWrapper(
+        Coalesce("last_heartbeat_at", "registered_at")
+        + ExpressionWrapper(F("ttl_seconds") * Value(timedelta(seconds=1)), output_field=DurationField()),
+        output_field=DateTimeField(),
+    )
+    expired = 0
+    with transaction.atomic():
+        services = list(
+            Service.objects.filter(ttl_seconds__isnull=False)
+            .exclude(status__in=[HealthStatus.CRITICAL, HealthStatus.MAINTENANCE])
+            .alias(deadline=deadline).filter(deadline__lt=now)
+            .select_for_update(skip_locked=True)
+        )
+        for svc in services:
+            seen = svc.last_heartbeat_at or svc.registered_at
+            reason = f"TTL expired: no heartbeat for {int((now - seen).total_seconds())} s (TTL {svc.ttl_seconds} s)"
+            old = svc.status
+            svc.status, svc.status_reason, svc.status_changed_at = HealthStatus.CRITICAL, reason, now
+            svc.critical_since, svc.last_checked_at = now, now
+            svc.save(update_fields=["status", "status_reason", "status_changed_at", "critical_since",
+                                    "last_checked_at"])
+            HealthSnapshot.objects.create(service=svc, checked_at=now, status=HealthStatus.CRITICAL,
+                                          error=reason, details={"ttl": True})
+            StatusChange.objects.create(service=svc, service_name=svc.name, service_type=svc.type,
+                                        old_status=old, new_status=HealthStatus.CRITICAL, reason=reason, at=now)
+            _alert_for_change(svc, old, HealthStatus.CRITICAL, reason)
+            expired += 1
+    for svc in services:  # after commit: the breaker lives in Redis
+        breaker_for(svc).force_open(reason=f"health critical: {svc.status_reason}")
+    return expired
+
+
+def health_deregister_expired(*, now: datetime | None = None) -> int:
+    """Delete services critical for longer than their ``deregister_after_seconds``; record it."""
+    now = now or timezone.now()
+    limit = ExpressionWrapper(
+        F("critical_since")
+        + ExpressionWrapper(F("deregister_after_seconds") * Value(timedelta(seconds=1)),
+                            output_field=DurationField()),
+        output_field=DateTimeField(),
+    )
+    gone: list[int] = []
+    with transaction.atomic():
+        services = list(
+            Service.objects.filter(status=HealthStatus.CRITICAL, deregister_after_seconds__isnull=False,
+                                   critical_since__isnull=False)
+            .alias(limit=limit).filter(limit__lte=now)
+            .select_for_update(skip_locked=True)
+        )
+        for svc in services:
+            critical_for = int((now - svc.critical_since).total_seconds())
+            StatusChange.objects.create(
+                service=svc, service_name=svc.name, service_type=svc.type, old_status=svc.status,
+                new_status=StatusChange.DEREGISTERED, at=now,
+                reason=f"deregistered: critical for {critical_for} s "
+                       f"(deregister after {svc.deregister_after_seconds} s)",
+            )
+            gone.append(svc.pk)
+            svc.delete()  # StatusChange/BreakerEvent keep the name (FK set to NULL)
+    for pk in gone:
+        breaker_forget(service_id=pk)
+    if gone:
+        logger.info("health: deregistered %d service(s): %s", len(gone), gone)
+    return len(gone)
+
+
+# --- Entry points ------------------------------------------------------------------------------
+
+
+def health_sweep(*, keep_rows: bool = False) -> SweepReport:
+    """One sweep under the global lock; a no-op report if another sweep holds it."""
+    token = uuid.uuid4().hex
+    if not cache.add(SWEEP_LOCK_KEY, token, timeout=settings.HEALTH_SWEEP_LOCK_SECONDS):
+        logger.info("health: another sweep is running; skipping")
+        return SweepReport(skipped_locked=True)
+    try:
+        ttl_expired = health_ttl_expire()
+        report = health_sweep_run(keep_rows=keep_rows)
+        report.ttl_expired = ttl_expired
+        report.deregistered = health_deregister_expired()
+        return report
+    finally:
+        if cache.get(SWEEP_LOCK_KEY) == token:
+            cache.delete(SWEEP_LOCK_KEY)
+
+
+def health_check_now(*, service_ids: list[int] | None = None, keep_rows: bool = True) -> SweepReport:
+    """The operator's "check now": probe these services (or all) at once, even through an
+    open breaker (the probe is then the half-open trial)."""
+    if service_ids is None:
+        service_ids = list(Service.objects.filter(_probed()).values_list("id", flat=True))
+    report = health_sweep_run(service_ids=service_ids, force=True, keep_rows=keep_rows)
+    report.ttl_expired = health_ttl_expire()
+    return report
+
+
+def health_snapshots_prune(*, now: datetime | None = None, batch_size: int | None = None) -> int:
+    """Delete snapshots older than HEALTH_SNAPSHOT_RETENTION_DAYS, in batches (short locks)."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.HEALTH_SNAPSHOT_RETENTION_DAYS)
+    batch_size = batch_size or settings.HEALTH_PRUNE_BATCH_SIZE
+    total = 0
+    while True:
+        ids = list(
+            HealthSnapshot.objects.filter(checked_at__lt=cutoff).order_by("checked_at")
+            .values_list("id", flat=True)[:batch_size]
+        )
+        if not ids:
+            return total
+        total += HealthSnapshot.objects.filter(id__in=ids).delete()[0]

@@ -1,0 +1,40 @@
+"""Celery tasks of the registry: thin wrappers over registry.health and registry.alerts."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+from registry import health
+from registry.alerts import alerts_redeliver
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="registry.health_sweep", ignore_result=True)
+def health_sweep_task() -> dict:
+    """Beat, every few seconds: probe the due services (one sweep at a time)."""
+    for _ in range(settings.HEALTH_SWEEP_HELPERS):
+        health_sweep_share_task.delay()
+    report = health.health_sweep()
+    return {"claimed": report.claimed, "changes": report.changes, "skipped": report.skipped_locked}
+
+
+@shared_task(name="registry.health_sweep_share", ignore_result=True, expires=30)
+def health_sweep_share_task() -> int:
+    """Another worker's share of the running sweep: skip-locked claiming, no overlap."""
+    return health.health_sweep_run().claimed
+
+
+@shared_task(name="registry.health_check_now", ignore_result=True)
+def health_check_now_task(service_ids: list[int]) -> int:
+    return health.health_check_now(service_ids=service_ids, keep_rows=False).probed
+
+
+@shared_task(name="registry.health_prune", ignore_result=True)
+def health_prune_task() -> int:
+    """Hourly: drop snapshots past retention, re-send alerts that were not delivered."""
+    alerts_redeliver()
+    return health.health_snapshots_prune()

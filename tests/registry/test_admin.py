@@ -1,0 +1,135 @@
+"""Admin: service list and actions, API keys shown once and revocable, the Operators and Viewers groups."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+from django.test import Client
+
+from registry.auth import api_key_create
+from registry.models import ApiKey, HealthStatus, Service, StatusChange
+
+
+def _staff(username: str, group: str) -> Client:
+    user = get_user_model().objects.create_user(username=username, password="pw-berrys-1", is_staff=True)
+    user.groups.add(Group.objects.get(name=group))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def operator(db) -> Client:
+    return _staff("olga", "Operators")
+
+
+@pytest.fixture
+def viewer(db) -> Client:
+    return _staff("victor", "Viewers")
+
+
+@pytest.fixture
+def services(db) -> list[Service]:
+    return [
+        Service.objects.create(name=f"planner-{i}", type="PLANNING_SYSTEM", url=f"http://127.0.0.1:900{i}",
+                               status=HealthStatus.PASSING)
+        for i in range(3)
+    ]
+
+
+def _action(client: Client, action: str, objs) -> None:
+    response = client.post(
+        "/admin/registry/service/",
+        {"action": action, "_selected_action": [o.pk for o in objs]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    return response
+
+
+def test_the_service_list_shows_the_columns_and_a_status_badge(operator, services):
+    response = operator.get("/admin/registry/service/?status__exact=passing&q=planner")
+    assert response.status_code == 200
+    html = response.content.decode()
+    for column in ("column-name", "column-type", "column-status_badge", "column-url",
+                   "column-last_heartbeat_at", "column-criticality"):
+        assert column in html
+    assert "Passing</span>" in html
+    assert operator.get(f"/admin/registry/service/{services[0].pk}/change/").status_code == 200
+
+
+def test_operators_put_services_in_maintenance_and_back(operator, services):
+    response = _action(operator, "maintenance_on", services[:2])
+    assert "2 service(s) in maintenance." in response.content.decode()
+    statuses = dict(Service.objects.values_list("name", "status"))
+    assert statuses == {"planner-0": "maintenance", "planner-1": "maintenance", "planner-2": "passing"}
+    _action(operator, "maintenance_off", services[:1])
+    assert Service.objects.get(name="planner-0").status == HealthStatus.UNKNOWN
+    assert StatusChange.objects.filter(reason__contains="by olga").count() == 3
+
+
+def test_operators_deregister_services(operator, services):
+    response = _action(operator, "deregister", services[:2])
+    assert "Deregistered 2 service(s)." in response.content.decode()
+    assert list(Service.objects.values_list("name", flat=True)) == ["planner-2"]
+
+
+def test_viewers_can_look_but_not_act(viewer, services):
+    response = viewer.get("/admin/registry/service/")
+    assert response.status_code == 200
+    assert "maintenance_on" not in response.content.decode()
+    viewer.post("/admin/registry/service/", {"action": "deregister", "_selected_action": [services[0].pk]})
+    assert Service.objects.count() == 3
+    assert viewer.get(f"/admin/registry/service/{services[0].pk}/change/").status_code == 200
+    assert viewer.post(f"/admin/registry/service/{services[0].pk}/delete/", {"post": "yes"}).status_code == 403
+
+
+def test_an_api_key_created_in_the_admin_is_shown_once_and_works(operator):
+    response = operator.post(
+        "/admin/registry/apikey/add/",
+        {"name": "planning-system", "scopes": ["read", "register"], "expires_in_days": "30"},
+        follow=True,
+    )
+    assert response.status_code == 200
+    html = response.content.decode()
+    match = re.search(r"API key for planning-system: (bp_[A-Za-z0-9_-]+)", html)
+    assert match, html
+    key = ApiKey.objects.get(name="planning-system")
+    assert key.scopes == ["read", "register"] and key.expires_at is not None
+    assert match.group(1) not in operator.get(f"/admin/registry/apikey/{key.pk}/change/").content.decode()
+    api = Client(HTTP_AUTHORIZATION=f"Token {match.group(1)}")
+    assert api.get("/registry/services").status_code == 200
+
+
+def test_operators_revoke_keys_from_the_admin(operator):
+    key, plain = api_key_create(name="leaked", scopes=["read"])
+    response = operator.post(
+        "/admin/registry/apikey/", {"action": "revoke", "_selected_action": [key.pk]}, follow=True
+    )
+    assert "Revoked 1 key(s)" in response.content.decode()
+    assert Client(HTTP_AUTHORIZATION=f"Token {plain}").get("/registry/services").status_code == 401
+
+
+def test_groups_grant_operators_everything_and_viewers_view_only(db):
+    operators = set(Group.objects.get(name="Operators").permissions.values_list(
+        "content_type__app_label", "codename"))
+    viewers = set(Group.objects.get(name="Viewers").permissions.values_list(
+        "content_type__app_label", "codename"))
+    for codename in ("add_service", "change_service", "delete_service", "view_service", "change_apikey"):
+        assert ("registry", codename) in operators
+    assert ("django_celery_beat", "change_periodictask") in operators
+    assert ("registry", "view_service") in viewers
+    assert ("django_celery_beat", "view_periodictask") in viewers
+    assert all(codename.startswith("view_") for _, codename in viewers)
+
+
+def test_demo_setup_creates_an_operator_in_the_operators_group(db):
+    call_command("demo_setup", "--username", "demo", "--password", "demo-pass-123", stdout=io.StringIO())
+    user = get_user_model().objects.get(username="demo")
+    assert user.is_staff and user.groups.filter(name="Operators").exists()
+    assert user.has_perm("registry.change_service")

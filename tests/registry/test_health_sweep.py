@@ -1,0 +1,224 @@
+"""The health sweep: verdicts, thresholds, parallel probing, claiming, TTL, deregistration, pruning."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.core.cache import cache
+from django.core.management import call_command
+from django.utils import timezone
+
+from registry import health
+from registry.breakers import breaker_for
+from registry.models import HealthSnapshot, HealthStatus, Service, StatusChange
+from tests.registry.loopback import Reply, flapping
+
+HEALTHY = Reply(200, {"status": "healthy", "database": True, "cache": True, "dependencies": True})
+UNHEALTHY = Reply(200, {"status": "unhealthy", "database": False, "cache": True, "dependencies": True})
+
+
+@pytest.mark.parametrize(
+    ("http_status", "body", "latency", "slow", "error", "expected"),
+    [
+        (200, {"status": "healthy"}, 5, None, "", HealthStatus.PASSING),
+        (204, None, 5, None, "", HealthStatus.PASSING),
+        (200, "OK", 5, None, "", HealthStatus.PASSING),
+        (200, {"status": "healthy"}, 900, 500, "", HealthStatus.WARNING),
+        (200, {"status": "healthy", "database": True, "cache": False}, 5, None, "", HealthStatus.WARNING),
+        (200, {"status": "healthy", "dependencies": {"redis": "down"}}, 5, None, "", HealthStatus.WARNING),
+        (200, {"status": "unhealthy", "database": False}, 5, None, "", HealthStatus.CRITICAL),
+        (500, {"status": "healthy"}, 5, None, "", HealthStatus.CRITICAL),
+        (404, None, 5, None, "", HealthStatus.CRITICAL),
+        (None, None, 2000, None, "timeout after 2 s", HealthStatus.CRITICAL),
+    ],
+)
+def test_a_probe_verdict_follows_the_guide_body(http_status, body, latency, slow, error, expected):
+    status, reason, details = health.probe_verdict(
+        http_status=http_status, body=body, latency_ms=latency, slow_threshold_ms=slow, error=error
+    )
+    assert status == expected
+    assert (reason == "") == (expected == HealthStatus.PASSING)
+
+
+def test_dependency_details_are_kept():
+    _, reason, details = health.probe_verdict(
+        http_status=200, body={"status": "healthy", "database": False, "cache": True, "dependencies": True,
+                               "timestamp": "t", "extra": 1},
+        latency_ms=3, slow_threshold_ms=None,
+    )
+    assert details == {"status": "healthy", "database": False, "cache": True, "dependencies": True,
+                       "timestamp": "t", "down": ["database"]}
+    assert reason == "dependency down: database"
+
+
+def test_a_sweep_probes_each_due_service_and_records_what_it_saw(loopback, make_service):
+    server = loopback({"/ok": HEALTHY, "/sick": UNHEALTHY, "/err": Reply(500), "/slow": Reply(200, delay=0.3)})
+    ok = make_service(url=server.url, health_path="/ok")
+    sick = make_service(url=server.url, health_path="/sick")
+    err = make_service(url=server.url, health_path="/err")
+    slow = make_service(url=server.url, health_path="/slow", slow_threshold_ms=100)
+
+    report = health.health_sweep()
+
+    assert report.probed == 4 and report.changes == 4
+    for svc, status in [(ok, "passing"), (sick, "critical"), (err, "critical"), (slow, "warning")]:
+        svc.refresh_from_db()
+        assert svc.status == status, svc.name  # first verdict taken at once
+        assert svc.last_checked_at is not None and svc.next_check_at > timezone.now()
+        snap = HealthSnapshot.objects.get(service=svc)
+        assert snap.status == status and snap.latency_ms > 0
+        change = StatusChange.objects.get(service=svc)
+        assert (change.old_status, change.new_status) == ("unknown", status)
+    assert HealthSnapshot.objects.get(service=sick).details["database"] is False
+    assert HealthSnapshot.objects.get(service=err).http_status == 500
+
+
+def test_services_not_due_in_maintenance_or_on_ttl_are_not_probed(loopback, make_service):
+    server = loopback({"/h": HEALTHY})
+    make_service(url=server.url, health_path="/h", next_check_at=timezone.now() + timedelta(minutes=1))
+    make_service(url=server.url, health_path="/h", status=HealthStatus.MAINTENANCE)
+    make_service(url=server.url, health_path="/h", ttl_seconds=60, last_heartbeat_at=timezone.now())
+
+    assert health.health_sweep().probed == 0
+    assert server.count("/h") == 0
+
+
+def test_thresholds_delay_status_changes(loopback, make_service):
+    server = loopback({"/h": flapping(HEALTHY, Reply(500), Reply(500), HEALTHY, HEALTHY)})
+    svc = make_service(url=server.url, health_path="/h", failures_before_critical=2, successes_before_passing=2,
+                       breaker_fail_max=50)
+    seen = []
+    for _ in range(5):
+        Service.objects.filter(pk=svc.pk).update(next_check_at=None)
+        # Critical opens the breaker (tested in test_health_breakers); close it so
+        # every probe is an ordinary one and only the thresholds decide.
+        breaker_for(svc).reset()
+        health.health_sweep()
+        svc.refresh_from_db()
+        seen.append(svc.status)
+    # 1st: first verdict at once; 2nd: one failure is not enough; 3rd: two are;
+    # 4th: one success is not enough; 5th: two are.
+    assert seen == ["passing", "passing", "critical", "critical", "passing"]
+    assert list(StatusChange.objects.filter(service=svc).order_by("at").values_list("new_status", flat=True)) == [
+        "passing", "critical", "passing"]
+
+
+def test_hanging_services_do_not_delay_the_others(loopback, make_service):
+    server = loopback({"/hang": Reply(hang=True), "/ok": HEALTHY})
+    hanging = [make_service(url=server.url, health_path="/hang", check_timeout_seconds=1.0) for _ in range(8)]
+    healthy = [make_service(url=server.url, health_path="/ok") for _ in range(40)]
+
+    started = time.monotonic()
+    report = health.health_sweep_run(batch_size=10, max_in_flight=30)
+    elapsed = time.monotonic() - started
+
+    assert report.probed == 48
+    assert elapsed < 2.0  # the hanging probes time out together, in parallel with the rest
+    assert all(s.status == "passing" for s in Service.objects.filter(pk__in=[s.pk for s in healthy]))
+    hung = Service.objects.filter(pk__in=[s.pk for s in hanging])
+    assert all(s.status == "critical" and "timeout" in s.status_reason for s in hung)
+
+
+def test_two_sweepers_share_the_due_services_without_overlap(loopback, make_service):
+    routes = {f"/h{i}": Reply(200, {"status": "healthy"}, delay=0.01) for i in range(120)}
+    server = loopback(routes)
+    for i in range(120):
+        make_service(url=server.url, health_path=f"/h{i}")
+    reports = []
+
+    def sweeper():
+        reports.append(health.health_sweep_run(batch_size=10, max_in_flight=20))
+
+    threads = [threading.Thread(target=sweeper) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+    assert sorted(server.count(f"/h{i}") for i in range(120)) == [1] * 120
+    assert sum(r.claimed for r in reports) == 120
+    assert all(r.claimed > 0 for r in reports)  # both really took a share
+    assert HealthSnapshot.objects.count() == 120
+
+
+def test_only_one_sweep_runs_at_a_time(loopback, make_service):
+    server = loopback({"/h": HEALTHY})
+    make_service(url=server.url, health_path="/h")
+    cache.add(health.SWEEP_LOCK_KEY, "someone-else", timeout=30)
+    try:
+        report = health.health_sweep()
+        assert report.skipped_locked and server.count("/h") == 0
+    finally:
+        cache.delete(health.SWEEP_LOCK_KEY)
+    assert health.health_sweep().probed == 1
+
+
+def test_a_ttl_service_turns_critical_when_its_heartbeat_is_older_than_the_ttl(make_service):
+    svc = make_service(ttl_seconds=30, last_heartbeat_at=timezone.now(), status=HealthStatus.PASSING)
+    with time_machine.travel(timezone.now() + timedelta(seconds=20)):
+        health.health_sweep()
+    svc.refresh_from_db()
+    assert svc.status == "passing"
+
+    with time_machine.travel(timezone.now() + timedelta(seconds=31)):
+        report = health.health_sweep()
+    svc.refresh_from_db()
+    assert report.ttl_expired == 1
+    assert svc.status == "critical" and svc.status_reason.startswith("TTL expired")
+    assert StatusChange.objects.filter(service=svc, new_status="critical").count() == 1
+
+
+def test_a_service_critical_longer_than_deregister_after_is_deregistered_and_recorded(loopback, make_service):
+    server = loopback({"/h": Reply(500)})
+    svc = make_service(url=server.url, health_path="/h", deregister_after_seconds=300, name="doomed")
+    keeper = make_service(url=server.url, health_path="/h", name="kept")  # never deregistered
+    health.health_sweep()
+    svc.refresh_from_db()
+    assert svc.status == "critical" and svc.critical_since is not None
+
+    with time_machine.travel(timezone.now() + timedelta(seconds=200)):
+        assert health.health_deregister_expired() == 0
+    with time_machine.travel(timezone.now() + timedelta(seconds=301)):
+        assert health.health_deregister_expired() == 1
+
+    assert not Service.objects.filter(pk=svc.pk).exists() and Service.objects.filter(pk=keeper.pk).exists()
+    record = StatusChange.objects.get(new_status=StatusChange.DEREGISTERED)
+    assert record.service_name == "doomed" and record.service is None and "critical for" in record.reason
+
+
+def test_snapshots_older_than_the_retention_are_pruned_in_batches(make_service, settings):
+    settings.HEALTH_SNAPSHOT_RETENTION_DAYS = 7
+    svc = make_service()
+    now = timezone.now()
+    HealthSnapshot.objects.bulk_create(
+        [HealthSnapshot(service=svc, checked_at=now - timedelta(days=8, minutes=i), status="passing")
+         for i in range(25)]
+        + [HealthSnapshot(service=svc, checked_at=now - timedelta(days=6), status="passing")]
+    )
+    assert health.health_snapshots_prune(batch_size=10) == 25
+    assert HealthSnapshot.objects.count() == 1
+
+
+def test_check_health_command_prints_a_table(loopback, make_service, capsys):
+    server = loopback({"/h": HEALTHY})
+    svc = make_service(url=server.url, health_path="/h", name="alpha", next_check_at=timezone.now() + timedelta(hours=1))
+    call_command("check_health", "--service", str(svc.pk))
+    out = capsys.readouterr().out
+    assert "alpha" in out and "passing" in out and "probed 1" in out
+    call_command("check_health", "--all")
+    assert server.count("/h") == 2
+
+
+def test_setup_periodic_tasks_creates_the_schedule_rows_idempotently(transactional_db):
+    from django_celery_beat.models import PeriodicTask
+
+    call_command("setup_periodic_tasks")
+    call_command("setup_periodic_tasks")
+    rows = {t.task: t for t in PeriodicTask.objects.all()}
+    assert {"registry.health_sweep", "registry.health_prune"} <= set(rows)
+    assert PeriodicTask.objects.filter(task="registry.health_sweep").count() == 1
+    assert rows["registry.health_sweep"].interval.every == 5 and rows["registry.health_sweep"].enabled
