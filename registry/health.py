@@ -231,7 +231,12 @@ def _claim(*, now: datetime, batch_size: int, service_ids: list[int] | None, lea
     else:
         qs = qs.filter(id__in=service_ids).order_by("id")
     with transaction.atomic():
-        ids = list(qs.select_for_update(skip_locked=True).values_list("id", flat=True)[:batch_size])
+        # NO KEY UPDATE: rows inserted elsewhere that point at a service (snapshots,
+        # breaker events, alerts) take KEY SHARE locks on it; those must not make
+        # the sweep skip the service.
+        ids = list(
+            qs.select_for_update(skip_locked=True, no_key=True).values_list("id", flat=True)[:batch_size]
+        )
         if ids:
             Service.objects.filter(id__in=ids).update(next_check_at=now + lease)
     return list(Service.objects.filter(id__in=ids)) if ids else []
@@ -331,17 +336,20 @@ def _row_for(outcome: Outcome) -> Row:
             status, fails, successes = verdict, 0, 1
     else:
         status, reason, fails, successes = status_next(svc, verdict, reason)
-    if status == HealthStatus.CRITICAL and plan.breaker is not None and breaker_state != OPEN and not trial:
-        if svc.status != HealthStatus.CRITICAL or (plan.snapshot and plan.snapshot.state != OPEN):
+    next_at = outcome.checked_at + interval
+    if status == HealthStatus.CRITICAL and plan.breaker is not None:
+        if breaker_state != OPEN and not trial:
             # Critical opens the breaker at once: callers fail fast instead of spending fail_max calls.
             plan.breaker.force_open(reason=f"health critical: {reason}")
+        # Come back for the half-open trial when the reset timeout ends.
+        next_at = outcome.checked_at + min(interval, timedelta(seconds=plan.breaker.config.reset_timeout))
     snapshot = HealthSnapshot(
         service=svc, checked_at=outcome.checked_at, status=verdict, http_status=outcome.http_status,
         latency_ms=outcome.latency_ms, error=outcome.error or (reason if verdict != HealthStatus.PASSING else ""),
         details=details,
     )
     return Row(svc, svc.status, status, reason[:500], fails, successes, outcome.checked_at,
-               outcome.checked_at + interval, outcome.latency_ms, snapshot, verdict)
+               next_at, outcome.latency_ms, snapshot, verdict)
 
 
 _UPDATE_SQL = """
@@ -514,7 +522,7 @@ def health_ttl_expire(*, now: datetime | None = None) -> int:
             Service.objects.filter(ttl_seconds__isnull=False)
             .exclude(status__in=[HealthStatus.CRITICAL, HealthStatus.MAINTENANCE])
             .alias(deadline=deadline).filter(deadline__lt=now)
-            .select_for_update(skip_locked=True)
+            .select_for_update(skip_locked=True, no_key=True)
         )
         for svc in services:
             seen = svc.last_heartbeat_at or svc.registered_at
