@@ -1,0 +1,321 @@
+"""Admin for workflow runs: a list that stays fast with millions of rows, a run page, operator actions.
+
+Actions (retry, retry with edited input, rerun from a step, cancel, answer) are thin:
+they call ``workflows.services`` with the operator's username, which records a RunEvent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.paginator import Paginator
+from django.db import connection
+from django.db.models import Prefetch
+from django.http import HttpRequest, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+
+from berrys_portal.errors import PortalError
+from workflows import definitions, services
+from workflows.models import RunEvent, RunStatus, StepAttempt, StepRun, StepStatus, WorkflowRun
+from workflows.timeline import COLOURS, run_timeline_svg
+
+# --------------------------------------------------------------------------- list helpers
+
+
+class CappedCountPaginator(Paginator):
+    """Never runs an unbounded COUNT(*): counts at most ``CAP`` rows, or uses the planner's estimate.
+
+    With a million runs an exact count costs more than the page itself; operators page
+    through the newest runs or filter, so "about N" is enough.
+    """
+
+    CAP = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        qs = self.object_list
+        capped = qs[: self.CAP + 1].count() if hasattr(qs, "query") else len(qs)
+        if capped <= self.CAP:
+            return capped
+        if connection.vendor == "postgresql" and not qs.query.where:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE relname = %s",
+                               [qs.model._meta.db_table])
+                row = cursor.fetchone()
+            if row and row[0] > capped:
+                return int(row[0])
+        return capped
+
+
+class WorkflowFilter(admin.SimpleListFilter):
+    """Choices come from the definitions registry, not from a DISTINCT over the runs table."""
+
+    title = "workflow"
+    parameter_name = "workflow"
+
+    def lookups(self, request, model_admin):
+        return [(wf.name, wf.name) for wf in definitions.all()]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(workflow=self.value()) if self.value() else queryset
+
+
+class FailedRecentlyFilter(admin.SimpleListFilter):
+    title = "failed recently"
+    parameter_name = "failed_within"
+
+    def lookups(self, request, model_admin):
+        return [("24h", "Failed in the last 24 h"), ("1h", "Failed in the last hour")]
+
+    def queryset(self, request, queryset):
+        hours = {"24h": 24, "1h": 1}.get(self.value())
+        if not hours:
+            return queryset
+        since = timezone.now() - timedelta(hours=hours)
+        return queryset.filter(status=RunStatus.FAILED, finished_at__gte=since)
+
+
+def _badge(status: str) -> str:
+    return format_html(
+        '<span style="background:{};color:#fff;padding:1px 6px;border-radius:8px;font-size:11px">{}</span>',
+        COLOURS.get(status, "#607d8b"), status,
+    )
+
+
+# --------------------------------------------------------------------------- forms
+
+
+class EditInputForm(forms.Form):
+    input = forms.JSONField(widget=forms.Textarea(attrs={"rows": 14, "cols": 90, "style": "font-family:monospace"}),
+                            help_text="The run's new input (a JSON object). The run restarts from its failed step.")
+    from_step = forms.ChoiceField(required=False, help_text="Restart here instead (optional).")
+
+    def __init__(self, *args, step_names: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["from_step"].choices = [("", "— the failed step —")] + [(n, n) for n in step_names]
+
+    def clean_input(self):
+        value = self.cleaned_data["input"]
+        if not isinstance(value, dict):
+            raise forms.ValidationError("The input must be a JSON object.")
+        return value
+
+
+class RerunForm(forms.Form):
+    from_step = forms.ChoiceField(help_text="Steps before this keep their outputs; this one and the rest run again.")
+
+    def __init__(self, *args, step_names: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["from_step"].choices = [(n, n) for n in step_names]
+
+
+class AnswerForm(forms.Form):
+    step = forms.ChoiceField()
+    data = forms.JSONField(initial=dict, widget=forms.Textarea(attrs={"rows": 8, "cols": 90,
+                                                                     "style": "font-family:monospace"}),
+                           help_text="The answer (a JSON object), merged into the run's context.")
+
+    def __init__(self, *args, step_names: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["step"].choices = [(n, n) for n in step_names]
+
+    def clean_data(self):
+        value = self.cleaned_data["data"]
+        if not isinstance(value, dict):
+            raise forms.ValidationError("The answer must be a JSON object.")
+        return value
+
+
+# --------------------------------------------------------------------------- the run admin
+
+
+@admin.register(WorkflowRun)
+class WorkflowRunAdmin(admin.ModelAdmin):
+    list_display = ("short_id", "workflow", "status_badge", "duration", "failed_step", "started_at", "triggered_by")
+    list_filter = (WorkflowFilter, "status", FailedRecentlyFilter)
+    search_fields = ("id",)
+    search_help_text = "A run id, or its first 8+ characters."
+    ordering = ("-created_at",)
+    # Runs have no foreign keys to join; set explicitly so nothing adds per-row queries.
+    list_select_related = ()
+    show_full_result_count = False
+    paginator = CappedCountPaginator
+    list_per_page = 50
+    actions = ("retry_runs", "cancel_runs")
+    change_form_template = "admin/workflows/workflowrun/change_form.html"
+    readonly_fields = ("id", "workflow", "version", "status", "error", "failed_step", "idempotency_key",
+                       "triggered_by", "created_at", "started_at", "finished_at", "input", "context")
+    fieldsets = (
+        (None, {"fields": ("id", ("workflow", "version"), "status", "failed_step", "triggered_by",
+                           "idempotency_key", ("created_at", "started_at", "finished_at"))}),
+        ("Data", {"fields": ("input", "context"), "classes": ("collapse",)}),
+    )
+
+    # -- list columns
+    @admin.display(description="run", ordering="created_at")
+    def short_id(self, run: WorkflowRun) -> str:
+        return str(run.pk)[:8]
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, run: WorkflowRun) -> str:
+        return _badge(run.status)
+
+    @admin.display(description="duration")
+    def duration(self, run: WorkflowRun) -> str:
+        seconds = run.duration_seconds
+        return "—" if seconds is None else f"{seconds:.2f} s"
+
+    # -- search by id (exact, or an indexed range for a hex prefix)
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip().lower().replace("-", "")
+        if not term:
+            return queryset, False
+        if len(term) < 8 or any(c not in "0123456789abcdef" for c in term) or len(term) > 32:
+            return queryset.none(), False
+        low = uuid.UUID(term.ljust(32, "0"))
+        high = uuid.UUID(term.ljust(32, "f"))
+        return queryset.filter(pk__gte=low, pk__lte=high), False
+
+    # -- permissions: runs are created by the engine, never by hand
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    # -- bulk actions
+    @admin.action(description="Retry selected failed runs from their failed step")
+    def retry_runs(self, request, queryset):
+        self._bulk(request, queryset, "retried", lambda run: services.run_retry(
+            run_id=run.pk, actor=request.user.get_username()))
+
+    @admin.action(description="Cancel selected runs")
+    def cancel_runs(self, request, queryset):
+        self._bulk(request, queryset, "cancelled", lambda run: services.run_cancel(
+            run_id=run.pk, actor=request.user.get_username()))
+
+    def _bulk(self, request, queryset, verb: str, action) -> None:
+        done, refused = 0, []
+        for run in queryset.only("pk")[:1000]:
+            try:
+                action(run)
+                done += 1
+            except PortalError as exc:
+                refused.append(f"{str(run.pk)[:8]}: {exc.message}")
+        if done:
+            self.message_user(request, f"{done} run(s) {verb}.", messages.SUCCESS)
+        if refused:
+            self.message_user(request, f"{len(refused)} refused — " + "; ".join(refused[:10]), messages.WARNING)
+
+    # -- the run page
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("<uuid:run_id>/retry/", wrap(self.retry_view), name="workflows_workflowrun_retry"),
+            path("<uuid:run_id>/cancel/", wrap(self.cancel_view), name="workflows_workflowrun_cancel"),
+            path("<uuid:run_id>/edit-input/", wrap(self.edit_input_view), name="workflows_workflowrun_edit_input"),
+            path("<uuid:run_id>/rerun/", wrap(self.rerun_view), name="workflows_workflowrun_rerun"),
+            path("<uuid:run_id>/answer/", wrap(self.answer_view), name="workflows_workflowrun_answer"),
+        ] + super().get_urls()
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        attempts = Prefetch("attempts", queryset=StepAttempt.objects.order_by("number"))
+        run = get_object_or_404(WorkflowRun, pk=object_id)
+        steps = list(StepRun.objects.filter(run=run).order_by("index").prefetch_related(attempts))
+        extra = {
+            "run": run,
+            "steps": steps,
+            "events": list(RunEvent.objects.filter(run=run).order_by("at")),
+            "timeline": run_timeline_svg(started_at=run.started_at, steps=steps),
+            "status_badge": _badge(run.status),
+            "can_act": self.has_change_permission(request, run),
+            "is_active": run.status in (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING),
+            "is_waiting": any(s.status == StepStatus.WAITING for s in steps),
+        }
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
+
+    def _run_or_deny(self, request, run_id) -> WorkflowRun:
+        run = get_object_or_404(WorkflowRun, pk=run_id)
+        if not self.has_change_permission(request, run):
+            from django.core.exceptions import PermissionDenied
+
+            raise PermissionDenied
+        return run
+
+    def _back(self, run_id) -> HttpResponseRedirect:
+        return HttpResponseRedirect(reverse("admin:workflows_workflowrun_change", args=[run_id]))
+
+    def _do(self, request, run_id, done: str, action) -> HttpResponseRedirect:
+        try:
+            action()
+            self.message_user(request, done, messages.SUCCESS)
+        except PortalError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+        return self._back(run_id)
+
+    def retry_view(self, request: HttpRequest, run_id):
+        run = self._run_or_deny(request, run_id)
+        if request.method != "POST":
+            return self._back(run_id)
+        return self._do(request, run.pk, "Run retried from its failed step.", lambda: services.run_retry(
+            run_id=run.pk, actor=request.user.get_username()))
+
+    def cancel_view(self, request: HttpRequest, run_id):
+        run = self._run_or_deny(request, run_id)
+        if request.method != "POST":
+            return self._back(run_id)
+        return self._do(request, run.pk, "Run cancelled.", lambda: services.run_cancel(
+            run_id=run.pk, actor=request.user.get_username()))
+
+    def _step_names(self, run: WorkflowRun) -> list[str]:
+        return list(run.steps.order_by("index").values_list("name", flat=True))
+
+    def edit_input_view(self, request: HttpRequest, run_id):
+        run = self._run_or_deny(request, run_id)
+        names = self._step_names(run)
+        form = EditInputForm(request.POST or None, initial={"input": run.input}, step_names=names)
+        if request.method == "POST" and form.is_valid():
+            return self._do(request, run.pk, "Run retried with the edited input.", lambda: services.run_retry(
+                run_id=run.pk, actor=request.user.get_username(), input=form.cleaned_data["input"],
+                from_step=form.cleaned_data["from_step"] or None))
+        return self._form_page(request, run, form, "Retry with edited input", "Retry with this input")
+
+    def rerun_view(self, request: HttpRequest, run_id):
+        run = self._run_or_deny(request, run_id)
+        form = RerunForm(request.POST or None, step_names=self._step_names(run))
+        if request.method == "POST" and form.is_valid():
+            step = form.cleaned_data["from_step"]
+            return self._do(request, run.pk, f"Run restarted from step {step}.", lambda: services.run_retry(
+                run_id=run.pk, actor=request.user.get_username(), from_step=step))
+        return self._form_page(request, run, form, "Rerun from a step", "Rerun")
+
+    def answer_view(self, request: HttpRequest, run_id):
+        run = self._run_or_deny(request, run_id)
+        waiting = list(run.steps.filter(status=StepStatus.WAITING).order_by("index"))
+        form = AnswerForm(request.POST or None, step_names=[s.name for s in waiting])
+        if request.method == "POST" and form.is_valid():
+            return self._do(request, run.pk, "Answer recorded; the run goes on.", lambda: services.run_answer(
+                run_id=run.pk, actor=request.user.get_username(), step=form.cleaned_data["step"],
+                data=form.cleaned_data["data"]))
+        prompts = []
+        if waiting:
+            wf = definitions.get(run.workflow, run.version)
+            prompts = [wf.steps[s.index].human.prompt for s in waiting if wf.steps[s.index].human]
+        return self._form_page(request, run, form, "Answer the waiting step", "Answer", prompts=prompts)
+
+    def _form_page(self, request, run, form, title: str, submit: str, **extra: Any) -> TemplateResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta, "original": run, "run": run, "form": form, "title": title,
+            "submit_label": submit, **extra,
+        }
+        return TemplateResponse(request, "admin/workflows/workflowrun/action_form.html", context)
