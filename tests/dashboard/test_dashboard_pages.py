@@ -107,3 +107,23 @@ def test_the_service_page_shows_uptime_bars_and_a_latency_sparkline(viewer_clien
     charts = queries.service_charts(svc)
     assert charts["latency_points"] == 50
     assert len(charts["uptime"]["rects"]) == 30
+
+
+def test_the_run_page_draws_the_definition_with_the_failed_step_highlighted_and_every_attempt(viewer_client):
+    run = failed_run()
+    html = viewer_client.get(f"/admin/workflows/workflowrun/{run.pk}/change/").content.decode()
+    assert 'id="bp-run-charts"' in html
+    assert html.count('class="bp-step') == 3
+    assert '<g class="bp-step bp-highlight" data-status="failed">' in html
+    assert html.count('class="bp-attempt"') == 5  # 1 + 1 + 3 attempts
+    assert "5 attempts, 2 retries" in html
+    charts = queries.run_charts(run)
+    (row_wait,) = [r for r in charts["timeline"]["rows"] if r["waits"]]
+    assert row_wait["name"] == "assign_agents" and len(row_wait["waits"]) == 2
+
+
+def test_the_run_page_costs_a_bounded_number_of_queries(viewer_client):
+    run = failed_run()
+    with CaptureQueriesContext(connection) as ctx:
+        assert viewer_client.get(f"/admin/workflows/workflowrun/{run.pk}/change/").status_code == 200
+    assert len(ctx) <= 20

@@ -97,3 +97,46 @@ def test_an_operator_runs_the_same_service_action(operator_client):
     assert response.status_code == 302
     svc.refresh_from_db()
     assert svc.status == HealthStatus.MAINTENANCE
+
+
+RUN_VIEWS = ["retry", "cancel", "edit-input", "rerun", "answer"]
+
+
+@pytest.mark.parametrize("view", RUN_VIEWS)
+def test_a_viewer_gets_403_on_every_run_action_view(viewer_client, view):
+    run = failed_run()
+    assert viewer_client.get(f"/admin/workflows/workflowrun/{run.pk}/{view}/").status_code == 403
+    assert viewer_client.post(f"/admin/workflows/workflowrun/{run.pk}/{view}/", {}).status_code == 403
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+
+
+@pytest.mark.parametrize("action", ["retry_runs", "cancel_runs"])
+def test_a_viewer_has_no_bulk_run_actions_and_a_forged_one_is_refused(viewer_client, action):
+    run = failed_run()
+    page = viewer_client.get("/admin/workflows/workflowrun/").content.decode()
+    assert action not in page
+    forged = viewer_client.post("/admin/workflows/workflowrun/", {"action": action, "_selected_action": [run.pk]})
+    assert forged.status_code == 403
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+
+
+def test_the_run_page_hides_the_operator_buttons_from_viewers(viewer_client, operator_client):
+    run = failed_run()
+    url = f"/admin/workflows/workflowrun/{run.pk}/change/"
+    assert "Retry from failed step" not in viewer_client.get(url).content.decode()
+    assert "Retry from failed step" in operator_client.get(url).content.decode()
+
+
+def test_an_operator_retries_from_the_run_page_and_bulk_cancels(operator_client):
+    run = failed_run()
+    response = operator_client.post(f"/admin/workflows/workflowrun/{run.pk}/retry/")
+    assert response.status_code == 302
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING
+    response = operator_client.post("/admin/workflows/workflowrun/",
+                                    {"action": "cancel_runs", "_selected_action": [run.pk]})
+    assert response.status_code == 302
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED
