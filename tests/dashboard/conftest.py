@@ -8,6 +8,7 @@ from django.contrib.auth.models import Group
 from django.test import Client
 
 from dashboard.roles import OPERATORS, VIEWERS
+from registry.models import Service
 
 
 def _staff(username: str, group: str):
@@ -104,9 +105,28 @@ def dash_worker(django_db_setup, django_db_blocker):
 def engine(dash_worker, settings, transactional_db):
     """A running worker on our queue, committed rows, the test's enqueues going to it."""
     settings.WORKFLOW_QUEUE = DASH_QUEUE
+    breakers_forget_all()
     yield dash_worker
     if dash_worker.proc is None or dash_worker.proc.poll() is not None:
         dash_worker.start()
+
+
+def breakers_forget_all() -> None:
+    """Drop shared breaker state left in this test run's Redis db: service ids restart
+    with every test database, so an old run's open breaker would hit a new service."""
+    import redis
+    from django.conf import settings
+
+    from registry import breakers
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        keys = list(client.scan_iter(f"{breakers._prefix()}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+    breakers.storage_reset_for_tests()
 
 
 class Flaky:
@@ -128,6 +148,9 @@ def flaky_services(stub):  # noqa: F811 - the imported fixture
     flaky = Flaky([{"agent": "planner"}])
     server.routes[("POST", "/agents")] = flaky
     for t in ("PROJECT_COORDINATOR", "PLANNING_SYSTEM", "AGENT_ORCHESTRATOR"):
-        server.register(t)
+        svc = server.register(t)
+        # test_demo's 3 attempts must not open the breaker (non-critical preset: 3
+        # failures), or the operator's retry would be refused with "circuit open".
+        Service.objects.filter(pk=svc.pk).update(breaker_fail_max=20)
     server.flaky = flaky
     return server
