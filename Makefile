@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 8090
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-test services lint bench clean
+.PHONY: demo test install install-test services browser lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,17 @@ install-test: $(VENV)/.installed-test
 services:
 	bash scripts/ensure_services.sh
 
+# Debian's Chromium for the browser tests (installed only if missing; never fails).
+browser:
+	bash scripts/ensure_chromium.sh
+
 demo: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py demo_setup
 	$(BIN)/python manage.py setup_periodic_tasks
 	$(BIN)/python manage.py runserver 0.0.0.0:$(PORT) --noreload
 
-test: install-test services
+test: install-test services browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-test

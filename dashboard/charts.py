@@ -142,8 +142,8 @@ def timeline(steps: list[dict], start: datetime, end: datetime, *, width: int = 
             "axis_y": len(steps) * row + 8, "label_w": label_w}
 
 
-def flow_diagram(steps: list[dict], highlight_index: int | None, *, box_w: int = 150, box_h: int = 46,
-                 gap: int = 34, per_row: int = 4) -> dict:
+def flow_diagram(steps: list[dict], highlight_index: int | None, *, box_w: int = 200, box_h: int = 46,
+                 gap: int = 30, per_row: int = 4) -> dict:
     """The definition as boxes joined by arrows, wrapping every ``per_row`` steps."""
     boxes, arrows = [], []
     for i, step in enumerate(steps):
@@ -151,7 +151,7 @@ def flow_diagram(steps: list[dict], highlight_index: int | None, *, box_w: int =
         bx, by = 6 + c * (box_w + gap), 6 + r * (box_h + gap)
         boxes.append({
             "x": bx, "y": by, "w": box_w, "h": box_h, "cx": bx + box_w / 2,
-            "name": step["name"][:22], "sub": (step.get("service_type") or step.get("kind") or "")[:24],
+            "name": step["name"][:28], "sub": (step.get("service_type") or step.get("kind") or "")[:22],
             "fill": color(step["status"]), "status": step["status"],
             "optional": not step.get("required", True), "highlight": i == highlight_index,
         })
