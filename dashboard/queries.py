@@ -113,7 +113,7 @@ def _runs_panel(*, now: datetime, since: datetime) -> dict:
         totals[status] += n
     first = (now - timedelta(hours=23)).replace(minute=0, second=0, microsecond=0)
     buckets = [first + timedelta(hours=i) for i in range(24)]
-    chart = charts.stacked_bars(buckets, counts, RUN_STATUSES)
+    chart = charts.stacked_bars(buckets, counts, RUN_STATUSES, width=1200, height=150)
     legend = [{"status": s, "color": charts.color(s), "count": totals.get(s, 0)} for s in RUN_STATUSES]
 
     # workflows_run_failed_recent (partial, status=failed, -finished_at): the latest failures.
