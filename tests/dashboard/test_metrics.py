@@ -136,3 +136,20 @@ def test_step_durations_are_a_histogram_by_workflow_step_and_outcome(read_client
                  workflow="wf_hist", step="plan", outcome="retry") == 1
     assert value(samples, "berrys_workflow_step_duration_seconds_sum",
                  workflow="wf_hist", step="plan", outcome="succeeded") == pytest.approx(0.04)
+
+
+def test_a_health_check_records_its_latency_in_the_histogram(read_client, stub):
+    from registry.health import health_check_now
+
+    server = stub()
+    server.routes[("GET", "/health")] = lambda body: (200, {"status": "ok"})
+    svc = server.register("TOOL_INTEGRATION", name="probe-me")
+    labels = {"service": "probe-me", "type": "TOOL_INTEGRATION", "outcome": "passing"}
+    before = value(scrape(read_client), "berrys_health_check_latency_seconds_count", **labels) or 0
+    health_check_now(service_ids=[svc.pk])
+    health_check_now(service_ids=[svc.pk])
+    after = scrape(read_client)
+    assert value(after, "berrys_health_check_latency_seconds_count", **labels) == before + 2
+    assert 0 < value(after, "berrys_health_check_latency_seconds_sum", **labels) < 5
+    assert len(server.hits("/health")) == 2
+    assert value(after, "berrys_service_status", service="probe-me", type="TOOL_INTEGRATION", status="passing") == 1
