@@ -47,6 +47,10 @@ class Rect:
     title: str = ""
     css: str = ""
 
+    def __post_init__(self) -> None:
+        # Rounded once here so templates print them as they are (no per-value filters).
+        self.x, self.y, self.w, self.h = (round(v, 1) for v in (self.x, self.y, self.w, self.h))
+
 
 def stacked_bars(
     buckets: list[datetime], counts: dict[datetime, dict[str, int]], statuses: list[str],

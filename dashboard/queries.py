@@ -16,6 +16,7 @@ from django.db.models import Count
 from django.db.models.functions import TruncHour
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
+from django.utils.html import format_html_join
 
 from berrys_portal.metrics import service_states
 from dashboard import charts
@@ -56,15 +57,18 @@ def dashboard_data(*, now: datetime | None = None) -> dict:
     since = now - timedelta(hours=24)
 
     states = service_states()  # 1 query (+ the breaker store)
+    # One reverse() for all services: hundreds of {% url %} calls would dominate the page.
+    url_pattern = reverse("admin:registry_service_change", args=[0]).replace("/0/", "/{}/")
     by_type: dict[str, list[dict]] = defaultdict(list)
     for svc in states:
         svc["color"] = charts.color(svc["status"])
         svc["breaker_color"] = charts.color(svc["breaker"])
+        svc["url"] = url_pattern.format(svc["id"])
         by_type[svc["type"]].append(svc)
     groups = [
         {
             "type": t,
-            "services": svcs,
+            "chips": service_chips(svcs),
             "healthy": sum(s["status"] in UP for s in svcs),
             "total": len(svcs),
         }
@@ -92,6 +96,24 @@ def dashboard_data(*, now: datetime | None = None) -> dict:
         "trip_count": trip_count,
         **runs,
     }
+
+
+def service_chips(services: list[dict]) -> str:
+    """The status-dot chips of one service type, built in Python (a loop of small
+    template tags costs ~1 ms per service; this costs microseconds)."""
+    return format_html_join(
+        "\n", (
+            '<a class="bp-svc" href="{}" title="{}: {}, breaker {}">'
+            '<svg width="16" height="16" viewBox="0 0 16 16" aria-hidden="true">'
+            '<circle cx="8" cy="8" r="7" fill="none" stroke="{}" stroke-width="2"/>'
+            '<circle cx="8" cy="8" r="4" fill="{}"/></svg> {} <span class="bp-empty">{}{}</span></a>'
+        ),
+        (
+            (s["url"], s["name"], s["status"], s["breaker"], s["breaker_color"], s["color"], s["name"],
+             s["status"], "" if s["breaker"] == "closed" else f", breaker {s['breaker']}")
+            for s in services
+        ),
+    )
 
 
 def _runs_panel(*, now: datetime, since: datetime) -> dict:
