@@ -72,7 +72,7 @@ def test_the_dashboard_shows_the_retry_button_to_operators_only(operator_client,
     view_page = viewer_client.get("/admin/").content.decode()
     assert f'data-run="{run.pk}"' in op_page
     assert str(run.pk)[:8] in view_page  # the viewer sees the failed run ...
-    assert "bp-retry" not in view_page  # ... but no button
+    assert "data-run=" not in view_page  # ... but no button
 
 
 def test_a_viewer_sees_no_service_actions_and_a_forged_action_post_is_refused(viewer_client):
