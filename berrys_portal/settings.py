@@ -219,7 +219,7 @@ ADMINS = [
 ]
 # Health sweep, breakers, alerts and the ServiceClient (health issue).
 HEALTH_SWEEP_EVERY_SECONDS = env_int("HEALTH_SWEEP_EVERY_SECONDS", 5, minimum=1)
-HEALTH_SWEEP_BATCH_SIZE = env_int("HEALTH_SWEEP_BATCH_SIZE", 100, minimum=1)
+HEALTH_SWEEP_BATCH_SIZE = env_int("HEALTH_SWEEP_BATCH_SIZE", 500, minimum=1)
 HEALTH_SWEEP_MAX_IN_FLIGHT = env_int("HEALTH_SWEEP_MAX_IN_FLIGHT", 500, minimum=1)
 HEALTH_SWEEP_HELPERS = env_int("HEALTH_SWEEP_HELPERS", 0, minimum=0)
 HEALTH_SWEEP_LOCK_SECONDS = env_int("HEALTH_SWEEP_LOCK_SECONDS", 120, minimum=5)

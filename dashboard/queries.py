@@ -210,16 +210,19 @@ def uptime_days(service: Service, *, now: datetime | None = None, days: int = 30
     return result
 
 
-def service_charts(service: Service, *, now: datetime | None = None, points: int = 120) -> dict:
+def service_charts(service: Service, *, now: datetime | None = None, points: int = 120,
+                   with_latency: bool = True) -> dict:
     days = uptime_days(service, now=now)
     known = [d["uptime"] for d in days if d["uptime"] is not None]
-    # registry_snapshot_latest (service, -checked_at): the latest probes' latency.
-    latencies = list(
-        HealthSnapshot.objects.filter(service=service, latency_ms__isnull=False)
-        .order_by("-checked_at")
-        .values_list("latency_ms", flat=True)[:points]
-    )
-    latencies.reverse()
+    latencies: list[float] = []
+    if with_latency:
+        # registry_snapshot_latest (service, -checked_at): the latest probes' latency.
+        latencies = list(
+            HealthSnapshot.objects.filter(service=service, latency_ms__isnull=False)
+            .order_by("-checked_at")
+            .values_list("latency_ms", flat=True)[:points]
+        )
+        latencies.reverse()
     return {
         "uptime": charts.uptime_bars(days),
         "uptime_avg": (sum(known) / len(known)) if known else None,

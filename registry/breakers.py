@@ -55,6 +55,7 @@ HALF_OPEN = BreakerState.HALF_OPEN.value
 # How long the portal keeps using process-local state after Redis failed, before
 # trying Redis again (so an outage costs one connect timeout per period, not per call).
 REDIS_RETRY_AFTER_SECONDS = 5.0
+HEALTH_TRIP_PREFIX = "health critical"
 
 
 def _prefix() -> str:
@@ -412,7 +413,8 @@ def _write_event(service_id: int, service_name: str, t: Transition, actor: str, 
             service=service, service_name=service_name, old_state=t.old, new_state=t.new,
             at=at, last_error=t.error[:5000], actor=actor,
         )
-        if t.new == OPEN and service is not None:
+        # A trip caused by the health verdict is already announced by the "critical" alert.
+        if t.new == OPEN and service is not None and not t.error.startswith(HEALTH_TRIP_PREFIX):
             from registry.alerts import alert_raise
 
             alert_raise(

@@ -38,7 +38,7 @@ from typing import Any
 import requests
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -47,6 +47,7 @@ from berrys_portal import metrics
 from berrys_portal.logging import log_context
 from registry.alerts import alert_raise
 from registry.breakers import (
+    HEALTH_TRIP_PREFIX,
     OPEN,
     Permit,
     ServiceBreaker,
@@ -326,12 +327,6 @@ def _row_for(outcome: Outcome) -> Row:
         metrics.observe_probe(service=svc.name, service_type=svc.type,
                               latency_seconds=outcome.latency_ms / 1000, outcome=verdict)
     trial = plan.permit is not None and plan.permit.trial
-    breaker_state = None
-    if plan.breaker is not None and plan.permit is not None:
-        if verdict == HealthStatus.CRITICAL:
-            breaker_state = plan.breaker.failed(plan.permit, f"health probe: {reason}")
-        elif trial or (plan.snapshot and plan.snapshot.fail_counter):
-            breaker_state = plan.breaker.succeeded(plan.permit)
     if trial:
         details["breaker_trial"] = True
         if verdict == HealthStatus.CRITICAL:
@@ -341,11 +336,16 @@ def _row_for(outcome: Outcome) -> Row:
             status, fails, successes = verdict, 0, 1
     else:
         status, reason, fails, successes = status_next(svc, verdict, reason)
+    if plan.breaker is not None and plan.permit is not None:
+        if status == HealthStatus.CRITICAL and not trial:
+            # Critical opens the breaker at once: callers fail fast instead of spending fail_max calls.
+            plan.breaker.force_open(reason=f"{HEALTH_TRIP_PREFIX}: {reason}")
+        elif verdict == HealthStatus.CRITICAL:
+            plan.breaker.failed(plan.permit, f"health probe: {reason}")  # counts toward tripping
+        elif trial or (plan.snapshot and plan.snapshot.fail_counter):
+            plan.breaker.succeeded(plan.permit)
     next_at = outcome.checked_at + interval
     if status == HealthStatus.CRITICAL and plan.breaker is not None:
-        if breaker_state != OPEN and not trial:
-            # Critical opens the breaker at once: callers fail fast instead of spending fail_max calls.
-            plan.breaker.force_open(reason=f"health critical: {reason}")
         # Come back for the half-open trial when the reset timeout ends.
         next_at = outcome.checked_at + min(interval, timedelta(seconds=plan.breaker.config.reset_timeout))
     snapshot = HealthSnapshot(
@@ -451,11 +451,18 @@ def health_sweep_run(
     max_in_flight: int | None = None,
     keep_rows: bool = False,
 ) -> SweepReport:
-    """Claim, probe and record due services until none is left (no global lock; see health_sweep)."""
+    """Claim, probe and record due services until none is left (no global lock; see health_sweep).
+
+    The calling thread claims and dispatches; results are evaluated and written by
+    one writer thread (its own database connection), so claiming new work never
+    waits for the database writes of earlier results. Call it outside a transaction.
+    """
     started = time.perf_counter()
     batch_size = batch_size or settings.HEALTH_SWEEP_BATCH_SIZE
-    max_in_flight = max(max_in_flight or settings.HEALTH_SWEEP_MAX_IN_FLIGHT, batch_size)
+    max_in_flight = max(max_in_flight or settings.HEALTH_SWEEP_MAX_IN_FLIGHT, 1)
     pool = _probe_pool(max_in_flight)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-writer")
+    writes: list[Future] = []
     report = SweepReport()
     in_flight: set[Future] = set()
     ready: list[Outcome] = []
@@ -463,12 +470,12 @@ def health_sweep_run(
     last_flush = time.monotonic()
     # The claim lease outlives any probe, so nobody re-claims a service while it is probed.
     lease = timedelta(seconds=120)
-    write_batch = max(batch_size, 250)
+    write_batch = 250
+    pending_ids = list(service_ids) if service_ids is not None else None
 
-    def flush() -> None:
-        nonlocal ready, last_flush
+    def write(outcomes: list[Outcome]) -> None:
         rows = []
-        for outcome in ready:
+        for outcome in outcomes:
             # Lines written while judging a probe (breaker, alerts) name the service.
             with log_context(service=outcome.plan.service.name):
                 try:
@@ -476,7 +483,7 @@ def health_sweep_run(
                 except Exception:  # noqa: BLE001 - one bad row must not lose the batch
                     logger.exception("health: could not evaluate service %s", outcome.plan.service.pk)
         report.changes += _write(rows)
-        for outcome in ready:
+        for outcome in outcomes:
             if outcome.plan.withheld:
                 report.withheld += 1
             else:
@@ -486,28 +493,46 @@ def health_sweep_run(
             report.verdicts[r.verdict] = report.verdicts.get(r.verdict, 0) + 1
         if keep_rows:
             report.rows.extend(rows)
+
+    def flush() -> None:
+        nonlocal ready, last_flush
+        if ready:
+            writes.append(writer.submit(write, ready))
         ready, last_flush = [], time.monotonic()
 
-    while True:
-        if not exhausted and len(in_flight) + batch_size <= max_in_flight:
-            batch = _claim(now=timezone.now(), batch_size=batch_size, service_ids=service_ids, lease=lease)
-            report.claimed += len(batch)
-            if not batch or service_ids is not None:
-                exhausted = True
-            for plan in _plan(batch, force=force):
-                if plan.withheld:
-                    ready.append(Outcome(plan=plan, checked_at=timezone.now()))
+    try:
+        while True:
+            # Claim whole batches while fewer than max_in_flight probes are running; the
+            # pool queues the excess, so a claim is never held up by a slow probe.
+            if not exhausted and len(in_flight) < max_in_flight:
+                size = batch_size
+                if pending_ids is not None:
+                    chunk, pending_ids = pending_ids[:size], pending_ids[size:]
+                    batch = _claim(now=timezone.now(), batch_size=size, service_ids=chunk, lease=lease)
+                    exhausted = not pending_ids
                 else:
-                    in_flight.add(pool.submit(probe_send, plan))
-            if not exhausted:
-                continue
-        if not in_flight:
-            break
-        done, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
-        ready.extend(f.result() for f in done)
-        if len(ready) >= write_batch or time.monotonic() - last_flush > 0.5:
-            flush()
-    flush()
+                    batch = _claim(now=timezone.now(), batch_size=size, service_ids=None, lease=lease)
+                    exhausted = not batch
+                report.claimed += len(batch)
+                for plan in _plan(batch, force=force):
+                    if plan.withheld:
+                        ready.append(Outcome(plan=plan, checked_at=timezone.now()))
+                    else:
+                        in_flight.add(pool.submit(probe_send, plan))
+                if not exhausted:
+                    continue
+            if not in_flight:
+                break
+            done, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
+            ready.extend(f.result() for f in done)
+            if len(ready) >= write_batch or time.monotonic() - last_flush > 0.5:
+                flush()
+        flush()
+        for fut in writes:
+            fut.result()  # re-raise a failed write here
+    finally:
+        writer.submit(connections.close_all).result()  # the writer's own connection
+        writer.shutdown(wait=True)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -546,7 +571,7 @@ def health_ttl_expire(*, now: datetime | None = None) -> int:
             _alert_for_change(svc, old, HealthStatus.CRITICAL, reason)
             expired += 1
     for svc in services:  # after commit: the breaker lives in Redis
-        breaker_for(svc).force_open(reason=f"health critical: {svc.status_reason}")
+        breaker_for(svc).force_open(reason=f"{HEALTH_TRIP_PREFIX}: {svc.status_reason}")
     return expired
 
 
@@ -627,3 +652,36 @@ def health_snapshots_prune(*, now: datetime | None = None, batch_size: int | Non
         if not ids:
             return total
         total += HealthSnapshot.objects.filter(id__in=ids).delete()[0]
+
+
+# --- Uptime (admin) ------------------------------------------------------------------------------
+
+UP_STATUSES = frozenset({HealthStatus.PASSING, HealthStatus.WARNING})
+DOWN_STATUSES = frozenset({HealthStatus.CRITICAL})
+
+
+def service_uptime(*, service: Service, window: timedelta, now: datetime | None = None) -> float | None:
+    """Share of ``window`` the service was up (passing/warning) vs down (critical), from StatusChange.
+
+    Time in unknown or maintenance counts neither way. None when nothing is known.
+    """
+    now = now or timezone.now()
+    start = now - window
+    before = (
+        StatusChange.objects.filter(service=service, at__lte=start).order_by("-at")
+        .values_list("new_status", flat=True).first()
+    )
+    changes = list(
+        StatusChange.objects.filter(service=service, at__gt=start, at__lte=now).order_by("at")
+        .values_list("at", "new_status")
+    )
+    status, since = (before or HealthStatus.UNKNOWN), max(start, service.registered_at or start)
+    up = down = 0.0
+    for at, new_status in [*changes, (now, None)]:
+        span = max(0.0, (at - since).total_seconds())
+        if status in UP_STATUSES:
+            up += span
+        elif status in DOWN_STATUSES:
+            down += span
+        status, since = new_status, max(since, at)
+    return None if up + down == 0 else up / (up + down)

@@ -16,10 +16,11 @@ def portal_dashboard(context):
 
 
 @register.inclusion_tag("admin/registry/service/_charts.html")
-def service_charts(service):
+def service_charts(service, with_latency: bool = True):
     if service is None or service.pk is None:
         return {"service": None}
-    return {"service": service, **queries.service_charts(service)}
+    return {"service": service, "with_latency": with_latency,
+            **queries.service_charts(service, with_latency=with_latency)}
 
 
 @register.inclusion_tag("admin/workflows/workflowrun/_charts.html")

@@ -140,3 +140,30 @@ def test_an_operator_retries_from_the_run_page_and_bulk_cancels(operator_client)
     assert response.status_code == 302
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED
+
+
+@pytest.mark.parametrize("action", ["reset_breaker", "force_open_breaker", "check_now"])
+def test_breaker_and_check_actions_are_for_operators_only(viewer_client, operator_client, action):
+    svc = Service.objects.create(name="brk", type="TOOL_INTEGRATION", url="http://127.0.0.1:9",
+                                 status=HealthStatus.PASSING)
+    assert action not in viewer_client.get("/admin/registry/service/").content.decode()
+    assert action in operator_client.get("/admin/registry/service/").content.decode()
+    forged = viewer_client.post("/admin/registry/service/", {"action": action, "_selected_action": [svc.pk]})
+    assert forged.status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)  # breaker events are written on another connection
+def test_an_operator_resets_a_breaker_and_the_event_names_them(operator_client, operator):
+    from registry.breakers import breaker_for, events_flush
+
+    svc = Service.objects.create(name="brk2", type="TOOL_INTEGRATION", url="http://127.0.0.1:9",
+                                 status=HealthStatus.PASSING)
+    breaker_for(svc).force_open(reason="test", actor="test")
+    response = operator_client.post("/admin/registry/service/",
+                                    {"action": "reset_breaker", "_selected_action": [svc.pk]})
+    assert response.status_code == 302
+    events_flush()
+    assert breaker_for(svc).snapshot().state == "closed"
+    from registry.models import BreakerEvent
+
+    assert BreakerEvent.objects.filter(service=svc, new_state="closed", actor=operator.username).exists()

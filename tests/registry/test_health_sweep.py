@@ -10,6 +10,7 @@ import pytest
 import time_machine
 from django.core.cache import cache
 from django.core.management import call_command
+from django.db import connections
 from django.utils import timezone
 
 from registry import health
@@ -131,7 +132,10 @@ def test_two_sweepers_share_the_due_services_without_overlap(loopback, make_serv
     reports = []
 
     def sweeper():
-        reports.append(health.health_sweep_run(batch_size=10, max_in_flight=20))
+        try:
+            reports.append(health.health_sweep_run(batch_size=10, max_in_flight=20))
+        finally:
+            connections.close_all()  # this thread's claim connection
 
     threads = [threading.Thread(target=sweeper) for _ in range(2)]
     for t in threads:
@@ -219,6 +223,6 @@ def test_setup_periodic_tasks_creates_the_schedule_rows_idempotently(transaction
     call_command("setup_periodic_tasks")
     call_command("setup_periodic_tasks")
     rows = {t.task: t for t in PeriodicTask.objects.all()}
-    assert {"registry.health_sweep", "registry.health_prune"} <= set(rows)
+    assert {"registry.health_sweep", "registry.health_prune", "workflows.reconcile"} <= set(rows)
     assert PeriodicTask.objects.filter(task="registry.health_sweep").count() == 1
     assert rows["registry.health_sweep"].interval.every == 5 and rows["registry.health_sweep"].enabled
