@@ -104,15 +104,19 @@ def _breaker_states(services: list) -> dict[int, str]:
             return {sid: snap.state for sid, snap in breaker_snapshots(ids).items()}
         except Exception:  # noqa: BLE001 - a store outage must not break the scrape
             logger.warning("breaker store unavailable during scrape; using breaker events")
-    from registry.models import BreakerEvent
+    return breaker_states_from_events(ids)
 
-    latest = (
-        BreakerEvent.objects.filter(service_id__in=ids)
-        .order_by("service_id", "-at", "-id")
-        .distinct("service_id")
-        .values_list("service_id", "new_state")
-    )
-    return dict(latest)
+
+def breaker_states_from_events(ids: list[int]) -> dict[int, str]:
+    """Each service's latest recorded breaker transition (services with none are absent)."""
+    from django.db.models import OuterRef, Subquery
+
+    from registry.models import BreakerEvent, Service
+
+    # registry_breakerevent_latest (service, -at): each service's latest transition.
+    latest = BreakerEvent.objects.filter(service_id=OuterRef("pk")).order_by("-at", "-id").values("new_state")[:1]
+    rows = Service.objects.filter(pk__in=ids).annotate(state=Subquery(latest)).values_list("pk", "state")
+    return {pk: state for pk, state in rows if state}
 
 
 def service_states() -> list[dict]:

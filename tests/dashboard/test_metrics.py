@@ -153,3 +153,14 @@ def test_a_health_check_records_its_latency_in_the_histogram(read_client, stub):
     assert 0 < value(after, "berrys_health_check_latency_seconds_sum", **labels) < 5
     assert len(server.hits("/health")) == 2
     assert value(after, "berrys_service_status", service="probe-me", type="TOOL_INTEGRATION", status="passing") == 1
+
+
+def test_the_fallback_without_a_breaker_store_reads_the_latest_breaker_event():
+    svc = Service.objects.create(name="evt", type="TOOL_INTEGRATION", url="http://127.0.0.1:3")
+    quiet = Service.objects.create(name="quiet", type="TOOL_INTEGRATION", url="http://127.0.0.1:4")
+    now = timezone.now()
+    BreakerEvent.objects.create(service=svc, service_name="evt", old_state="closed", new_state="open",
+                                at=now - timedelta(minutes=2))
+    BreakerEvent.objects.create(service=svc, service_name="evt", old_state="open", new_state="half-open",
+                                at=now - timedelta(minutes=1))
+    assert metrics.breaker_states_from_events([svc.id, quiet.id]) == {svc.id: "half-open"}
