@@ -201,6 +201,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
+    "PREPROCESSING_HOOKS": ["registry.urls.schema_hide_trailing_slash_twins"],
     # The API-key scheme comes from registry/schema.py (per operation, so /health shows none).
     "ENUM_NAME_OVERRIDES": {
         "HealthStatusEnum": "registry.models.HealthStatus",
@@ -246,6 +247,11 @@ WORKFLOW_RECONCILE_GRACE_SECONDS = env_int("WORKFLOW_RECONCILE_GRACE_SECONDS", 3
 WORKFLOW_DEFINITION_MODULES = env_list("WORKFLOW_DEFINITION_MODULES", [])
 # Celery queue for step tasks (tests give each worker its own).
 WORKFLOW_QUEUE = env_str("WORKFLOW_QUEUE", "celery")
+WORKFLOW_RECONCILE_EVERY_SECONDS = env_int("WORKFLOW_RECONCILE_EVERY_SECONDS", 15, minimum=1)
+# Celery's Django fixup closes the DB connection after EVERY task unless this is set:
+# a new PostgreSQL connection per workflow step cost ~40 ms. With it, connections are
+# reused (tasks call close_old_connections(), so CONN_MAX_AGE and health checks still apply).
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=0)
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update({
     "WorkflowRunStatusEnum": "workflows.models.RunStatus",
     "WorkflowStepStatusEnum": "workflows.models.StepStatus",

@@ -221,6 +221,8 @@ class ServiceListQuerySerializer(StrictSerializer):
 class ServiceSerializer(serializers.ModelSerializer):
     """A registered instance, as every endpoint returns it."""
 
+    url = serializers.CharField(read_only=True)
+    health_url = serializers.CharField(read_only=True, help_text="Empty: not probed.")
     endpoints = EndpointSerializer(many=True, read_only=True)
     metadata = serializers.DictField(read_only=True)
     capabilities = serializers.ListField(child=serializers.CharField(), read_only=True)

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -106,7 +106,7 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, NoEligibleServiceError):
         return f"No eligible service: {text}"
     if isinstance(exc, CircuitOpenError):
-        return f"Circuit open: {text}"
+        return f"Service unavailable: {text}"
     if isinstance(exc, ServiceConnectionError):
         return f"Connection error: {text}"
     if isinstance(exc, ServiceResponseError):
@@ -231,8 +231,46 @@ class AttemptRecord:
     outcome: str = ""
 
 
+# The hot path on PostgreSQL: one round trip claims the step and reads its run.
+_CLAIM_SQL = """
+UPDATE workflows_steprun AS s
+   SET status = 'running', lease_expires_at = %(lease)s, deliveries = s.deliveries + 1,
+       started_at = COALESCE(s.started_at, %(now)s)
+  FROM workflows_workflowrun AS r
+ WHERE s.id = %(id)s AND r.id = s.run_id
+   AND ((s.status IN ('queued', 'retrying') AND s.next_attempt_at <= %(due)s)
+        OR (s.status = 'running' AND s.lease_expires_at < %(now)s))
+RETURNING s."index", s.name, s.deliveries, s.attempt_count, s.attempts_total,
+          r.id, r.workflow, r.version, r.status, r.cancel_requested, r.context
+"""
+
+
 def _claim(step_id: int) -> StepRun | None:
     """Take the step for this worker; ``None`` if someone else has it or it is not due."""
+    if connection.vendor == "postgresql":
+        return _claim_pg(step_id)
+    return _claim_orm(step_id)
+
+
+def _claim_pg(step_id: int) -> StepRun | None:
+    now = _now()
+    params = {"id": step_id, "now": now, "due": now + timedelta(seconds=1),
+              "lease": now + timedelta(seconds=settings.WORKFLOW_STEP_LEASE_SECONDS)}
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    index, name, deliveries, attempt_count, attempts_total, run_id, workflow, version, status, cancel, ctx = row
+    if isinstance(ctx, str | bytes):  # Django's psycopg setup returns jsonb as text
+        ctx = json.loads(ctx)
+    run = WorkflowRun(id=run_id, workflow=workflow, version=version, status=status,
+                      cancel_requested=cancel, context=ctx)
+    return StepRun(id=step_id, run=run, index=index, name=name, deliveries=deliveries,
+                   attempt_count=attempt_count, attempts_total=attempts_total, status=StepStatus.RUNNING)
+
+
+def _claim_orm(step_id: int) -> StepRun | None:
     now = _now()
     lease = now + timedelta(seconds=settings.WORKFLOW_STEP_LEASE_SECONDS)
     claimed = StepRun.objects.filter(
@@ -398,6 +436,43 @@ def _retry(step: StepRun, token: int, record: AttemptRecord, number: int, delay:
     return "retry"
 
 
+# The hot path on PostgreSQL: one statement (one round trip, one commit) records the
+# attempt, finishes the step, merges the context and queues the next step, each part
+# conditional on the previous one (a lost lease or a cancelled run changes nothing).
+_COMPLETE_SQL = """
+WITH s AS (
+    UPDATE workflows_steprun
+       SET status = %(status)s, output = %(output)s, error = %(error)s, finished_at = %(now)s,
+           lease_expires_at = NULL, attempt_count = attempt_count + 1,
+           attempts_total = attempts_total + 1, deliveries = 0
+     WHERE id = %(step)s AND status = 'running' AND deliveries = %(token)s
+    RETURNING id
+), a AS (
+    INSERT INTO workflows_stepattempt
+           (step_id, number, service_id, service_name, request_method, request_url, request_body,
+            response_status, response_body, latency_ms, error, outcome, worker, started_at, finished_at)
+    SELECT id, %(number)s, %(service_id)s, %(service_name)s, %(method)s, %(url)s, %(request_body)s,
+           %(response_status)s, %(response_body)s, %(latency_ms)s, %(attempt_error)s, %(outcome)s,
+           %(worker)s, %(started_at)s, %(finished_at)s
+      FROM s
+), r AS (
+    UPDATE workflows_workflowrun
+       SET context = %(context)s,
+           status = CASE WHEN %(last)s THEN 'succeeded' ELSE status END,
+           finished_at = CASE WHEN %(last)s THEN %(now)s ELSE finished_at END
+     WHERE id = %(run)s AND status = 'running' AND NOT cancel_requested AND EXISTS (SELECT 1 FROM s)
+    RETURNING id
+), n AS (
+    UPDATE workflows_steprun
+       SET status = 'queued', next_attempt_at = %(now)s, lease_expires_at = NULL, error = '',
+           output = NULL, finished_at = NULL
+     WHERE run_id = %(run)s AND "index" = %(next)s AND EXISTS (SELECT 1 FROM r)
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM r), (SELECT id FROM n)
+"""
+
+
 def _complete(run, step, token, wf, record, number, status, output, error="") -> str:
     """The step is done (succeeded / fallback / skipped): merge its output and move on."""
     now = _now()
@@ -405,6 +480,10 @@ def _complete(run, step, token, wf, record, number, status, output, error="") ->
     if output:
         context.update(output)
     next_index = step.index + 1
+    last = next_index >= len(wf.steps)
+    if connection.vendor == "postgresql" and (last or wf.steps[next_index].kind != "human"):
+        return _complete_pg(run, step, token, record, number, status, output, error, context, now,
+                            next_index, last)
     with transaction.atomic():
         updated = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, deliveries=token).update(
             status=status, output=output, error=error, finished_at=now, lease_expires_at=None,
@@ -429,6 +508,32 @@ def _complete(run, step, token, wf, record, number, status, output, error="") ->
         next_step = StepRun.objects.only("pk").get(run_id=run.pk, index=next_index)
         run.context = context
         _activate(run, next_step, wf.steps[next_index], now)
+    return str(status)
+
+
+def _complete_pg(run, step, token, record, number, status, output, error, context, now, next_index,
+                 last) -> str:
+    from psycopg.types.json import Jsonb
+
+    params = {
+        "status": str(status), "output": Jsonb(output) if output is not None else None, "error": error,
+        "now": now, "step": step.pk, "token": token, "number": number, "service_id": record.service_id,
+        "service_name": record.service_name[:200], "method": record.method[:10], "url": record.url[:2000],
+        "request_body": Jsonb(record.request_body) if record.request_body is not None else None,
+        "response_status": record.status, "response_body": _truncate(record.response),
+        "latency_ms": record.latency_ms, "attempt_error": record.error, "outcome": record.outcome,
+        "worker": WORKER_ID[:200], "started_at": record.started_at, "finished_at": record.finished_at,
+        "context": Jsonb(context), "last": last, "run": run.pk, "next": next_index,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_COMPLETE_SQL, params)
+        step_done, run_moved, next_id = cursor.fetchone()
+    if not step_done:
+        return "lost lease"
+    if next_id is not None:
+        _enqueue_on_commit(next_id)  # autocommit: runs now, after the statement committed
+    elif not last and not run_moved:
+        return f"{status}; run cancelled"
     return str(status)
 
 

@@ -1,14 +1,13 @@
-"""The workflow engine's periodic tasks, for ``setup_periodic_tasks`` to install as beat rows.
-
-Each entry: a unique ``name``, the Celery ``task`` name, and ``every_seconds``.
-"""
+"""The workflow engine's periodic tasks, installed as beat rows by ``setup_periodic_tasks``."""
 
 from __future__ import annotations
 
-PERIODIC_TASKS: list[dict] = [
-    {
-        "name": "workflows: reconcile lost steps and human-step timeouts",
-        "task": "workflows.reconcile",
-        "every_seconds": 15,
-    },
-]
+from django.conf import settings
+
+
+def periodic_tasks() -> list[tuple[str, str, int]]:
+    """(row name, Celery task name, every N seconds), the shape ``setup_periodic_tasks`` uses."""
+    return [
+        ("workflows: reconcile lost steps and wait timeouts", "workflows.reconcile",
+         settings.WORKFLOW_RECONCILE_EVERY_SECONDS),
+    ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from registry.breakers import breaker_for
+from registry.models import HealthStatus, Service
 from tests.workflows.conftest import wait_for_run
 from workflows.engine import run_start
 from workflows.models import RunStatus, StepStatus
@@ -88,20 +90,39 @@ def test_an_optional_step_whose_service_is_missing_uses_its_fallback(engine_env,
     assert run.context["agents"] == {"got_plan": {"phases": ["fallback"], "fallback": True}}
 
 
-def test_an_optional_step_whose_service_is_refused_falls_back_without_calling_it(engine_env, demo_services):
-    # The breaker API is not in this branch yet: an instance marked critical is the
-    # refusal available here (discovery raises NoEligibleServiceError, like an open
-    # breaker it is never retried and goes straight to the fallback).
-    from registry.models import HealthStatus, Service
-
-    Service.objects.filter(type="PLANNING_SYSTEM").update(status=HealthStatus.CRITICAL)
+def test_an_optional_step_whose_breaker_is_open_falls_back_without_calling_it(engine_env, demo_services):
+    planning = Service.objects.get(type="PLANNING_SYSTEM")
+    breaker_for(planning).force_open(reason="test: tripped", actor="test")
     run, _ = run_start(workflow="test_demo", input={"name": "Apollo"}, triggered_by="test")
     run = wait_for_run(run.pk)
     assert run.status == RunStatus.SUCCEEDED, run.error
     plan = run.steps.get(name="plan")
     assert plan.status == StepStatus.FALLBACK
-    assert plan.error.startswith("No eligible service:")
-    assert plan.attempts.count() == 1
+    assert plan.error.startswith("Service unavailable: Circuit breaker open for planning_system-1")
+    assert plan.attempts.count() == 1  # an open breaker is not retried
+    assert demo_services.hits("/plans/strategic/p-1") == []
+    assert run.context["plan"]["fallback"] is True
+
+
+def test_an_optional_step_without_fallback_is_skipped_when_its_breaker_is_open(engine_env, stub):
+    server = stub()
+    tool = server.register("TOOL_INTEGRATION")
+    breaker_for(tool).force_open(reason="test: tripped", actor="test")
+    run, _ = run_start(workflow="test_skippy", input={}, triggered_by="test")
+    run = wait_for_run(run.pk)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    notify = run.steps.get(name="notify")
+    assert notify.status == StepStatus.SKIPPED and "Circuit breaker open" in notify.error
+    assert server.requests == []
+
+
+def test_an_optional_step_whose_only_instance_is_critical_falls_back(engine_env, demo_services):
+    Service.objects.filter(type="PLANNING_SYSTEM").update(status=HealthStatus.CRITICAL)
+    run, _ = run_start(workflow="test_demo", input={"name": "Apollo"}, triggered_by="test")
+    run = wait_for_run(run.pk)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    plan = run.steps.get(name="plan")
+    assert plan.status == StepStatus.FALLBACK and plan.error.startswith("No eligible service:")
     assert demo_services.hits("/plans/strategic/p-1") == []
 
 

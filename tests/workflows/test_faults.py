@@ -83,3 +83,32 @@ def test_a_step_that_kills_its_worker_every_time_fails_after_the_delivery_cap(en
     step = run.steps.get()
     assert (step.status, step.deliveries) == (StepStatus.FAILED, 3)
     assert run.events.filter(kind=RunEvent.Kind.DELIVERY_CAP).exists()
+
+
+@pytest.mark.django_db
+def test_the_reconciler_requeues_a_lost_step_at_most_once_per_pass(wf_settings):
+    import datetime as dt
+
+    import time_machine
+    from django.utils import timezone
+
+    run, _ = run_start(workflow="test_demo", input={"name": "A"}, triggered_by="test")
+    assert steps_reconcile()["requeued"] == 0  # not yet past due + grace
+    later = timezone.now() + dt.timedelta(seconds=5)
+    with time_machine.travel(later):
+        assert steps_reconcile()["requeued"] == 1
+        assert steps_reconcile()["requeued"] == 0  # its due time moved: not sent twice
+    with time_machine.travel(later + dt.timedelta(seconds=5)):
+        assert steps_reconcile()["requeued"] == 1  # still no worker took it: sent again
+    events = run.events.filter(kind=RunEvent.Kind.REQUEUED)
+    assert events.count() == 2 and events.first().actor == "system"
+    assert events.first().details == {"reason": "queued past due"}
+
+
+def test_setup_periodic_tasks_schedules_the_reconciler_every_15_seconds(transactional_db):
+    from django.core.management import call_command
+    from django_celery_beat.models import PeriodicTask
+
+    call_command("setup_periodic_tasks")
+    row = PeriodicTask.objects.get(task="workflows.reconcile")
+    assert row.enabled and row.interval.every == 15 and row.interval.period == "seconds"

@@ -9,6 +9,8 @@ import time_machine
 from django.db import transaction
 from django.utils import timezone
 
+from registry.breakers import breaker_for
+from registry.models import Service
 from tests.workflows.conftest import wait_for_run, wait_until
 from workflows.engine import run_start, steps_reconcile
 from workflows.models import RunEvent, RunStatus, StepStatus, WorkflowRun
@@ -36,6 +38,11 @@ def test_retrying_a_failed_run_resumes_at_the_failed_step_keeping_earlier_output
     run, _ = run_start(workflow="test_demo", input={"name": "A"}, triggered_by="test")
     assert wait_for_run(run.pk).status == RunStatus.FAILED
     demo_services.routes[("POST", "/agents")] = lambda body: (200, ["ok"])
+    # Three failed tries tripped the service's breaker; the operator resets it
+    # once the service has recovered, then retries the run.
+    agent_service = Service.objects.get(type="AGENT_ORCHESTRATOR")
+    assert breaker_for(agent_service).snapshot().state == "open"
+    breaker_for(agent_service).reset(actor="alice", reason="recovered")
     run_retry(run_id=run.pk, actor="alice")
     run = wait_for_run(run.pk)
     assert run.status == RunStatus.SUCCEEDED, run.error

@@ -13,12 +13,15 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+from workflows.schedules import periodic_tasks as workflow_periodic_tasks
+
 
 def periodic_tasks() -> list[tuple[str, str, int]]:
     """(row name, Celery task name, every N seconds)."""
     rows = [
         ("registry: health sweep", "registry.health_sweep", settings.HEALTH_SWEEP_EVERY_SECONDS),
         ("registry: prune health snapshots", "registry.health_prune", 3600),
+        *workflow_periodic_tasks(),
     ]
     try:
         from workflows.schedules import PERIODIC_TASKS

@@ -1,0 +1,243 @@
+"""Benchmark: the workflow engine against a bare Celery chain (not a test; prints a table).
+
+Run from the repository root (``-m`` matters: the module name would shadow the app)::
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/portal_wf_bench REDIS_URL=redis://127.0.0.1:6379/3 \\
+        .venv/bin/python -m bench.workflows [--runs 100] [--repeats 3] [--serial 20]
+
+One Celery worker (prefork, concurrency 2) on a private queue; a fast HTTP stub on
+loopback. A 7-step workflow (7 POSTs) is compared with the same 7 POSTs made by a
+bare Celery chain that persists nothing:
+
+* throughput: ``--runs`` runs started at once, runs completed per second (median of ``--repeats``);
+* orchestration overhead per step, measured on ``--serial`` runs made one at a time:
+  step wall time (from the previous step's end to this step's end) minus the HTTP
+  call's own time; the chain's figure is (chain wall time - HTTP time) / 7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 7
+QUEUE = os.environ.get("BENCH_QUEUE") or f"wf-bench-{uuid.uuid4().hex[:6]}"
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "berrys_portal.settings")
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal_wf_bench")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/3")
+os.environ.setdefault("WORKFLOW_QUEUE", QUEUE)
+
+import django  # noqa: E402
+
+django.setup()
+
+import requests  # noqa: E402
+from celery import chain, shared_task  # noqa: E402
+
+from workflows.definitions import NO_RETRY, Step, Workflow, register  # noqa: E402
+
+BENCH_WORKFLOW = Workflow(
+    name="bench_seven",
+    version=1,
+    description="Seven POSTs to the bench stub.",
+    steps=[
+        Step(name=f"call_{i}", service_type="BENCH_STUB", path=f"/step/{i}",
+             build_request=lambda ctx, i=i: {"i": i}, read_response=lambda ctx, body, i=i: {f"r{i}": body["ok"]},
+             retry=NO_RETRY, timeout=5.0)
+        for i in range(STEPS)
+    ],
+)
+register(BENCH_WORKFLOW, replace=True)
+
+_session = threading.local()
+
+
+@shared_task(name="bench.http_call", ignore_result=True)
+def bench_http_call(acc_ms: float, url: str, i: int) -> float:
+    """One link of the bare chain: one POST, no persistence; passes the HTTP time on."""
+    session = getattr(_session, "s", None) or requests.Session()
+    _session.s = session
+    started = time.perf_counter()
+    session.post(f"{url}/step/{i}", json={"i": i}, timeout=5).raise_for_status()
+    return acc_ms + (time.perf_counter() - started) * 1000
+
+
+@shared_task(name="bench.chain_done", ignore_result=True)
+def bench_chain_done(acc_ms: float, key: str) -> None:
+    from django.core.cache import cache
+
+    cache.set(f"bench:{key}", (time.time(), acc_ms), timeout=600)
+
+
+class Stub(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _ensure_database() -> None:
+    import psycopg
+    from django.conf import settings
+    from django.core.management import call_command
+
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("postgresql"):
+        with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], password=db.get("PASSWORD"),
+                             dbname="postgres", autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]).fetchone():
+                conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
+    call_command("migrate", verbosity=0)
+
+
+def _start_worker() -> subprocess.Popen:
+    env = dict(os.environ, WORKFLOW_QUEUE=QUEUE, PYTHONPATH=str(ROOT), LOG_LEVEL="WARNING")
+    log = open(ROOT / "var" / "bench-worker.log", "wb")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "prefork", "-c", "2",
+         "--without-heartbeat", "--without-gossip", "--without-mingle", "-Q", QUEUE, "-I", "bench.workflows",
+         "-n", f"{QUEUE}@%h", "--loglevel", "WARNING"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    log.close()
+    return proc
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def _engine_batch(n: int) -> tuple[float, list[str]]:
+    from workflows.engine import run_start
+    from workflows.models import RUN_FINISHED, WorkflowRun
+
+    started = time.perf_counter()
+    ids = [run_start(workflow="bench_seven", input={}, triggered_by="bench")[0].pk for _ in range(n)]
+    _wait(lambda: WorkflowRun.objects.filter(pk__in=ids, status__in=RUN_FINISHED).count() == n, 300, "runs")
+    elapsed = time.perf_counter() - started
+    bad = WorkflowRun.objects.filter(pk__in=ids).exclude(status="succeeded").count()
+    if bad:
+        raise SystemExit(f"{bad} bench runs did not succeed; see var/bench-worker.log")
+    return elapsed, ids
+
+
+def _chain_batch(n: int, url: str) -> tuple[float, list[tuple[float, float, float]]]:
+    from django.core.cache import cache
+
+    keys, t0s = [uuid.uuid4().hex for _ in range(n)], []
+    started = time.perf_counter()
+    for key in keys:
+        t0s.append(time.time())
+        links = [bench_http_call.si(0.0, url, 0).set(queue=QUEUE)]
+        links += [bench_http_call.s(url, i).set(queue=QUEUE) for i in range(1, STEPS)]
+        links.append(bench_chain_done.s(key).set(queue=QUEUE))
+        chain(*links).apply_async()
+    _wait(lambda: all(cache.get(f"bench:{k}") for k in keys), 300, "chains")
+    elapsed = time.perf_counter() - started
+    results = [(t0, *cache.get(f"bench:{k}")) for t0, k in zip(t0s, keys, strict=True)]
+    return elapsed, results
+
+
+def _engine_overheads(ids) -> list[float]:
+    """Per step: (this step's end - previous step's end) - HTTP time, in ms."""
+    from workflows.models import StepAttempt, WorkflowRun
+
+    out = []
+    starts = dict(WorkflowRun.objects.filter(pk__in=ids).values_list("pk", "started_at"))
+    rows = (StepAttempt.objects.filter(step__run_id__in=ids)
+            .values_list("step__run_id", "step__index", "finished_at", "latency_ms")
+            .order_by("step__run_id", "step__index"))
+    previous: dict = {}
+    for run_id, _index, finished, latency in rows:
+        begin = previous.get(run_id, starts[run_id])
+        out.append((finished - begin).total_seconds() * 1000 - (latency or 0))
+        previous[run_id] = finished
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=100, help="runs started at once per throughput repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--serial", type=int, default=20, help="runs made one at a time for the overhead figure")
+    args = parser.parse_args()
+
+    from registry.models import HealthStatus, Service
+    from workflows.models import WorkflowRun
+
+    (ROOT / "var").mkdir(exist_ok=True)
+    _ensure_database()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    WorkflowRun.objects.filter(workflow="bench_seven").delete()
+    Service.objects.filter(type="BENCH_STUB").delete()
+    Service.objects.create(name="bench-stub", type="BENCH_STUB", url=url, status=HealthStatus.PASSING)
+
+    worker = _start_worker()
+    try:
+        # Warm-up (also waits for the worker to come up): imports, connections, pools.
+        _engine_batch(4)
+        _chain_batch(4, url)
+
+        engine_serial, chain_serial = [], []
+        for _ in range(args.serial):
+            _, ids = _engine_batch(1)
+            engine_serial.extend(_engine_overheads(ids))
+            _, results = _chain_batch(1, url)
+            for t0, t1, http_ms in results:
+                chain_serial.append(((t1 - t0) * 1000 - http_ms) / STEPS)
+
+        engine_rates, chain_rates = [], []
+        for _ in range(args.repeats):
+            elapsed, _ = _engine_batch(args.runs)
+            engine_rates.append(args.runs / elapsed)
+            elapsed, _ = _chain_batch(args.runs, url)
+            chain_rates.append(args.runs / elapsed)
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(20)
+        server.shutdown()
+        WorkflowRun.objects.filter(workflow="bench_seven").delete()
+
+    e_over, c_over = statistics.median(engine_serial), statistics.median(chain_serial)
+    e_rate, c_rate = statistics.median(engine_rates), statistics.median(chain_rates)
+    print(f"\nWorkflow engine vs bare Celery chain — {STEPS} POSTs per run, 1 worker (prefork -c 2)")
+    print(f"throughput: {args.runs} runs at once, median of {args.repeats}; overhead: {args.serial} serial runs\n")
+    print(f"| {'measure':<40} | {'engine':>10} | {'bare chain':>10} | {'ratio':>8} | {'target':<18} |")
+    print(f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|{'-' * 10}|{'-' * 20}|")
+    print(f"| {'runs completed per second (median)':<40} | {e_rate:>10.1f} | {c_rate:>10.1f} | "
+          f"{e_rate / c_rate:>7.0%} | {'>= 50% of chain':<18} |")
+    print(f"| {'orchestration overhead ms/step (median)':<40} | {e_over:>10.2f} | {c_over:>10.2f} | "
+          f"{e_over / c_over if c_over else float('nan'):>7.1f}x | {'<= 10 ms/step':<18} |")
+    p90 = statistics.quantiles(engine_serial, n=10)[-1]
+    print(f"| {'engine overhead ms/step (p90)':<40} | {p90:>10.2f} | {'':>10} | {'':>8} | {'':<18} |")
+    print(f"\nraw throughput: engine {[round(r, 1) for r in engine_rates]}, chain {[round(r, 1) for r in chain_rates]}")
+
+
+if __name__ == "__main__":
+    main()
