@@ -91,10 +91,9 @@ def record_requeue(*, reason: str, count: int = 1) -> None:
 # --- State, computed at scrape time ------------------------------------------------
 
 
-def _breaker_states(services: list) -> dict[int, str]:
+def _breaker_states(ids: list[int]) -> dict[int, str]:
     """Live breaker state per service id: the shared breaker store when the health
     app provides one, else each service's latest BreakerEvent (closed if none)."""
-    ids = [s.id for s in services]
     try:
         from registry.breakers import breaker_snapshots  # the health issue's shared store
     except ImportError:
@@ -123,18 +122,12 @@ def service_states() -> list[dict]:
     """Every registered service with its status and live breaker state."""
     from registry.models import Service
 
-    services = list(Service.objects.only("id", "name", "type", "status", "metadata"))
-    breakers = _breaker_states(services) if services else {}
-    return [
-        {
-            "id": s.id,
-            "name": s.name,
-            "type": s.type,
-            "status": s.status,
-            "breaker": breakers.get(s.id) or "closed",
-        }
-        for s in services
-    ]
+    # Plain rows, not model instances: this runs on every scrape and dashboard view.
+    services = list(Service.objects.order_by("type", "name").values("id", "name", "type", "status"))
+    breakers = _breaker_states([s["id"] for s in services]) if services else {}
+    for s in services:
+        s["breaker"] = breakers.get(s["id"]) or "closed"
+    return services
 
 
 def run_counts() -> dict[tuple[str, str], int]:

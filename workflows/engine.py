@@ -530,6 +530,8 @@ def _complete_pg(run, step, token, record, number, status, output, error, contex
         step_done, run_moved, next_id = cursor.fetchone()
     if not step_done:
         return "lost lease"
+    if last and run_moved:
+        _count_finished_on_commit(run.workflow, RunStatus.SUCCEEDED)
     if next_id is not None:
         _enqueue_on_commit(next_id)  # autocommit: runs now, after the statement committed
     elif not last and not run_moved:

@@ -75,7 +75,7 @@ def test_service_status_and_breaker_state_are_read_at_scrape_time(read_client):
     assert value(samples, "berrys_breaker_state", service="plan-1", type="PLANNING_SYSTEM", state="closed") == 1
     # The live breaker store is consulted when the health app provides one; without
     # any transition there the latest BreakerEvent decides.
-    states = metrics._breaker_states([up, down])
+    states = metrics._breaker_states([up.id, down.id])
     assert states.get(up.id, "closed") == "closed"
 
     Service.objects.filter(pk=up.pk).update(status=HealthStatus.WARNING)
