@@ -35,17 +35,20 @@ from django.db import connection  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
+from dashboard.queries import runs_chart_cache_clear  # noqa: E402
 from registry.models import Service  # noqa: E402
 from workflows.models import WorkflowRun  # noqa: E402
 
 TARGET_MS = 300.0
 
 
-def measure(client: Client, url: str, repeat: int) -> tuple[float, float, int, int]:
+def measure(client: Client, url: str, repeat: int, before=None) -> tuple[float, float, int, int]:
     response = client.get(url)  # warm-up (template and connection caches)
     assert response.status_code == 200, (url, response.status_code)
     times, queries = [], 0
     for _ in range(repeat):
+        if before:
+            before()
         with CaptureQueriesContext(connection) as ctx:
             started = time.perf_counter()
             response = client.get(url)
@@ -77,6 +80,7 @@ def main() -> None:
     pages = [
         ("baseline: API key list (near-empty)", "/admin/registry/apikey/"),
         ("dashboard (admin index)", "/admin/"),
+        ("dashboard, runs-chart cache cold", "/admin/", runs_chart_cache_clear),
         ("run list, unfiltered", "/admin/workflows/workflowrun/"),
         ("run list, workflow=project_planning", "/admin/workflows/workflowrun/?workflow=project_planning"),
         ("run list, status=failed", "/admin/workflows/workflowrun/?status__exact=failed"),
@@ -95,8 +99,8 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     baseline = None
-    for label, url in pages:
-        median, best, queries, size = measure(client, url, args.repeat)
+    for label, url, *before in pages:
+        median, best, queries, size = measure(client, url, args.repeat, *before)
         baseline = baseline or median
         ok = "yes" if median <= TARGET_MS else "NO"
         print(f"{label:<40} {median:>10.1f} {best:>8.1f} {queries:>8} {size / 1024:>6.0f} "

@@ -17,6 +17,16 @@ def _staff(username: str, group: str):
     return user
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dashboard_cache():
+    """The dashboard caches closed hours of its runs chart; each test starts without."""
+    from dashboard.queries import runs_chart_cache_clear
+
+    runs_chart_cache_clear()
+    yield
+    runs_chart_cache_clear()
+
+
 @pytest.fixture
 def operator(db):
     return _staff("olivia", OPERATORS)

@@ -67,6 +67,7 @@ def test_the_dashboard_costs_the_same_few_queries_with_more_rows(operator_client
     for i in range(15):
         _svc(f"b-{i}", f"TYPE_{i % 4}", HealthStatus.CRITICAL if i % 3 == 0 else HealthStatus.PASSING)
         failed_run(minutes_ago=i * 30)
+    queries.runs_chart_cache_clear()  # compare cold with cold
     with CaptureQueriesContext(connection) as big:
         assert operator_client.get("/admin/").status_code == 200
     assert len(big) == len(small)
@@ -128,3 +129,16 @@ def test_the_run_page_costs_a_bounded_number_of_queries(viewer_client):
     with CaptureQueriesContext(connection) as ctx:
         assert viewer_client.get(f"/admin/workflows/workflowrun/{run.pk}/change/").status_code == 200
     assert len(ctx) <= 20
+
+
+def test_closed_hours_of_the_runs_chart_are_cached_and_the_current_hour_is_live():
+    now = timezone.now()
+    failed_run(minutes_ago=120)
+    with CaptureQueriesContext(connection) as cold:
+        first = queries.dashboard_data(now=now)
+    with CaptureQueriesContext(connection) as warm:
+        queries.dashboard_data(now=now)
+    assert len(warm) == len(cold) - 1  # the closed-hours query is skipped
+    failed_run(minutes_ago=0)  # a new run in the current hour shows at once
+    again = queries.dashboard_data(now=timezone.now())
+    assert again["runs_total_24h"] == first["runs_total_24h"] + 1
