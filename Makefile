@@ -32,6 +32,7 @@ browser:
 
 demo: install
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py metrics_reset
 	$(BIN)/python manage.py demo_setup
 	$(BIN)/python manage.py setup_periodic_tasks
 	$(BIN)/python manage.py runserver 0.0.0.0:$(PORT) --noreload
