@@ -141,7 +141,8 @@ def timeline(steps: list[dict], start: datetime, end: datetime, *, width: int = 
     ticks = []
     for k in range(5):
         t = start + timedelta(seconds=span * k / 4)
-        ticks.append({"x": label_w + plot_w * k / 4, "text": _duration(span * k / 4), "at": t})
+        anchor = "start" if k == 0 else "end" if k == 4 else "middle"  # keep the ends inside the box
+        ticks.append({"x": label_w + plot_w * k / 4, "text": _duration(span * k / 4), "at": t, "anchor": anchor})
     return {"width": width, "height": len(steps) * row + 24, "rows": rows, "ticks": ticks,
             "axis_y": len(steps) * row + 8, "label_w": label_w}
 

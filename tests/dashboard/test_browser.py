@@ -82,9 +82,9 @@ def _login(browser, live_server, username: str, password: str):
     return context, page
 
 
-def _shot(page, name: str) -> None:
+def _shot(page, name: str, *, full_page: bool = True) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
 
 def test_an_operator_retries_a_failed_run_from_the_dashboard_and_watches_it_succeed(
@@ -107,7 +107,7 @@ def test_an_operator_retries_a_failed_run_from_the_dashboard_and_watches_it_succ
         expect(page.locator("#bp-run-charts")).to_be_visible()
         expect(page.locator("g.bp-highlight")).to_have_attribute("data-status", "failed")
         expect(page.locator("rect.bp-attempt")).to_have_count(5)  # 1 + 1 + 3 attempts
-        _shot(page, "run-failed")
+        _shot(page, "run-failed", full_page=False)
 
         page.get_by_role("button", name="Retry from failed step").click()
         expect(page.locator(".messagelist")).to_contain_text("retried")
@@ -116,7 +116,7 @@ def test_an_operator_retries_a_failed_run_from_the_dashboard_and_watches_it_succ
         expect(page.locator("g.bp-step")).to_have_count(3)
         expect(page.locator('g.bp-step[data-status="succeeded"]')).to_have_count(3)
         expect(page.locator("rect.bp-attempt")).to_have_count(6)  # plus the successful retry
-        _shot(page, "run-retried-succeeded")
+        _shot(page, "run-retried-succeeded", full_page=False)
         assert RunEvent.objects.filter(run_id=run.pk, kind=RunEvent.Kind.RETRIED, actor="olga").exists()
 
         page.goto(f"{live_server.url}/admin/")
