@@ -7,6 +7,7 @@ broker under ``var/``, so ``make demo`` runs anywhere. Production sets
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -58,6 +59,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "registry",
     "workflows",
+    "dashboard",
 ]
 
 MIDDLEWARE = [
@@ -266,16 +268,42 @@ ADAPTER_CACHE_SECONDS = env_float("ADAPTER_CACHE_SECONDS", 5.0, minimum=0)
 # --- Logging ------------------------------------------------------------------
 LOG_FORMAT = env_str("LOG_FORMAT", "text")
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use text or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # run_id / step_id / service from berrys_portal.logging.log_context on every line.
+    "filters": {"context": {"()": "berrys_portal.logging.ContextFilter"}},
     "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "text": {"()": "berrys_portal.logging.TextFormatter"},
+        "json": {"()": "berrys_portal.logging.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "text"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Dashboard, metrics and roles (dashboard issue) ------------------------------
+# prometheus-client's multi-process mode: every gunicorn/Celery process writes its
+# counters and histograms here; the process manager empties it at start
+# (``manage.py metrics_reset``). Must be in the environment before prometheus_client
+# is imported, hence os.environ and not only a setting.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus"))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+# Scrapers from these networks (CIDR) read /metrics without a key.
+METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", [])
+# Celery workers keep Django's LOGGING (so LOG_FORMAT=json covers the engine's lines).
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Dashboard windows.
+DASHBOARD_FAILED_RUNS_SHOWN = env_int("DASHBOARD_FAILED_RUNS_SHOWN", 10, minimum=1)
 
 # --- Production hardening -------------------------------------------------------
 if PRODUCTION:

@@ -44,6 +44,8 @@ from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F,
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from berrys_portal import metrics
+from berrys_portal.logging import log_context
 from registry.alerts import alert_raise
 from registry.breakers import (
     HEALTH_TRIP_PREFIX,
@@ -336,6 +338,9 @@ def _row_for(outcome: Outcome) -> Row:
         http_status=outcome.http_status, body=outcome.body, latency_ms=outcome.latency_ms,
         slow_threshold_ms=svc.slow_threshold_ms, error=outcome.error,
     )
+    if outcome.latency_ms is not None:
+        metrics.observe_probe(service=svc.name, service_type=svc.type,
+                              latency_seconds=outcome.latency_ms / 1000, outcome=verdict)
     trial = plan.permit is not None and plan.permit.trial
     if trial:
         details["breaker_trial"] = True
@@ -503,10 +508,12 @@ def health_sweep_run(
     def write(outcomes: list[Outcome]) -> None:
         rows = []
         for outcome in outcomes:
-            try:
-                rows.append(_row_for(outcome))
-            except Exception:  # noqa: BLE001 - one bad row must not lose the batch
-                logger.exception("health: could not evaluate service %s", outcome.plan.service.pk)
+            # Lines written while judging a probe (breaker, alerts) name the service.
+            with log_context(service=outcome.plan.service.name):
+                try:
+                    rows.append(_row_for(outcome))
+                except Exception:  # noqa: BLE001 - one bad row must not lose the batch
+                    logger.exception("health: could not evaluate service %s", outcome.plan.service.pk)
         report.changes += _write(rows)
         for outcome in outcomes:
             if outcome.plan.withheld:
