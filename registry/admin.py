@@ -16,6 +16,7 @@ from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.html import format_html
 
+from dashboard.roles import OperateAdminMixin
 from registry import services
 from registry.admin_health import HealthAdminMixin
 from registry.auth import api_key_create, api_key_revoke
@@ -47,7 +48,7 @@ class ServiceAdminForm(forms.ModelForm):
 
 
 @admin.register(Service)
-class ServiceAdmin(HealthAdminMixin, admin.ModelAdmin):
+class ServiceAdmin(OperateAdminMixin, HealthAdminMixin, admin.ModelAdmin):
     form = ServiceAdminForm
     list_display = (
         "name", "type", "status_badge", "url", "last_heartbeat_at", "criticality",
@@ -138,7 +139,7 @@ class ApiKeyCreateForm(forms.ModelForm):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(OperateAdminMixin, admin.ModelAdmin):
     list_display = ("name", "prefix", "scope_list", "created_at", "expires_at", "revoked_at", "last_used_at")
     list_filter = ("revoked_at",)
     search_fields = ("name", "prefix")
@@ -181,3 +182,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def revoke(self, request, queryset):
         done = api_key_revoke(keys=queryset)
         self.message_user(request, f"Revoked {done} key(s); they stop working at once.", messages.SUCCESS)
+
+
+from registry import admin_adapters  # noqa: E402,F401  (registers the adapter rules admin)
