@@ -7,6 +7,7 @@ broker under ``var/``, so ``make demo`` runs anywhere. Production sets
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -58,6 +59,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "registry",
     "workflows",
+    "dashboard",
 ]
 
 MIDDLEWARE = [
@@ -118,6 +120,8 @@ if CELERY_BROKER_URL is None:
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
+        # The default 1 s poll adds up to a second per workflow step hop in the demo.
+        "polling_interval": env_float("CELERY_FILESYSTEM_POLL_SECONDS", 0.2, minimum=0.01),
     }
 else:
     # Tasks whose countdown exceeds this are re-delivered by Redis; the workflow
@@ -175,6 +179,8 @@ REGISTRY_ALLOWED_NETWORKS = env_networks("REGISTRY_ALLOWED_NETWORKS")
 API_WRITE_THROTTLE_RATE = env_rate("API_WRITE_THROTTLE_RATE", "6000/min")
 # ApiKey.last_used_at is written at most this often per key (not on every request).
 API_KEY_LAST_USED_INTERVAL_SECONDS = env_int("API_KEY_LAST_USED_INTERVAL_SECONDS", 60, minimum=1)
+# Valid keys are cached per process this long: a revocation reaches other processes within it.
+API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 5.0, minimum=0)
 # /health's broker probe gives up after this many seconds.
 HEALTH_BROKER_TIMEOUT_SECONDS = env_float("HEALTH_BROKER_TIMEOUT_SECONDS", 1.0, minimum=0.05)
 
@@ -251,26 +257,57 @@ WORKFLOW_QUEUE = env_str("WORKFLOW_QUEUE", "celery")
 WORKFLOW_RECONCILE_EVERY_SECONDS = env_int("WORKFLOW_RECONCILE_EVERY_SECONDS", 15, minimum=1)
 # Celery's Django fixup closes the DB connection after EVERY task unless this is set:
 # a new PostgreSQL connection per workflow step cost ~40 ms. With it, connections are
-# reused (tasks call close_old_connections(), so CONN_MAX_AGE and health checks still apply).
+# reused (berrys_portal.celery drops broken/old ones before each task, as Django does per request).
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=0)
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update({
     "WorkflowRunStatusEnum": "workflows.models.RunStatus",
     "WorkflowStepStatusEnum": "workflows.models.StepStatus",
 })
 
+# --- Request adapters (demo issue) --------------------------------------------
+# Seconds a process keeps its adapter rules before re-reading them (saves also bump a
+# version in the shared cache, which every process with Redis checks on each call).
+ADAPTER_CACHE_SECONDS = env_float("ADAPTER_CACHE_SECONDS", 5.0, minimum=0)
+
 # --- Logging ------------------------------------------------------------------
 LOG_FORMAT = env_str("LOG_FORMAT", "text")
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use text or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # run_id / step_id / service from berrys_portal.logging.log_context on every line.
+    "filters": {"context": {"()": "berrys_portal.logging.ContextFilter"}},
     "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "text": {"()": "berrys_portal.logging.TextFormatter"},
+        "json": {"()": "berrys_portal.logging.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "text"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Dashboard, metrics and roles (dashboard issue) ------------------------------
+# prometheus-client's multi-process mode: every gunicorn/Celery process writes its
+# counters and histograms here; the process manager empties it at start
+# (``manage.py metrics_reset``). Must be in the environment before prometheus_client
+# is imported, hence os.environ and not only a setting.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus"))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+# Scrapers from these networks (CIDR) read /metrics without a key.
+METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", [])
+# Celery workers keep Django's LOGGING (so LOG_FORMAT=json covers the engine's lines).
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Dashboard windows.
+DASHBOARD_FAILED_RUNS_SHOWN = env_int("DASHBOARD_FAILED_RUNS_SHOWN", 10, minimum=1)
 
 # --- Production hardening -------------------------------------------------------
 if PRODUCTION:

@@ -46,6 +46,8 @@ from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F,
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from berrys_portal import metrics
+from berrys_portal.logging import log_context
 from registry.alerts import alert_raise
 from registry.breakers import (
     HEALTH_TRIP_PREFIX,
@@ -350,6 +352,9 @@ def _row_for(outcome: Outcome) -> Row:
         http_status=outcome.http_status, body=outcome.body, latency_ms=outcome.latency_ms,
         slow_threshold_ms=svc.slow_threshold_ms, error=outcome.error,
     )
+    if outcome.latency_ms is not None:
+        metrics.observe_probe(service=svc.name, service_type=svc.type,
+                              latency_seconds=outcome.latency_ms / 1000, outcome=verdict)
     trial = plan.permit is not None and plan.permit.trial
     if trial:
         details["breaker_trial"] = True
@@ -534,10 +539,12 @@ def health_sweep_run(
     def write(outcomes: list[Outcome]) -> None:
         rows = []
         for outcome in outcomes:
-            try:
-                rows.append(_row_for(outcome))
-            except Exception:  # noqa: BLE001 - one bad row must not lose the batch
-                logger.exception("health: could not evaluate service %s", outcome.plan.service.pk)
+            # Lines written while judging a probe (breaker, alerts) name the service.
+            with log_context(service=outcome.plan.service.name):
+                try:
+                    rows.append(_row_for(outcome))
+                except Exception:  # noqa: BLE001 - one bad row must not lose the batch
+                    logger.exception("health: could not evaluate service %s", outcome.plan.service.pk)
         report.changes += _write(rows)
         for outcome in outcomes:
             if outcome.plan.withheld:
@@ -634,12 +641,19 @@ def health_ttl_expire(*, now: datetime | None = None) -> int:
     )
     expired = 0
     with transaction.atomic():
-        services = list(
+        candidates = (
             Service.objects.filter(ttl_seconds__isnull=False)
             .exclude(status__in=[HealthStatus.CRITICAL, HealthStatus.MAINTENANCE])
-            .alias(deadline=deadline).filter(deadline__lt=now)
-            .select_for_update(skip_locked=True, no_key=True)
         )
+        if connection.vendor == "postgresql":
+            services = list(candidates.alias(deadline=deadline).filter(deadline__lt=now)
+                            .select_for_update(skip_locked=True, no_key=True))
+        else:
+            # SQLite (the demo's embedded default) cannot multiply an integer by an interval.
+            services = [
+                svc for svc in candidates
+                if (svc.last_heartbeat_at or svc.registered_at) + timedelta(seconds=svc.ttl_seconds) < now
+            ]
         for svc in services:
             seen = svc.last_heartbeat_at or svc.registered_at
             reason = f"TTL expired: no heartbeat for {int((now - seen).total_seconds())} s (TTL {svc.ttl_seconds} s)"
@@ -670,12 +684,18 @@ def health_deregister_expired(*, now: datetime | None = None) -> int:
     )
     gone: list[int] = []
     with transaction.atomic():
-        services = list(
-            Service.objects.filter(status=HealthStatus.CRITICAL, deregister_after_seconds__isnull=False,
-                                   critical_since__isnull=False)
-            .alias(limit=limit).filter(limit__lte=now)
-            .select_for_update(skip_locked=True)
+        candidates = Service.objects.filter(
+            status=HealthStatus.CRITICAL, deregister_after_seconds__isnull=False, critical_since__isnull=False,
         )
+        if connection.vendor == "postgresql":
+            services = list(candidates.alias(limit=limit).filter(limit__lte=now)
+                            .select_for_update(skip_locked=True))
+        else:
+            # SQLite (the demo's embedded default) cannot multiply an integer by an interval.
+            services = [
+                svc for svc in candidates
+                if svc.critical_since + timedelta(seconds=svc.deregister_after_seconds) <= now
+            ]
         for svc in services:
             critical_for = int((now - svc.critical_since).total_seconds())
             StatusChange.objects.create(
