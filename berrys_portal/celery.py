@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import task_prerun
+from celery.signals import task_prerun, worker_process_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "berrys_portal.settings")
 
@@ -21,3 +21,12 @@ def _drop_stale_db_connections(**kwargs) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+# --- Prometheus multi-process mode (dashboard issue) ---------------------------------
+# A pool process that exits releases its live files; its counters stay summed.
+@worker_process_shutdown.connect
+def _metrics_process_dead(pid=None, **kwargs) -> None:
+    from berrys_portal.metrics import process_dead
+
+    process_dead(pid or os.getpid())

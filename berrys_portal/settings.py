@@ -7,6 +7,7 @@ broker under ``var/``, so ``make demo`` runs anywhere. Production sets
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -58,6 +59,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "registry",
     "workflows",
+    "dashboard",
 ]
 
 MIDDLEWARE = [
@@ -118,6 +120,8 @@ if CELERY_BROKER_URL is None:
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
+        # The default 1 s poll adds up to a second per workflow step hop in the demo.
+        "polling_interval": env_float("CELERY_FILESYSTEM_POLL_SECONDS", 0.2, minimum=0.01),
     }
 else:
     # Tasks whose countdown exceeds this are re-delivered by Redis; the workflow
@@ -199,6 +203,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
+    "PREPROCESSING_HOOKS": ["registry.urls.schema_hide_trailing_slash_twins"],
     # The API-key scheme comes from registry/schema.py (per operation, so /health shows none).
     "ENUM_NAME_OVERRIDES": {
         "HealthStatusEnum": "registry.models.HealthStatus",
@@ -217,8 +222,9 @@ ADMINS = [
 ]
 # Health sweep, breakers, alerts and the ServiceClient (health issue).
 HEALTH_SWEEP_EVERY_SECONDS = env_int("HEALTH_SWEEP_EVERY_SECONDS", 5, minimum=1)
-HEALTH_SWEEP_BATCH_SIZE = env_int("HEALTH_SWEEP_BATCH_SIZE", 100, minimum=1)
+HEALTH_SWEEP_BATCH_SIZE = env_int("HEALTH_SWEEP_BATCH_SIZE", 500, minimum=1)
 HEALTH_SWEEP_MAX_IN_FLIGHT = env_int("HEALTH_SWEEP_MAX_IN_FLIGHT", 500, minimum=1)
+HEALTH_SWEEP_MAX_QUEUED = env_int("HEALTH_SWEEP_MAX_QUEUED", 20000, minimum=1)
 HEALTH_SWEEP_HELPERS = env_int("HEALTH_SWEEP_HELPERS", 0, minimum=0)
 HEALTH_SWEEP_LOCK_SECONDS = env_int("HEALTH_SWEEP_LOCK_SECONDS", 120, minimum=5)
 HEALTH_PRUNE_BATCH_SIZE = env_int("HEALTH_PRUNE_BATCH_SIZE", 5000, minimum=100)
@@ -254,19 +260,50 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update({
     "WorkflowStepStatusEnum": "workflows.models.StepStatus",
 })
 
+# --- Request adapters (demo issue) --------------------------------------------
+# Seconds a process keeps its adapter rules before re-reading them (saves also bump a
+# version in the shared cache, which every process with Redis checks on each call).
+ADAPTER_CACHE_SECONDS = env_float("ADAPTER_CACHE_SECONDS", 5.0, minimum=0)
+
 # --- Logging ------------------------------------------------------------------
 LOG_FORMAT = env_str("LOG_FORMAT", "text")
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use text or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # run_id / step_id / service from berrys_portal.logging.log_context on every line.
+    "filters": {"context": {"()": "berrys_portal.logging.ContextFilter"}},
     "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "text": {"()": "berrys_portal.logging.TextFormatter"},
+        "json": {"()": "berrys_portal.logging.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "text"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Dashboard, metrics and roles (dashboard issue) ------------------------------
+# prometheus-client's multi-process mode: every gunicorn/Celery process writes its
+# counters and histograms here; the process manager empties it at start
+# (``manage.py metrics_reset``). Must be in the environment before prometheus_client
+# is imported, hence os.environ and not only a setting.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus"))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+# Scrapers from these networks (CIDR) read /metrics without a key.
+METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", [])
+# Celery workers keep Django's LOGGING (so LOG_FORMAT=json covers the engine's lines).
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Dashboard windows.
+DASHBOARD_FAILED_RUNS_SHOWN = env_int("DASHBOARD_FAILED_RUNS_SHOWN", 10, minimum=1)
 
 # --- Production hardening -------------------------------------------------------
 if PRODUCTION:

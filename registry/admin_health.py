@@ -1,7 +1,195 @@
-"""Health and circuit-breaker parts of the Service admin (snapshots, uptime, charts, actions)."""
+"""Health and circuit-breaker parts of the Service admin (snapshots, uptime, charts, actions).
+
+Mixed into ``ServiceAdmin`` (registry/admin.py), which merges ``health_actions``,
+``health_list_display``, ``health_readonly_fields`` and ``health_fieldsets``.
+The change page gets its panels from ``change_view``'s extra context, rendered
+by templates/admin/registry/service/change_form.html.
+"""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.db.models import Count
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
+
+from registry import health
+from registry.breakers import breaker_config, breaker_for, breaker_snapshots, events_flush
+from registry.models import Alert, BreakerEvent, HealthSnapshot, HealthStatus, StatusChange
+
+_STATE_COLOURS = {"closed": "#1e7e34", "half-open": "#b58100", "open": "#c82333"}
+_DOT_COLOURS = {"passing": "#1e7e34", "warning": "#b58100", "critical": "#c82333"}
+CHECK_NOW_LIMIT = 50
+
+
+class CriticalNowFilter(admin.SimpleListFilter):
+    title = "critical now"
+    parameter_name = "critical_now"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Critical now"),)
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(status=HealthStatus.CRITICAL)
+        return queryset
+
+
+class FlappingFilter(admin.SimpleListFilter):
+    title = "flapping"
+    parameter_name = "flapping"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "3+ status changes in the last hour"),)
+
+    def queryset(self, request, queryset):
+        if self.value() != "yes":
+            return queryset
+        since = timezone.now() - timedelta(hours=1)
+        flapping = (
+            StatusChange.objects.filter(at__gte=since, service__isnull=False)
+            .values("service").annotate(n=Count("id")).filter(n__gte=3).values("service")
+        )
+        return queryset.filter(pk__in=flapping)
+
+
+class ForceOpenForm(forms.Form):
+    reason = forms.CharField(max_length=300, help_text="Why the breaker is forced open (kept in its history).")
+
+
+def latency_svg(snapshots: list[HealthSnapshot], *, width: int = 640, height: int = 140) -> str:
+    """An inline SVG line of probe latency, oldest left; failed probes as red dots."""
+    points = [s for s in reversed(snapshots) if s.latency_ms is not None]
+    if len(points) < 2:
+        return ""
+    pad = 24
+    top = max(p.latency_ms for p in points) or 1.0
+    step = (width - 2 * pad) / (len(points) - 1)
+    coords = [
+        (pad + i * step, height - pad - (p.latency_ms / top) * (height - 2 * pad), p) for i, p in enumerate(points)
+    ]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in coords)
+    dots = "".join(
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{_DOT_COLOURS.get(p.status, "#6c757d")}">'
+        f"<title>{p.checked_at:%Y-%m-%d %H:%M:%S} {p.latency_ms:.1f} ms {p.status}</title></circle>"
+        for x, y, p in coords if p.status != HealthStatus.PASSING
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="probe latency" style="background:#fafafa;border:1px solid #ddd">'
+        f'<text x="4" y="14" font-size="11" fill="#555">{top:.0f} ms</text>'
+        f'<text x="4" y="{height - 6}" font-size="11" fill="#555">0</text>'
+        f'<polyline points="{line}" fill="none" stroke="#417690" stroke-width="1.5"/>{dots}</svg>'
+    )
+
 
 class HealthAdminMixin:
-    """Mixed into ServiceAdmin; the health issue fills it in."""
+    """Health panels, breaker state, filters and actions for ServiceAdmin."""
+
+    health_list_display = ("breaker_badge", "last_checked_at")
+    health_actions = ("check_now", "reset_breaker", "force_open_breaker")
+    health_readonly_fields = ()
+    health_fieldsets = ()
+    change_form_template = "admin/registry/service/change_form.html"
+
+    def get_list_filter(self, request):
+        return (*super().get_list_filter(request), CriticalNowFilter, FlappingFilter)
+
+    @admin.display(description="breaker")
+    def breaker_badge(self, obj) -> str:
+        cache = getattr(self, "_breaker_cache", None)
+        if cache is None or obj.pk not in cache:
+            cache = self._breaker_cache = breaker_snapshots([obj.pk])
+        state = cache[obj.pk].state
+        return format_html(
+            '<span style="color:{};font-weight:bold">{}</span>', _STATE_COLOURS.get(state, "#333"), state
+        )
+
+    def get_changelist_instance(self, request):
+        # Live breaker states of the whole page in one Redis round trip.
+        cl = super().get_changelist_instance(request)
+        self._breaker_cache = breaker_snapshots([s.pk for s in cl.result_list])
+        return cl
+
+    # --- change page panels -----------------------------------------------------------------
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = extra_context or {}
+        service = self.get_object(request, object_id)
+        if service is not None:
+            extra_context.update(self.health_panels(service))
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def health_panels(self, service) -> dict:
+        snapshots = list(HealthSnapshot.objects.filter(service=service).order_by("-checked_at")[:100])
+        snap = breaker_for(service).snapshot()
+        cfg = breaker_config(service)
+        uptime = {}
+        for label, days in (("24 h", 1), ("7 d", 7), ("30 d", 30)):
+            value = health.service_uptime(service=service, window=timedelta(days=days))
+            uptime[label] = "–" if value is None else f"{value * 100:.2f} %"
+        return {
+            "health_snapshots": snapshots[:20],
+            "health_latency_svg": mark_safe(latency_svg(snapshots)),  # noqa: S308 - built from numbers only
+            "health_uptime": uptime,
+            "health_changes": StatusChange.objects.filter(service=service).order_by("-at")[:30],
+            "health_breaker": {
+                "state": snap.state, "colour": _STATE_COLOURS.get(snap.state, "#333"),
+                "fail_counter": snap.fail_counter, "last_error": snap.last_error,
+                "opened_at": (timezone.datetime.fromtimestamp(snap.opened_at, tz=timezone.get_current_timezone())
+                              if snap.opened_at and snap.state != "closed" else None),
+                "config": cfg,
+            },
+            "health_breaker_events": BreakerEvent.objects.filter(service=service).order_by("-at")[:20],
+            "health_alerts": Alert.objects.filter(service=service).order_by("-created_at")[:10],
+        }
+
+    # --- actions ----------------------------------------------------------------------------------
+
+    @admin.action(description="Check now (probe even through an open breaker)", permissions=["operate_service"])
+    def check_now(self, request, queryset):
+        ids = list(queryset.values_list("pk", flat=True)[:CHECK_NOW_LIMIT + 1])
+        if len(ids) > CHECK_NOW_LIMIT:
+            self.message_user(request, f"Select at most {CHECK_NOW_LIMIT} services to check at once.",
+                              messages.ERROR)
+            return
+        report = health.health_check_now(service_ids=ids)
+        events_flush()
+        summary = ", ".join(f"{r.service.name}: {r.status}" + (f" ({r.reason})" if r.reason else "")
+                            for r in report.rows)
+        self.message_user(request, f"Checked {report.probed} service(s). {summary}", messages.SUCCESS)
+
+    @admin.action(description="Reset circuit breaker (close it)", permissions=["operate_service"])
+    def reset_breaker(self, request, queryset):
+        changed = sum(breaker_for(s).reset(actor=request.user.get_username(), reason="admin reset")
+                      for s in queryset)
+        events_flush()
+        self.message_user(request, f"Closed {changed} breaker(s).", messages.SUCCESS)
+
+    @admin.action(description="Force circuit breaker open…", permissions=["operate_service"])
+    def force_open_breaker(self, request, queryset):
+        form = ForceOpenForm(request.POST if "apply" in request.POST else None)
+        if "apply" in request.POST and form.is_valid():
+            reason = form.cleaned_data["reason"]
+            actor = request.user.get_username()
+            changed = sum(breaker_for(s).force_open(reason=f"forced open by {actor}: {reason}", actor=actor)
+                          for s in queryset)
+            events_flush()
+            self.message_user(request, f"Forced {changed} breaker(s) open.", messages.SUCCESS)
+            return None
+        return TemplateResponse(request, "admin/registry/service/force_open.html", {
+            **self.admin_site.each_context(request),
+            "title": "Force circuit breakers open",
+            "services": queryset,
+            "form": form,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            "opts": self.model._meta,
+        })
+
+

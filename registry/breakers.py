@@ -55,6 +55,7 @@ HALF_OPEN = BreakerState.HALF_OPEN.value
 # How long the portal keeps using process-local state after Redis failed, before
 # trying Redis again (so an outage costs one connect timeout per period, not per call).
 REDIS_RETRY_AFTER_SECONDS = 5.0
+HEALTH_TRIP_PREFIX = "health critical"
 
 
 def _prefix() -> str:
@@ -404,15 +405,16 @@ _pending: list[Future] = []
 _pending_lock = threading.Lock()
 
 
-def _write_event(service_id: int, service_name: str, t: Transition, actor: str) -> None:
+def _write_event(service_id: int, service_name: str, t: Transition, actor: str, at: datetime) -> None:
     close_old_connections()
     try:
         service = Service.objects.filter(pk=service_id).first()
         BreakerEvent.objects.create(
             service=service, service_name=service_name, old_state=t.old, new_state=t.new,
-            at=datetime.now(UTC), last_error=t.error[:5000], actor=actor,
+            at=at, last_error=t.error[:5000], actor=actor,
         )
-        if t.new == OPEN and service is not None:
+        # A trip caused by the health verdict is already announced by the "critical" alert.
+        if t.new == OPEN and service is not None and not t.error.startswith(HEALTH_TRIP_PREFIX):
             from registry.alerts import alert_raise
 
             alert_raise(
@@ -429,7 +431,8 @@ def _record(service_id: int, service_name: str, t: Transition, actor: str = "") 
     if t.old == t.new:
         return
     logger.info("breaker %s (%s): %s -> %s %s", service_name, service_id, t.old, t.new, t.error)
-    fut = _event_writer.submit(_write_event, service_id, service_name, t, actor)
+    # The time is taken here, when the transition happened, not when the writer gets to it.
+    fut = _event_writer.submit(_write_event, service_id, service_name, t, actor, datetime.now(UTC))
     with _pending_lock:
         _pending[:] = [f for f in _pending if not f.done()]
         _pending.append(fut)

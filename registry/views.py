@@ -50,7 +50,7 @@ _READ_ERRORS = (401, 403)
 _WRITE_ERRORS = (400, 401, 403, 413, 429)
 
 
-_PK = OpenApiParameter("pk", int, OpenApiParameter.PATH, description="The service's id.")
+_PK = OpenApiParameter("id", int, OpenApiParameter.PATH, description="The service's id.")
 
 
 def _service_or_404(pk: int) -> Service:
@@ -196,7 +196,7 @@ class DiscoveryView(APIView):
         operation_id="discovery_get",
         summary="Discover an instance of a service type",
         parameters=[
-            OpenApiParameter("type", str, OpenApiParameter.PATH, description="e.g. PLANNING_SYSTEM"),
+            OpenApiParameter("service_type", str, OpenApiParameter.PATH, description="e.g. PLANNING_SYSTEM"),
             OpenApiParameter("all", bool, description="List every eligible instance instead of one."),
         ],
         responses={

@@ -1,8 +1,9 @@
 """Create or update the beat schedule rows (django-celery-beat), idempotently.
 
-Extend ``PERIODIC_TASKS`` with (name, task, every_seconds) to add a schedule;
-operators can then see and edit the rows in the admin (a row an operator has
-disabled stays disabled).
+Each app lists its schedules as (name, task, every_seconds); ``periodic_tasks``
+collects them (the registry's below, the workflow engine's from
+``workflows.schedules.PERIODIC_TASKS``). Operators see and edit the rows in the
+admin; re-running keeps an operator's enabled/disabled choice.
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ from workflows.schedules import periodic_tasks as workflow_periodic_tasks
 
 def periodic_tasks() -> list[tuple[str, str, int]]:
     """(row name, Celery task name, every N seconds)."""
-    return [
+    rows = [
         ("registry: health sweep", "registry.health_sweep", settings.HEALTH_SWEEP_EVERY_SECONDS),
         ("registry: prune health snapshots", "registry.health_prune", 3600),
         *workflow_periodic_tasks(),
     ]
+    try:
+        from workflows.schedules import PERIODIC_TASKS
+    except ImportError:  # the workflow app may not define schedules
+        PERIODIC_TASKS = []
+    rows += [(t["name"], t["task"], int(t["every_seconds"])) for t in PERIODIC_TASKS]
+    return rows
 
 
 class Command(BaseCommand):

@@ -1,0 +1,257 @@
+"""Benchmark of the health sweep (not a test): prints a table of figures.
+
+Scenarios (from the health issue):
+  A. 1,000 services, 10 % hang past their 2 s timeout: sweep wall time (target ≤ 3.5 s).
+  B. 10,000 healthy services served by a few local server processes: sweep wall
+     time including database writes (target ≤ 20 s), against a bare thread-pool
+     requests loop over the same URLs (the baseline), as a throughput ratio (goal ≥ 0.7).
+
+Run (uses your own database and Redis db; creates and deletes BENCH_HEALTH services):
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/portal_health REDIS_URL=redis://127.0.0.1:6379/2 \\
+        .venv/bin/python bench/health.py [--repeats 3] [--services 10000] [--servers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "berrys_portal.settings")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+BENCH_TYPE = "BENCH_HEALTH"
+HANG_SECONDS = 6.0
+
+
+# --- health servers, each in its own process ------------------------------------------------
+
+
+def _serve(queue) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = b'{"status": "healthy", "database": true, "cache": true, "dependencies": true}'
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path.startswith("/hang/"):
+                time.sleep(HANG_SECONDS)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 1024
+
+        def handle_error(self, request, client_address):
+            pass  # clients that timed out on a hanging probe: expected
+
+    server = Server(("127.0.0.1", 0), Handler)
+    queue.put(server.server_address[1])
+    server.serve_forever()
+
+
+def start_servers(n: int) -> tuple[list, list[int]]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_serve, args=(queue,), daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    ports = [queue.get(timeout=30) for _ in procs]
+    return procs, ports
+
+
+# --- setup / reset ------------------------------------------------------------------------
+
+
+def _cleanup() -> None:
+    from registry import alerts, breakers
+    from registry.models import Alert, BreakerEvent, Service, StatusChange
+
+    breakers.events_flush(60)
+    alerts.alerts_flush(60)
+    Alert.objects.filter(service__type=BENCH_TYPE).delete()
+    BreakerEvent.objects.filter(service__type=BENCH_TYPE).delete()
+    StatusChange.objects.filter(service_type=BENCH_TYPE).delete()
+    Service.objects.filter(type=BENCH_TYPE).delete()
+
+
+def _reset_round() -> None:
+    """Every bench service due and unknown again, breakers closed."""
+    import redis
+    from django.conf import settings
+
+    from registry import alerts, breakers
+    from registry.models import HealthSnapshot, Service, StatusChange
+
+    breakers.events_flush(60)
+    alerts.alerts_flush(60)
+    HealthSnapshot.objects.filter(service__type=BENCH_TYPE).delete()
+    StatusChange.objects.filter(service_type=BENCH_TYPE).delete()
+    Service.objects.filter(type=BENCH_TYPE).update(
+        status="unknown", status_reason="", next_check_at=None, last_checked_at=None,
+        consecutive_failures=0, consecutive_successes=0, critical_since=None,
+    )
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for key in client.scan_iter(f"{settings.BREAKER_REDIS_PREFIX}:*"):
+        client.delete(key)
+
+
+def _create(urls: list[str], *, timeout: float) -> None:
+    from registry.models import Service
+
+    Service.objects.bulk_create(
+        [Service(name=f"bench-{i}", type=BENCH_TYPE, url=url.rsplit("/", 2)[0], health_url=url,
+                 check_timeout_seconds=timeout, check_interval_seconds=3600)
+         for i, url in enumerate(urls)],
+        batch_size=2000,
+    )
+
+
+# --- measurements --------------------------------------------------------------------------------
+
+
+def measure_sweep() -> float:
+    from registry import health
+
+    _reset_round()
+    started = time.perf_counter()
+    report = health.health_sweep_run()
+    elapsed = time.perf_counter() - started
+    assert report.probed == report.claimed, report
+    return elapsed
+
+
+_local = threading.local()
+
+
+def _get(url: str, timeout: float) -> int:
+    import requests
+
+    session = getattr(_local, "s", None)
+    if session is None:
+        session = _local.s = requests.Session()
+    try:
+        return session.get(url, timeout=timeout).status_code
+    except requests.RequestException:
+        return 0
+
+
+def measure_baseline(urls: list[str], *, threads: int, timeout: float) -> float:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        started = time.perf_counter()
+        list(pool.map(lambda u: _get(u, timeout), urls))
+        return time.perf_counter() - started
+
+
+def scenario_a(args, ports) -> list[tuple]:
+    """1,000 services, 10 % hanging past a 2 s timeout."""
+    from django.conf import settings
+
+    n = args.hang_services
+    urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/{'hang' if i % 10 == 0 else 'ok'}/{i}" for i in range(n)]
+    _create(urls, timeout=2.0)
+    wide = settings.HEALTH_SWEEP_MAX_IN_FLIGHT
+    sweep, base64, base_wide = [], [], []
+    for _ in range(args.repeats):
+        sweep.append(measure_sweep())
+        base64.append(measure_baseline(urls, threads=64, timeout=2.0))
+        base_wide.append(measure_baseline(urls, threads=wide, timeout=2.0))
+    a = statistics.median(sweep)
+    return [
+        (f"A: sweep, {n} svc, 10% hang (2 s timeout)", "s", a, "≤ 3.5", "ok" if a <= 3.5 else "MISS"),
+        ("A: baseline, bare pool of 64 threads", "s", statistics.median(base64), "", ""),
+        (f"A: baseline, bare pool of {wide} threads", "s", statistics.median(base_wide), "", ""),
+    ]
+
+
+def scenario_b(args, ports) -> list[tuple]:
+    """10,000 healthy services; the sweep against a bare thread-pool loop."""
+    n = args.services
+    urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/ok/{i}" for i in range(n)]
+    _create(urls, timeout=5.0)
+    sweep, base = [], []
+    for _ in range(args.repeats):  # interleaved so both see the same machine load
+        sweep.append(measure_sweep())
+        base.append(measure_baseline(urls, threads=args.baseline_threads, timeout=5.0))
+    b, bb = statistics.median(sweep), statistics.median(base)
+    ratio = bb / b
+    return [
+        (f"B: sweep, {n} healthy svc, with DB writes", "s", b, "≤ 20", "ok" if b <= 20 else "MISS"),
+        (f"B: baseline, bare pool of {args.baseline_threads} threads", "s", bb, "", ""),
+        ("B: sweep throughput", "probes/s", n / b, "", ""),
+        ("B: baseline throughput", "probes/s", n / bb, "", ""),
+        ("B: sweep / baseline throughput", "ratio", ratio, "≥ 0.7", "ok" if ratio >= 0.7 else "MISS"),
+    ]
+
+
+def run(args) -> None:
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    settings.BREAKER_REDIS_PREFIX = "bench:breaker"
+    settings.ALERT_WEBHOOK_URLS = []
+    settings.ADMINS = []
+    if not settings.REDIS_URL or "postgres" not in settings.DATABASES["default"]["ENGINE"]:
+        sys.exit("Set DATABASE_URL (PostgreSQL) and REDIS_URL to your own database / Redis db.")
+    call_command("migrate", verbosity=0)
+    procs, ports = start_servers(args.servers)
+    rows: list[tuple[str, str, float, str, str]] = []
+    try:
+        _cleanup()
+        if "A" in args.only:
+            rows += scenario_a(args, ports)
+            _cleanup()
+        if "B" in args.only:
+            rows += scenario_b(args, ports)
+    finally:
+        _cleanup()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join(5)
+
+    _print(args, rows)
+
+
+def _print(args, rows) -> None:
+    print(f"\nHealth sweep benchmark — median of {args.repeats} runs, {args.servers} server processes, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'measure':<48} {'unit':<9} {'value':>9}  {'target':<7} result")
+    print("-" * 84)
+    for name, unit, value, target, result in rows:
+        print(f"{name:<48} {unit:<9} {value:>9.2f}  {target:<7} {result}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--services", type=int, default=10_000)
+    parser.add_argument("--hang-services", type=int, default=1_000)
+    parser.add_argument("--servers", type=int, default=4)
+    parser.add_argument("--baseline-threads", type=int, default=64)
+    parser.add_argument("--only", default="AB", help="scenarios to run: A, B or AB")
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""Benchmark of the registry's hot paths against a bare DRF ceiling (not a test).
+
+    .venv/bin/python -m bench.registry [--seconds 10] [--repeats 3]
+
+What it does: creates its own PostgreSQL database (``<name>_bench``, dropped at
+the end), migrates it, registers 1,000 services of 50 types, starts gunicorn
+(2 sync workers, CONN_MAX_AGE=60) and drives 32 connections (keep-alive
+clients spread over several processes so the load generator is not the
+bottleneck) for N seconds at each of:
+
+* ``ceiling``   — GET /bench/ceiling/{id}: a bare DRF view reading one row by pk
+                  (no auth, no throttle; served only by bench/urls.py);
+* ``discovery`` — GET /discovery/{type} with an API key;
+* ``register``  — POST /registry/services re-registering existing services.
+
+Each scenario runs ``--repeats`` times, interleaved; the table shows medians
+and the ratio against the ceiling measured in the same run. Targets:
+discovery >= 70 % of the ceiling's req/s with p99 <= 1.5x; register >= 40 %.
+Note gunicorn's sync workers close the connection after each response, so the
+clients reconnect per request whatever they ask for (the same for every row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+N_SERVICES = 1000
+N_TYPES = 50
+TARGETS = {"discovery": (0.70, 1.5), "register": (0.40, None)}
+
+
+def _payload(i: int) -> dict:
+    return {
+        "name": f"svc-{i:04d}",
+        "type": f"TYPE_{i % N_TYPES:02d}",
+        "url": f"http://127.0.0.1:{10000 + i}",
+        "health_url": f"http://127.0.0.1:{10000 + i}/health",
+        "metadata": {"version": "1.0.0"},
+    }
+
+
+# --- seeding (runs in a child process with the bench settings) ----------------------
+
+
+def seed() -> None:
+    import django
+
+    django.setup()
+    from registry.auth import api_key_create
+    from registry.models import HealthStatus, Service
+
+    Service.objects.bulk_create(
+        [Service(**_payload(i), status=HealthStatus.PASSING) for i in range(N_SERVICES)]
+    )
+    _, plain = api_key_create(name="bench", scopes=["read", "register"])
+    ids = list(Service.objects.order_by("id").values_list("id", flat=True))
+    print(json.dumps({"key": plain, "ids": ids}))
+
+
+# --- load generation --------------------------------------------------------------
+
+
+def _worker(port, scenario, key, ids, seconds, threads, start_at, out_queue) -> None:
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def loop(offset: int) -> None:
+        nonlocal errors
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers = {"Authorization": f"Token {key}", "Connection": "keep-alive"}
+        mine: list[float] = []
+        bad = 0
+        i = offset
+        while time.time() < start_at:
+            time.sleep(0.001)
+        deadline = start_at + seconds
+        while True:
+            now = time.perf_counter()
+            if time.time() >= deadline:
+                break
+            if scenario == "ceiling":
+                method, path, body, ok = "GET", f"/bench/ceiling/{ids[i % len(ids)]}", None, 200
+            elif scenario == "discovery":
+                method, path, body, ok = "GET", f"/discovery/TYPE_{i % N_TYPES:02d}", None, 200
+            else:
+                method, path, ok = "POST", "/registry/services", 200
+                body = json.dumps(_payload(i % N_SERVICES))
+                headers["Content-Type"] = "application/json"
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                if response.status != ok:
+                    bad += 1
+            except (OSError, http.client.HTTPException):
+                bad += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                continue
+            mine.append(time.perf_counter() - now)
+            i += 7919  # spread over rows and types
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+            errors += bad
+
+    pool = [threading.Thread(target=loop, args=(n * 131,)) for n in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    out_queue.put((latencies, errors))
+
+
+def run_load(*, port, scenario, key, ids, seconds, connections, processes) -> dict:
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    per = [connections // processes + (1 if n < connections % processes else 0) for n in range(processes)]
+    start_at = time.time() + 0.5
+    procs = [
+        ctx.Process(target=_worker, args=(port, scenario, key, ids, seconds, threads, start_at, queue))
+        for threads in per if threads
+    ]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=seconds + 120) for _ in procs]
+    for p in procs:
+        p.join()
+    latencies = sorted(lat for lats, _ in results for lat in lats)
+    errors = sum(err for _, err in results)
+    if not latencies:
+        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "errors": errors}
+    return {
+        "rps": len(latencies) / seconds,
+        "p50": latencies[len(latencies) // 2] * 1000,
+        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "errors": errors,
+    }
+
+
+# --- orchestration ----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _admin_sql(base_url: str, *statements: str) -> None:
+    import psycopg
+
+    parts = urlsplit(base_url)
+    with psycopg.connect(
+        host=parts.hostname, port=parts.port or 5432, user=parts.username or "postgres",
+        password=parts.password or None, dbname="postgres", autocommit=True,
+    ) as conn:
+        for sql in statements:
+            conn.execute(sql)
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("gunicorn exited during start-up")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health")
+            if conn.getresponse().status in (200, 503):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("gunicorn did not answer in time")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.seed:
+        seed()
+        return
+
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal_reg")
+    parts = urlsplit(base)
+    db_name = parts.path.lstrip("/") + "_bench"
+    db_url = parts._replace(path=f"/{db_name}").geturl()
+    env = dict(
+        os.environ,
+        DATABASE_URL=db_url,
+        REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1"),
+        DJANGO_SETTINGS_MODULE="bench.settings_bench",
+        DJANGO_ENV="development",
+        DEBUG="0",
+        CONN_MAX_AGE="60",
+        API_WRITE_THROTTLE_RATE="100000000/min",  # measure the path, not the limiter's refusal
+        PYTHONPATH=str(ROOT),
+    )
+    _admin_sql(base, f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)', f'CREATE DATABASE "{db_name}"')
+    gunicorn = None
+    try:
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
+        seeded = subprocess.run([sys.executable, "-m", "bench.registry", "--seed"], cwd=ROOT, env=env, check=True,
+                                capture_output=True, text=True)
+        data = json.loads(seeded.stdout.strip().splitlines()[-1])
+        port = _free_port()
+        gunicorn = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "berrys_portal.wsgi:application",
+             "--workers", str(args.workers), "--worker-class", "sync", "--bind", f"127.0.0.1:{port}",
+             "--backlog", "2048", "--log-level", "warning"],
+            cwd=ROOT, env=env, start_new_session=True,
+        )
+        _wait_ready(port, gunicorn)
+        scenarios = ("ceiling", "discovery", "register")
+        runs: dict[str, list[dict]] = {s: [] for s in scenarios}
+        for s in scenarios:  # warm-up: connections, imports, caches
+            run_load(port=port, scenario=s, key=data["key"], ids=data["ids"], seconds=2,
+                         connections=args.connections, processes=args.processes)
+        for rep in range(args.repeats):
+            for s in scenarios:
+                result = run_load(port=port, scenario=s, key=data["key"], ids=data["ids"],
+                                  seconds=args.seconds, connections=args.connections,
+                                  processes=args.processes)
+                runs[s].append(result)
+                print(f"  run {rep + 1} {s:<9} {result['rps']:8.0f} req/s  p50 {result['p50']:6.1f} ms  "
+                      f"p99 {result['p99']:6.1f} ms  errors {result['errors']}", file=sys.stderr)
+        _print_table(runs, args)
+    finally:
+        if gunicorn is not None:
+            os.killpg(gunicorn.pid, signal.SIGTERM)
+            try:
+                gunicorn.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(gunicorn.pid, signal.SIGKILL)
+        _admin_sql(base, f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+def _print_table(runs: dict[str, list[dict]], args) -> None:
+    med = {s: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "errors")}
+           for s, rs in runs.items()}
+    ceiling = med["ceiling"]
+    print(f"\nRegistry bench: gunicorn {args.workers} sync workers, CONN_MAX_AGE=60, PostgreSQL, "
+          f"{N_SERVICES} services / {N_TYPES} types, {args.connections} connections, "
+          f"{args.seconds:g} s x {args.repeats} runs (medians)\n")
+    header = f"| {'scenario':<10} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'req/s vs ceiling':>16} " \
+             f"| {'p99 vs ceiling':>14} | {'errors':>6} | target |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for s, m in med.items():
+        ratio = m["rps"] / ceiling["rps"] if ceiling["rps"] else float("nan")
+        p99_ratio = m["p99"] / ceiling["p99"] if ceiling["p99"] else float("nan")
+        if s in TARGETS:
+            min_ratio, max_p99 = TARGETS[s]
+            ok = ratio >= min_ratio and (max_p99 is None or p99_ratio <= max_p99)
+            target = f">={min_ratio:.0%}" + (f", p99<={max_p99}x" if max_p99 else "") + (" ok" if ok else " MISS")
+        else:
+            target = "baseline"
+        print(f"| {s:<10} | {m['rps']:>7.0f} | {m['p50']:>7.1f} | {m['p99']:>7.1f} | {ratio:>16.0%} "
+              f"| {p99_ratio:>13.2f}x | {m['errors']:>6.0f} | {target} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Circuit breakers: presets, shared state across OS processes, one trial at a time,
+Redis outages, no serialisation of concurrent calls, transitions recorded."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import pytest
+
+from berrys_portal.errors import CircuitOpenError, ServiceResponseError
+from registry import alerts, breakers
+from registry.breakers import breaker_config, breaker_for, events_flush
+from registry.client import ServiceClient
+from registry.models import Alert, BreakerEvent, Criticality
+from tests.registry.health_fixtures import run_python
+from tests.registry.loopback import Reply
+
+
+@pytest.fixture
+def client():
+    return ServiceClient(sleep=lambda s: None)
+
+
+def test_presets_follow_the_guide_and_service_overrides_win(make_service):
+    critical = make_service(criticality=Criticality.CRITICAL)
+    other = make_service()
+    tuned = make_service(criticality=Criticality.CRITICAL, breaker_fail_max=9,
+                         breaker_reset_timeout_seconds=2.5, breaker_call_timeout_seconds=1.0)
+    assert breaker_config(critical) == breakers.BreakerConfig(5, 30.0, 5.0)
+    assert breaker_config(other) == breakers.BreakerConfig(3, 60.0, 10.0)
+    assert breaker_config(tuned) == breakers.BreakerConfig(9, 2.5, 1.0)
+
+
+def test_each_service_has_its_own_breaker_state(loopback, make_service, client):
+    server = loopback({"/x": Reply(500)})
+    a = make_service(url=server.url)
+    b = make_service(url=server.url)
+    for _ in range(3):
+        with pytest.raises(ServiceResponseError):
+            client.get(service=a, endpoint="/x", retries=0)
+    assert breaker_for(a).snapshot().state == "open"
+    assert breaker_for(b).snapshot().state == "closed"
+    assert breaker_for(a).name != breaker_for(b).name
+
+
+def test_pybreaker_call_is_refused_because_it_would_serialise_callers(make_service):
+    with pytest.raises(NotImplementedError):
+        breaker_for(make_service()).call(lambda: None)
+
+
+def test_concurrent_calls_through_one_breaker_are_not_serialised(loopback, make_service, client):
+    server = loopback({"/slow": Reply(200, {"ok": True}, delay=0.5)})
+    svc = make_service(url=server.url)
+    results, errors = [], []
+
+    def call():
+        try:
+            results.append(client.get(service=svc, endpoint="/slow").status)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(5)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    elapsed = time.monotonic() - started
+
+    assert errors == [] and results == [200] * 5
+    assert elapsed < 1.5, f"5 calls of 0.5 s took {elapsed:.2f} s: they were serialised"
+
+
+def test_transitions_are_recorded_as_breaker_events(loopback, make_service, client):
+    server = loopback({"/x": Reply(503)})
+    svc = make_service(url=server.url, breaker_reset_timeout_seconds=0.3)
+    for _ in range(3):
+        with pytest.raises(ServiceResponseError):
+            client.get(service=svc, endpoint="/x", retries=0)
+    time.sleep(0.35)
+    server.routes["/x"] = Reply(200)
+    assert client.get(service=svc, endpoint="/x").status == 200  # the half-open trial
+    events_flush()
+
+    rows = list(BreakerEvent.objects.filter(service=svc).order_by("at").values_list("old_state", "new_state"))
+    assert rows == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
+    assert "HTTP 503" in BreakerEvent.objects.get(service=svc, new_state="open").last_error
+
+
+def test_a_failed_trial_opens_the_breaker_again(loopback, make_service, client):
+    server = loopback({"/x": Reply(500)})
+    svc = make_service(url=server.url, breaker_fail_max=1, breaker_reset_timeout_seconds=0.2)
+    with pytest.raises(ServiceResponseError):
+        client.get(service=svc, endpoint="/x")
+    time.sleep(0.25)
+    with pytest.raises(ServiceResponseError):
+        client.get(service=svc, endpoint="/x")  # the trial, failing
+    with pytest.raises(CircuitOpenError):
+        client.get(service=svc, endpoint="/x")
+    assert server.count("/x") == 2
+
+
+def test_a_breaker_tripped_in_another_process_is_seen_open_here(loopback, make_service, client):
+    server = loopback({"/x": Reply(500), "/ok": Reply(200)})
+    svc = make_service(url=server.url)
+
+    child = run_python(
+        "from registry.client import ServiceClient\n"
+        "from registry.models import Service\n"
+        "from registry.breakers import events_flush\n"
+        f"svc = Service.objects.get(pk={svc.pk})\n"
+        "c = ServiceClient(sleep=lambda s: None)\n"
+        "for _ in range(3):\n"
+        "    try: c.get(service=svc, endpoint='/x', retries=0)\n"
+        "    except Exception as e: print(type(e).__name__)\n"
+        "events_flush()\n",
+        stdout=subprocess.PIPE,
+    )
+    out, _ = child.communicate(timeout=60)
+    assert child.returncode == 0 and out.split() == ["ServiceResponseError"] * 3
+
+    assert breaker_for(svc).snapshot().state == "open"
+    with pytest.raises(CircuitOpenError):
+        client.get(service=svc, endpoint="/ok")
+    assert server.count("/ok") == 0
+    # The child recorded the transition once; this process saw it, and did not record it again.
+    assert BreakerEvent.objects.filter(service=svc, new_state="open").count() == 1
+
+
+def test_only_one_half_open_trial_runs_at_a_time_across_processes(loopback, make_service, client):
+    server = loopback({"/slow": Reply(200, delay=1.5), "/x": Reply(200)})
+    svc = make_service(url=server.url, breaker_reset_timeout_seconds=0.2)
+    breaker_for(svc).force_open(reason="test")
+    time.sleep(0.25)
+
+    child = run_python(
+        "import time\n"
+        "from registry.client import ServiceClient\n"
+        "from registry.models import Service\n"
+        "from registry.breakers import events_flush\n"
+        f"svc = Service.objects.get(pk={svc.pk})\n"
+        "r = ServiceClient().get(service=svc, endpoint='/slow', retries=0)\n"
+        "print(r.call.trial, r.status, flush=True)\n"
+        "events_flush()\n",
+        stdout=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while server.count("/slow") == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.count("/slow") == 1  # the child holds the trial now
+
+    with pytest.raises(CircuitOpenError):
+        client.get(service=svc, endpoint="/x")  # a second trial is refused while the first runs
+    assert server.count("/x") == 0
+
+    out, _ = child.communicate(timeout=30)
+    assert out.split() == ["True", "200"]
+    assert breaker_for(svc).snapshot().state == "closed"
+    assert client.get(service=svc, endpoint="/x").status == 200
+
+
+def test_redis_going_away_leaves_breakers_usable_and_raises_an_alert(
+    loopback, make_service, client, private_redis, settings
+):
+    settings.REDIS_URL = private_redis.url
+    breakers.storage_reset_for_tests()
+    server = loopback({"/x": Reply(200), "/bad": Reply(500)})
+    svc = make_service(url=server.url)
+    assert client.get(service=svc, endpoint="/x").status == 200
+    assert breakers._redis_backends  # really used the private Redis
+
+    private_redis.kill()
+    private_redis.wait(5)
+
+    started = time.monotonic()
+    assert client.get(service=svc, endpoint="/x").status == 200  # reads as closed, keeps working
+    assert time.monotonic() - started < 2.0
+    # Process-local state still protects the service while Redis is gone.
+    for _ in range(3):
+        with pytest.raises(ServiceResponseError):
+            client.get(service=svc, endpoint="/bad", retries=0)
+    with pytest.raises(CircuitOpenError):
+        client.get(service=svc, endpoint="/x")
+
+    breakers.events_flush()
+    alerts.alerts_flush()
+    assert Alert.objects.filter(kind="breaker_storage_down").count() == 1
