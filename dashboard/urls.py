@@ -3,8 +3,9 @@
 from django.urls import re_path
 
 from dashboard import views
+from registry.urls import _both
 
 urlpatterns = [
-    re_path(r"^metrics/?$", views.metrics_view, name="metrics"),
-    re_path(r"^registry/prometheus-sd/?$", views.PrometheusSdView.as_view(), name="prometheus-sd"),
+    re_path(r"^metrics/?$", views.metrics_view, name="metrics"),  # plain Django view: not in the schema
+    *_both(r"registry/prometheus-sd", views.PrometheusSdView.as_view(), "prometheus-sd"),
 ]
