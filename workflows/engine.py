@@ -95,7 +95,9 @@ def _enqueue(step_id: int, countdown: float | None = None) -> None:
 
 
 def _enqueue_on_commit(step_id: int, countdown: float | None = None) -> None:
-    transaction.on_commit(lambda: _enqueue(step_id, countdown))
+    # robust: a broker outage must not turn a committed start or step into an error; the
+    # step is queued in the database and the reconciler sends its message later.
+    transaction.on_commit(lambda: _enqueue(step_id, countdown), robust=True)
 
 
 def error_message(exc: BaseException) -> str:
