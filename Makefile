@@ -7,7 +7,7 @@ PORT ?= 8090
 PYTEST_ARGS ?=
 SIMULATORS_BASE_PORT ?= 8101
 
-.PHONY: demo demo-run test install install-test services lint bench clean
+.PHONY: demo demo-run test install install-test services browser lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ install-test: $(VENV)/.installed-test
 services:
 	bash scripts/ensure_services.sh
 
+# Debian's Chromium for the browser tests (installed only if missing; never fails).
+browser:
+	bash scripts/ensure_chromium.sh
+
 demo: install demo-run
 
 # The stack without the install step (the smoke test reuses an existing venv).
@@ -34,6 +38,7 @@ demo: install demo-run
 # CELERY_BROKER_URL / REDIS_URL say otherwise. Ctrl-C stops every process.
 demo-run:
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py metrics_reset
 	$(BIN)/python manage.py demo_setup
 	$(BIN)/python manage.py setup_periodic_tasks
 	@mkdir -p var/demo
@@ -41,7 +46,7 @@ demo-run:
 	@chmod 600 var/demo/api.key
 	BIN=$(BIN) PORTAL_PORT=$(PORT) SIMULATORS_BASE_PORT=$(SIMULATORS_BASE_PORT) $(BIN)/honcho -f Procfile start
 
-test: install-test services
+test: install-test services browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-test

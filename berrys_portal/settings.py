@@ -7,6 +7,7 @@ broker under ``var/``, so ``make demo`` runs anywhere. Production sets
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -58,6 +59,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "registry",
     "workflows",
+    "dashboard",
 ]
 
 MIDDLEWARE = [
@@ -222,6 +224,7 @@ ADMINS = [
 HEALTH_SWEEP_EVERY_SECONDS = env_int("HEALTH_SWEEP_EVERY_SECONDS", 5, minimum=1)
 HEALTH_SWEEP_BATCH_SIZE = env_int("HEALTH_SWEEP_BATCH_SIZE", 500, minimum=1)
 HEALTH_SWEEP_MAX_IN_FLIGHT = env_int("HEALTH_SWEEP_MAX_IN_FLIGHT", 500, minimum=1)
+HEALTH_SWEEP_MAX_QUEUED = env_int("HEALTH_SWEEP_MAX_QUEUED", 20000, minimum=1)
 HEALTH_SWEEP_HELPERS = env_int("HEALTH_SWEEP_HELPERS", 0, minimum=0)
 HEALTH_SWEEP_LOCK_SECONDS = env_int("HEALTH_SWEEP_LOCK_SECONDS", 120, minimum=5)
 HEALTH_PRUNE_BATCH_SIZE = env_int("HEALTH_PRUNE_BATCH_SIZE", 5000, minimum=100)
@@ -250,7 +253,7 @@ WORKFLOW_QUEUE = env_str("WORKFLOW_QUEUE", "celery")
 WORKFLOW_RECONCILE_EVERY_SECONDS = env_int("WORKFLOW_RECONCILE_EVERY_SECONDS", 15, minimum=1)
 # Celery's Django fixup closes the DB connection after EVERY task unless this is set:
 # a new PostgreSQL connection per workflow step cost ~40 ms. With it, connections are
-# reused (tasks call close_old_connections(), so CONN_MAX_AGE and health checks still apply).
+# reused (berrys_portal.celery drops broken/old ones before each task, as Django does per request).
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=0)
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update({
     "WorkflowRunStatusEnum": "workflows.models.RunStatus",
@@ -267,16 +270,42 @@ ADAPTER_VERSION_CHECK_SECONDS = env_float("ADAPTER_VERSION_CHECK_SECONDS", 1.0, 
 # --- Logging ------------------------------------------------------------------
 LOG_FORMAT = env_str("LOG_FORMAT", "text")
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use text or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # run_id / step_id / service from berrys_portal.logging.log_context on every line.
+    "filters": {"context": {"()": "berrys_portal.logging.ContextFilter"}},
     "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "text": {"()": "berrys_portal.logging.TextFormatter"},
+        "json": {"()": "berrys_portal.logging.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "text"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Dashboard, metrics and roles (dashboard issue) ------------------------------
+# prometheus-client's multi-process mode: every gunicorn/Celery process writes its
+# counters and histograms here; the process manager empties it at start
+# (``manage.py metrics_reset``). Must be in the environment before prometheus_client
+# is imported, hence os.environ and not only a setting.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus"))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+# Scrapers from these networks (CIDR) read /metrics without a key.
+METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", [])
+# Celery workers keep Django's LOGGING (so LOG_FORMAT=json covers the engine's lines).
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Dashboard windows.
+DASHBOARD_FAILED_RUNS_SHOWN = env_int("DASHBOARD_FAILED_RUNS_SHOWN", 10, minimum=1)
 
 # --- Production hardening -------------------------------------------------------
 if PRODUCTION:

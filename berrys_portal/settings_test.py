@@ -5,10 +5,14 @@ database name and Redis db number).
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/berrys_portal")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
 os.environ.setdefault("DJANGO_ENV", "test")
+# Each test session (and the workers it starts, which inherit the environment)
+# gets its own empty Prometheus multi-process directory.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="berrys-prom-"))
 
 from berrys_portal.settings import *  # noqa: E402,F403
 

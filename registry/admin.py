@@ -16,10 +16,12 @@ from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.html import format_html
 
+from dashboard.roles import OperateAdminMixin
 from registry import services
 from registry.admin_health import HealthAdminMixin
 from registry.auth import api_key_create, api_key_revoke
 from registry.models import ApiKey, HealthStatus, Service
+from registry.validators import validate_service_url
 
 _BADGE_COLOURS = {
     HealthStatus.PASSING: "#1e7e34",
@@ -30,8 +32,24 @@ _BADGE_COLOURS = {
 }
 
 
+class ServiceAdminForm(forms.ModelForm):
+    """Operators editing a URL get the API's rules too (no link-local, allow-list)."""
+
+    class Meta:
+        model = Service
+        fields = ("name", "type", "url", "health_url")  # the admin passes the fieldsets' fields
+
+    def clean_url(self):
+        return validate_service_url(self.cleaned_data["url"])
+
+    def clean_health_url(self):
+        value = self.cleaned_data.get("health_url") or ""
+        return validate_service_url(value) if value else value
+
+
 @admin.register(Service)
-class ServiceAdmin(HealthAdminMixin, admin.ModelAdmin):
+class ServiceAdmin(OperateAdminMixin, HealthAdminMixin, admin.ModelAdmin):
+    form = ServiceAdminForm
     list_display = (
         "name", "type", "status_badge", "url", "last_heartbeat_at", "criticality",
         *getattr(HealthAdminMixin, "health_list_display", ()),
@@ -71,6 +89,14 @@ class ServiceAdmin(HealthAdminMixin, admin.ModelAdmin):
         }),
         *getattr(HealthAdminMixin, "health_fieldsets", ()),
     )
+
+    def delete_model(self, request, obj):
+        # The admin's delete goes through the service so a "deregistered" StatusChange is kept.
+        services.service_deregister(service=obj, actor=request.user.username, reason="admin delete")
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            services.service_deregister(service=obj, actor=request.user.username, reason="admin delete")
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Service) -> str:
@@ -113,7 +139,7 @@ class ApiKeyCreateForm(forms.ModelForm):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(OperateAdminMixin, admin.ModelAdmin):
     list_display = ("name", "prefix", "scope_list", "created_at", "expires_at", "revoked_at", "last_used_at")
     list_filter = ("revoked_at",)
     search_fields = ("name", "prefix")

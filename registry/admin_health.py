@@ -152,7 +152,7 @@ class HealthAdminMixin:
 
     # --- actions ----------------------------------------------------------------------------------
 
-    @admin.action(description="Check now (probe even through an open breaker)", permissions=["change"])
+    @admin.action(description="Check now (probe even through an open breaker)", permissions=["operate_service"])
     def check_now(self, request, queryset):
         ids = list(queryset.values_list("pk", flat=True)[:CHECK_NOW_LIMIT + 1])
         if len(ids) > CHECK_NOW_LIMIT:
@@ -165,14 +165,14 @@ class HealthAdminMixin:
                             for r in report.rows)
         self.message_user(request, f"Checked {report.probed} service(s). {summary}", messages.SUCCESS)
 
-    @admin.action(description="Reset circuit breaker (close it)", permissions=["change"])
+    @admin.action(description="Reset circuit breaker (close it)", permissions=["operate_service"])
     def reset_breaker(self, request, queryset):
         changed = sum(breaker_for(s).reset(actor=request.user.get_username(), reason="admin reset")
                       for s in queryset)
         events_flush()
         self.message_user(request, f"Closed {changed} breaker(s).", messages.SUCCESS)
 
-    @admin.action(description="Force circuit breaker open…", permissions=["change"])
+    @admin.action(description="Force circuit breaker open…", permissions=["operate_service"])
     def force_open_breaker(self, request, queryset):
         form = ForceOpenForm(request.POST if "apply" in request.POST else None)
         if "apply" in request.POST and form.is_valid():

@@ -20,6 +20,7 @@ Every error carries ``.call`` (the last try, or None when nothing was sent) and
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 import threading
@@ -43,6 +44,8 @@ from registry.adapters import adapt_request
 from registry.breakers import Permit, breaker_for
 from registry.discovery import service_eligible_list, service_pick
 from registry.models import Service
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CallInfo",
@@ -230,6 +233,8 @@ class ServiceClient:
                 call.latency_ms = (time.perf_counter() - started) * 1000
                 kind = "Timeout" if isinstance(exc, requests.Timeout) else "Connection error"
                 call.error = f"{kind}: {type(exc).__name__}: {exc}"
+                logger.warning("%s %s failed: %s (try %d)", method, url, call.error, attempt,
+                               extra={"service": instance.name})
                 breaker.failed(permit, call.error)
                 if may_retry and attempt <= retries:
                     self.sleep(self.backoff_delay(attempt - 1))
@@ -242,6 +247,9 @@ class ServiceClient:
             call.latency_ms = (time.perf_counter() - started) * 1000
             call.status = response.status_code
             call.body = _decode(response)
+            # extra= tags the line with the instance (run_id/step_id come from log_context).
+            logger.info("%s %s -> HTTP %s in %.0f ms (try %d)", method, url, response.status_code,
+                        call.latency_ms, attempt, extra={"service": instance.name})
             if response.status_code < 400:
                 breaker.succeeded(permit)
                 return CallResult(

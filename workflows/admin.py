@@ -24,6 +24,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from berrys_portal.errors import PortalError
+from dashboard.roles import OperateAdminMixin, can_operate_runs
 from workflows import definitions, services
 from workflows.models import RunEvent, RunStatus, StepAttempt, StepRun, StepStatus, WorkflowRun
 from workflows.timeline import COLOURS, run_timeline_svg
@@ -139,7 +140,7 @@ class AnswerForm(forms.Form):
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(admin.ModelAdmin):
+class WorkflowRunAdmin(OperateAdminMixin, admin.ModelAdmin):
     list_display = ("short_id", "workflow", "status_badge", "duration", "failed_step", "started_at", "triggered_by")
     list_filter = (WorkflowFilter, "status", FailedRecentlyFilter)
     search_fields = ("id",)
@@ -193,12 +194,12 @@ class WorkflowRunAdmin(admin.ModelAdmin):
         return request.user.is_superuser
 
     # -- bulk actions
-    @admin.action(description="Retry selected failed runs from their failed step")
+    @admin.action(description="Retry selected failed runs from their failed step", permissions=["operate_run"])
     def retry_runs(self, request, queryset):
         self._bulk(request, queryset, "retried", lambda run: services.run_retry(
             run_id=run.pk, actor=request.user.get_username()))
 
-    @admin.action(description="Cancel selected runs")
+    @admin.action(description="Cancel selected runs", permissions=["operate_run"])
     def cancel_runs(self, request, queryset):
         self._bulk(request, queryset, "cancelled", lambda run: services.run_cancel(
             run_id=run.pk, actor=request.user.get_username()))
@@ -228,6 +229,10 @@ class WorkflowRunAdmin(admin.ModelAdmin):
         ] + super().get_urls()
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        try:
+            uuid.UUID(str(object_id))
+        except ValueError:  # the admin's own "does not exist" handling
+            return super().change_view(request, object_id, form_url, extra_context)
         attempts = Prefetch("attempts", queryset=StepAttempt.objects.order_by("number"))
         run = get_object_or_404(WorkflowRun, pk=object_id)
         steps = list(StepRun.objects.filter(run=run).order_by("index").prefetch_related(attempts))
@@ -237,7 +242,7 @@ class WorkflowRunAdmin(admin.ModelAdmin):
             "events": list(RunEvent.objects.filter(run=run).order_by("at")),
             "timeline": run_timeline_svg(started_at=run.started_at, steps=steps),
             "status_badge": _badge(run.status),
-            "can_act": self.has_change_permission(request, run),
+            "can_act": can_operate_runs(request.user),
             "is_active": run.status in (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING),
             "is_waiting": any(s.status == StepStatus.WAITING for s in steps),
         }
@@ -245,7 +250,7 @@ class WorkflowRunAdmin(admin.ModelAdmin):
 
     def _run_or_deny(self, request, run_id) -> WorkflowRun:
         run = get_object_or_404(WorkflowRun, pk=run_id)
-        if not self.has_change_permission(request, run):
+        if not can_operate_runs(request.user):  # Operators only (dashboard.roles)
             from django.core.exceptions import PermissionDenied
 
             raise PermissionDenied

@@ -37,6 +37,7 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from berrys_portal import metrics
 from berrys_portal.errors import (
     CircuitOpenError,
     InvalidInput,
@@ -46,6 +47,7 @@ from berrys_portal.errors import (
     ServiceResponseError,
     WorkflowError,
 )
+from berrys_portal.logging import log_context_update
 from registry.client import service_client
 from workflows import definitions
 from workflows.definitions import Step, Workflow
@@ -157,6 +159,9 @@ def run_start(
     if missing:
         msg = f"Workflow {wf.name} needs input key(s): {', '.join(missing)}"
         raise InvalidInput(msg, errors={"input": [msg]})
+    if idempotency_key and len(idempotency_key) > 200:
+        msg = "Idempotency-Key must be at most 200 characters"
+        raise InvalidInput(msg, errors={"Idempotency-Key": [msg]})
     if idempotency_key:
         existing = WorkflowRun.objects.filter(workflow=wf.name, idempotency_key=idempotency_key).first()
         if existing is not None:
@@ -291,6 +296,7 @@ def step_execute(*, step_id: int) -> str:
     if step is None:
         return "not claimed"
     run = step.run
+    log_context_update(run_id=run.pk, step_id=step.pk)
     token = step.deliveries
     if run.status not in (RunStatus.RUNNING,) or run.cancel_requested:
         # Cancelled (or finished) while the message waited: release it without running.
@@ -324,7 +330,12 @@ def step_execute(*, step_id: int) -> str:
         exc = error
         record.error = error_message(error)
     record.finished_at = _now()
-    return _decide(run, step, token, wf, spec, record, output, exc)
+    result = _decide(run, step, token, wf, spec, record, output, exc)
+    metrics.observe_step(
+        workflow=run.workflow, step=step.name, outcome=record.outcome or result,
+        duration_seconds=(record.finished_at - record.started_at).total_seconds(),
+    )
+    return result
 
 
 def _call_http(spec: Step, ctx: dict, record: AttemptRecord) -> dict[str, Any]:
@@ -486,9 +497,10 @@ def _complete(run, step, token, wf, record, number, status, output, error="") ->
             return "lost lease"
         _save_attempt(step, record, number)
         if next_index >= len(wf.steps):
-            WorkflowRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+            if WorkflowRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
                 status=RunStatus.SUCCEEDED, context=context, finished_at=now
-            )
+            ):
+                _count_finished_on_commit(run.workflow, RunStatus.SUCCEEDED)
             return str(status)
         moved = WorkflowRun.objects.filter(
             pk=run.pk, status=RunStatus.RUNNING, cancel_requested=False
@@ -521,6 +533,8 @@ def _complete_pg(run, step, token, record, number, status, output, error, contex
         step_done, run_moved, next_id = cursor.fetchone()
     if not step_done:
         return "lost lease"
+    if last and run_moved:
+        _count_finished_on_commit(run.workflow, RunStatus.SUCCEEDED)
     if next_id is not None:
         _enqueue_on_commit(next_id)  # autocommit: runs now, after the statement committed
     elif not last and not run_moved:
@@ -540,11 +554,16 @@ def _finish_failed_run(run, step, token, message: str, attempt: tuple | None) ->
             return "lost lease"
         if attempt:
             _save_attempt(step, *attempt)
-        WorkflowRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+        if WorkflowRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
             status=RunStatus.FAILED, error=message, failed_step=step.name, finished_at=now
-        )
+        ):
+            _count_finished_on_commit(run.workflow, RunStatus.FAILED)
     logger.warning("workflow run %s failed: %s", run.pk, message)
     return "failed"
+
+
+def _count_finished_on_commit(workflow: str, status: str) -> None:
+    transaction.on_commit(lambda: metrics.record_run_finished(workflow=workflow, status=status))
 
 
 def _fail_delivery_cap(run: WorkflowRun, step: StepRun) -> str:
@@ -609,6 +628,8 @@ def steps_reconcile(*, batch: int = 500) -> dict[str, int]:
     for pk in waits:
         if wait_timeout(step_id=pk):
             counts["timed_out"] += 1
+    metrics.record_requeue(reason="overdue", count=counts["requeued"])
+    metrics.record_requeue(reason="lease_expired", count=counts["lease_expired"])
     return counts
 
 
@@ -677,6 +698,7 @@ def advance_after(*, run: WorkflowRun, step: StepRun, wf: Workflow, status: str,
     if next_index >= len(wf.steps):
         WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.SUCCEEDED, context=context,
                                                      finished_at=now)
+        _count_finished_on_commit(run.workflow, RunStatus.SUCCEEDED)
         return
     WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, context=context)
     run.context = context

@@ -119,6 +119,7 @@ def run_cancel(*, run_id: UUID | str, actor: str) -> WorkflowRun:
         run.error = f"Cancelled by {actor}"
         run.save(update_fields=["status", "cancel_requested", "finished_at", "error"])
         RunEvent.objects.create(run=run, kind=RunEvent.Kind.CANCELLED, actor=actor[:200])
+        engine._count_finished_on_commit(run.workflow, RunStatus.CANCELLED)
     return run
 
 

@@ -1,0 +1,166 @@
+"""Personas for the admin: an operator, a viewer (both staff, in their groups)."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.test import Client
+
+from dashboard.roles import OPERATORS, VIEWERS
+from registry.models import Service
+
+
+def _staff(username: str, group: str):
+    user = get_user_model().objects.create_user(username=username, password="pw-" + username, is_staff=True)
+    user.groups.add(Group.objects.get(name=group))
+    return user
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dashboard_cache():
+    """The dashboard caches closed hours of its runs chart; each test starts without."""
+    from dashboard.queries import runs_chart_cache_clear
+
+    runs_chart_cache_clear()
+    yield
+    runs_chart_cache_clear()
+
+
+@pytest.fixture
+def operator(db):
+    return _staff("olivia", OPERATORS)
+
+
+@pytest.fixture
+def viewer(db):
+    return _staff("victor", VIEWERS)
+
+
+@pytest.fixture
+def operator_client(operator) -> Client:
+    client = Client()
+    client.force_login(operator)
+    return client
+
+
+@pytest.fixture
+def viewer_client(viewer) -> Client:
+    client = Client()
+    client.force_login(viewer)
+    return client
+
+
+# --- A Celery worker writing JSON logs, on its own queue ---------------------------------
+# Reuses the workflow engineer's harness (tests/workflows/conftest.py); the worker
+# gets LOG_FORMAT=json so the tests can read its structured log lines.
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+
+from tests.workflows import conftest as wf_conftest  # noqa: E402
+from tests.workflows.conftest import demo_routes, stub, wait_for_run  # noqa: E402,F401
+
+DASH_QUEUE = f"dash-test-{uuid.uuid4().hex[:8]}"
+
+
+class JsonLogWorker(wf_conftest.Worker):
+    def __init__(self, db_name: str):
+        super().__init__(db_name)
+        self.log_path = wf_conftest.ROOT / "var" / f"test-worker-{DASH_QUEUE}.log"
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env.update({"WORKFLOW_QUEUE": DASH_QUEUE, "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"})
+        return env
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(exist_ok=True)
+        self.log_path.write_bytes(b"")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "prefork", "-c", "1",
+                 "--without-heartbeat", "--without-gossip", "--without-mingle", "-Q", DASH_QUEUE,
+                 "-n", f"{DASH_QUEUE}@%h", "--loglevel", "INFO"],
+                cwd=wf_conftest.ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while b" ready." not in self.log_path.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"worker did not start:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def dash_worker(django_db_setup, django_db_blocker):
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        db_name = connection.settings_dict["NAME"]
+    w = JsonLogWorker(db_name)
+    w.start()
+    yield w
+    w.stop()
+    # Kept for post-mortems (kill() empties the log).
+    if w.log_path.exists():
+        w.log_path.with_suffix(".last.log").write_bytes(w.log_path.read_bytes())
+    w.kill()
+
+
+@pytest.fixture
+def engine(dash_worker, settings, transactional_db):
+    """A running worker on our queue, committed rows, the test's enqueues going to it."""
+    settings.WORKFLOW_QUEUE = DASH_QUEUE
+    breakers_forget_all()
+    yield dash_worker
+    if dash_worker.proc is None or dash_worker.proc.poll() is not None:
+        dash_worker.start()
+
+
+def breakers_forget_all() -> None:
+    """Drop shared breaker state left in this test run's Redis db: service ids restart
+    with every test database, so an old run's open breaker would hit a new service."""
+    import redis
+    from django.conf import settings
+
+    from registry import breakers
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        keys = list(client.scan_iter(f"{breakers._prefix()}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+    breakers.storage_reset_for_tests()
+
+
+class Flaky:
+    """Route behaviour for a loopback service: fail with 500 until told to succeed."""
+
+    def __init__(self, ok_payload):
+        self.ok = False
+        self.payload = ok_payload
+
+    def __call__(self, body):
+        return (200, self.payload) if self.ok else (500, {"detail": "agent pool exhausted"})
+
+
+@pytest.fixture
+def flaky_services(stub):  # noqa: F811 - the imported fixture
+    """The test_demo workflow's three services on one loopback server; /agents fails until .ok."""
+    server = stub()
+    demo_routes(server)
+    flaky = Flaky([{"agent": "planner"}])
+    server.routes[("POST", "/agents")] = flaky
+    for t in ("PROJECT_COORDINATOR", "PLANNING_SYSTEM", "AGENT_ORCHESTRATOR"):
+        svc = server.register(t)
+        # test_demo's 3 attempts must not open the breaker (non-critical preset: 3
+        # failures), or the operator's retry would be refused with "circuit open".
+        Service.objects.filter(pk=svc.pk).update(breaker_fail_max=20)
+    server.flaky = flaky
+    return server
