@@ -268,6 +268,8 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update({
 # Seconds a process keeps its adapter rules before re-reading them (saves also bump a
 # version in the shared cache, which every process with Redis checks on each call).
 ADAPTER_CACHE_SECONDS = env_float("ADAPTER_CACHE_SECONDS", 5.0, minimum=0)
+# How often a process asks the shared cache whether a rule changed elsewhere.
+ADAPTER_VERSION_CHECK_SECONDS = env_float("ADAPTER_VERSION_CHECK_SECONDS", 1.0, minimum=0)
 
 # --- Logging ------------------------------------------------------------------
 LOG_FORMAT = env_str("LOG_FORMAT", "text")
