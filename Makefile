@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8090
 PYTEST_ARGS ?=
+SIMULATORS_BASE_PORT ?= 8101
 
-.PHONY: demo test install install-test services browser lint bench clean
+.PHONY: demo demo-run test install install-test services browser lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,12 +31,20 @@ services:
 browser:
 	bash scripts/ensure_chromium.sh
 
-demo: install
+demo: install demo-run
+
+# The stack without the install step (the smoke test reuses an existing venv).
+# Embedded defaults (SQLite + filesystem broker under var/) unless DATABASE_URL /
+# CELERY_BROKER_URL / REDIS_URL say otherwise. Ctrl-C stops every process.
+demo-run:
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py metrics_reset
 	$(BIN)/python manage.py demo_setup
 	$(BIN)/python manage.py setup_periodic_tasks
-	$(BIN)/python manage.py runserver 0.0.0.0:$(PORT) --noreload
+	@mkdir -p var/demo
+	@$(BIN)/python manage.py create_api_key --name demo --scopes register,read,workflows,gateway | tail -n 1 > var/demo/api.key
+	@chmod 600 var/demo/api.key
+	BIN=$(BIN) PORTAL_PORT=$(PORT) SIMULATORS_BASE_PORT=$(SIMULATORS_BASE_PORT) $(BIN)/honcho -f Procfile start
 
 test: install-test services browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

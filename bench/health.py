@@ -111,7 +111,6 @@ def _reset_round() -> None:
     client = redis.Redis.from_url(settings.REDIS_URL)
     for key in client.scan_iter(f"{settings.BREAKER_REDIS_PREFIX}:*"):
         client.delete(key)
-    breakers.storage_reset_for_tests()
 
 
 def _create(urls: list[str], *, timeout: float) -> None:

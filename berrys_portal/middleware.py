@@ -22,9 +22,11 @@ class BodySizeLimitMiddleware:
             raw = request.META.get("CONTENT_LENGTH") or "0"
             try:
                 length = int(raw)
+                if length < 0:
+                    raise ValueError(raw)
             except ValueError:
                 return JsonResponse(
-                    {"detail": f"Content-Length {raw!r} is not a number.", "code": "invalid"},
+                    {"detail": f"Content-Length {raw!r} is not a valid length.", "code": "invalid"},
                     status=400,
                 )
             limit = settings.API_MAX_BODY_BYTES

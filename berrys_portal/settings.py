@@ -120,6 +120,8 @@ if CELERY_BROKER_URL is None:
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
+        # The default 1 s poll adds up to a second per workflow step hop in the demo.
+        "polling_interval": env_float("CELERY_FILESYSTEM_POLL_SECONDS", 0.2, minimum=0.01),
     }
 else:
     # Tasks whose countdown exceeds this are re-delivered by Redis; the workflow
@@ -222,6 +224,7 @@ ADMINS = [
 HEALTH_SWEEP_EVERY_SECONDS = env_int("HEALTH_SWEEP_EVERY_SECONDS", 5, minimum=1)
 HEALTH_SWEEP_BATCH_SIZE = env_int("HEALTH_SWEEP_BATCH_SIZE", 500, minimum=1)
 HEALTH_SWEEP_MAX_IN_FLIGHT = env_int("HEALTH_SWEEP_MAX_IN_FLIGHT", 500, minimum=1)
+HEALTH_SWEEP_MAX_QUEUED = env_int("HEALTH_SWEEP_MAX_QUEUED", 20000, minimum=1)
 HEALTH_SWEEP_HELPERS = env_int("HEALTH_SWEEP_HELPERS", 0, minimum=0)
 HEALTH_SWEEP_LOCK_SECONDS = env_int("HEALTH_SWEEP_LOCK_SECONDS", 120, minimum=5)
 HEALTH_PRUNE_BATCH_SIZE = env_int("HEALTH_PRUNE_BATCH_SIZE", 5000, minimum=100)
@@ -250,12 +253,17 @@ WORKFLOW_QUEUE = env_str("WORKFLOW_QUEUE", "celery")
 WORKFLOW_RECONCILE_EVERY_SECONDS = env_int("WORKFLOW_RECONCILE_EVERY_SECONDS", 15, minimum=1)
 # Celery's Django fixup closes the DB connection after EVERY task unless this is set:
 # a new PostgreSQL connection per workflow step cost ~40 ms. With it, connections are
-# reused (tasks call close_old_connections(), so CONN_MAX_AGE and health checks still apply).
+# reused (berrys_portal.celery drops broken/old ones before each task, as Django does per request).
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=0)
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update({
     "WorkflowRunStatusEnum": "workflows.models.RunStatus",
     "WorkflowStepStatusEnum": "workflows.models.StepStatus",
 })
+
+# --- Request adapters (demo issue) --------------------------------------------
+# Seconds a process keeps its adapter rules before re-reading them (saves also bump a
+# version in the shared cache, which every process with Redis checks on each call).
+ADAPTER_CACHE_SECONDS = env_float("ADAPTER_CACHE_SECONDS", 5.0, minimum=0)
 
 # --- Logging ------------------------------------------------------------------
 LOG_FORMAT = env_str("LOG_FORMAT", "text")

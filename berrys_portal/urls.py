@@ -4,6 +4,8 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from registry.gateway import GatewayView
+
 urlpatterns = [
     path("admin/dashboard/", include("dashboard.admin_urls")),
     path("admin/", admin.site.urls),
@@ -12,6 +14,7 @@ urlpatterns = [
     path("", include("dashboard.urls")),
     path("", include("registry.urls")),
     path("workflows/", include("workflows.urls")),
+    re_path(r"^gateway/(?P<service_type>[^/]+)/(?P<path>.*)$", GatewayView.as_view(), name="gateway"),
 ]
 
 handler404 = "berrys_portal.errors.json_page_not_found"

@@ -21,6 +21,7 @@ from registry import services
 from registry.admin_health import HealthAdminMixin
 from registry.auth import api_key_create, api_key_revoke
 from registry.models import ApiKey, HealthStatus, Service
+from registry.validators import validate_service_url
 
 _BADGE_COLOURS = {
     HealthStatus.PASSING: "#1e7e34",
@@ -31,8 +32,24 @@ _BADGE_COLOURS = {
 }
 
 
+class ServiceAdminForm(forms.ModelForm):
+    """Operators editing a URL get the API's rules too (no link-local, allow-list)."""
+
+    class Meta:
+        model = Service
+        fields = ("name", "type", "url", "health_url")  # the admin passes the fieldsets' fields
+
+    def clean_url(self):
+        return validate_service_url(self.cleaned_data["url"])
+
+    def clean_health_url(self):
+        value = self.cleaned_data.get("health_url") or ""
+        return validate_service_url(value) if value else value
+
+
 @admin.register(Service)
 class ServiceAdmin(OperateAdminMixin, HealthAdminMixin, admin.ModelAdmin):
+    form = ServiceAdminForm
     list_display = (
         "name", "type", "status_badge", "url", "last_heartbeat_at", "criticality",
         *getattr(HealthAdminMixin, "health_list_display", ()),
@@ -72,6 +89,14 @@ class ServiceAdmin(OperateAdminMixin, HealthAdminMixin, admin.ModelAdmin):
         }),
         *getattr(HealthAdminMixin, "health_fieldsets", ()),
     )
+
+    def delete_model(self, request, obj):
+        # The admin's delete goes through the service so a "deregistered" StatusChange is kept.
+        services.service_deregister(service=obj, actor=request.user.username, reason="admin delete")
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            services.service_deregister(service=obj, actor=request.user.username, reason="admin delete")
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Service) -> str:
@@ -157,3 +182,6 @@ class ApiKeyAdmin(OperateAdminMixin, admin.ModelAdmin):
     def revoke(self, request, queryset):
         done = api_key_revoke(keys=queryset)
         self.message_user(request, f"Revoked {done} key(s); they stop working at once.", messages.SUCCESS)
+
+
+from registry import admin_adapters  # noqa: E402,F401  (registers the adapter rules admin)

@@ -13,3 +13,6 @@ class RegistryConfig(AppConfig):
         from registry.groups import groups_sync
 
         post_migrate.connect(groups_sync, dispatch_uid="registry.groups_sync")
+
+        # Connects the signal that invalidates cached adapter rules when one is saved.
+        from registry import adapters  # noqa: F401

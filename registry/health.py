@@ -26,6 +26,7 @@ No network I/O happens inside a transaction; alerts go out after commit.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -233,16 +234,30 @@ def _claim(*, now: datetime, batch_size: int, service_ids: list[int] | None, lea
         )
     else:
         qs = qs.filter(id__in=service_ids).order_by("id")
+    if connection.vendor == "postgresql":
+        return _claim_postgres(qs, batch_size=batch_size, until=now + lease)
     with transaction.atomic():
-        # NO KEY UPDATE: rows inserted elsewhere that point at a service (snapshots,
-        # breaker events, alerts) take KEY SHARE locks on it; those must not make
-        # the sweep skip the service.
-        ids = list(
-            qs.select_for_update(skip_locked=True, no_key=True).values_list("id", flat=True)[:batch_size]
-        )
+        ids = list(qs.select_for_update(skip_locked=True).values_list("id", flat=True)[:batch_size])
         if ids:
             Service.objects.filter(id__in=ids).update(next_check_at=now + lease)
     return list(Service.objects.filter(id__in=ids)) if ids else []
+
+
+def _claim_postgres(qs, *, batch_size: int, until: datetime) -> list[Service]:
+    """Lock, push forward and fetch a batch in ONE statement (one round trip).
+
+    FOR NO KEY UPDATE: rows inserted elsewhere that point at a service
+    (snapshots, breaker events, alerts) take KEY SHARE locks on it; those must
+    not make the sweep skip the service.
+    """
+    with transaction.atomic():  # Django compiles FOR UPDATE only inside a transaction
+        inner, params = (
+            qs.select_for_update(skip_locked=True, no_key=True).values("id")[:batch_size]
+            .query.sql_with_params()
+        )
+        table = Service._meta.db_table
+        sql = f"UPDATE {table} SET next_check_at = %s WHERE id IN ({inner}) RETURNING *"
+        return list(Service.objects.raw(sql, [until, *params]))
 
 
 def _plan(services: list[Service], *, force: bool) -> list[Plan]:
@@ -362,15 +377,13 @@ UPDATE registry_service AS s SET
   status = v.status, status_reason = v.reason, status_changed_at = v.changed_at,
   last_checked_at = v.checked_at, next_check_at = v.next_at, consecutive_failures = v.fails,
   consecutive_successes = v.successes, critical_since = v.critical_since, last_latency_ms = v.latency
-FROM (VALUES {values}) AS v(id, old_status, status, reason, changed_at, checked_at, next_at, fails,
-                            successes, critical_since, latency)
+FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[], %s::varchar[], %s::timestamptz[],
+            %s::timestamptz[], %s::timestamptz[], %s::int[], %s::int[], %s::timestamptz[], %s::float8[])
+  AS v(id, old_status, status, reason, changed_at, checked_at, next_at, fails, successes,
+       critical_since, latency)
 WHERE s.id = v.id AND s.status = v.old_status
 RETURNING s.id
 """
-_VALUE_TEMPLATE = (
-    "(%s::bigint, %s::varchar, %s::varchar, %s::varchar, %s::timestamptz, %s::timestamptz, "
-    "%s::timestamptz, %s::int, %s::int, %s::timestamptz, %s::float8)"
-)
 
 
 def _fields(row: Row) -> tuple:
@@ -389,13 +402,11 @@ def _update_services(rows: list[Row]) -> set[int]:
     """Write the rows' new state; returns the ids actually updated (status unchanged meanwhile)."""
     updated: set[int] = set()
     if connection.vendor == "postgresql":
+        # One statement, eleven array parameters (not eleven placeholders per row).
+        columns = [list(col) for col in zip(*(_fields(row) for row in rows), strict=True)]
         with connection.cursor() as cursor:
-            for start in range(0, len(rows), 1000):
-                chunk = rows[start:start + 1000]
-                params = [value for row in chunk for value in _fields(row)]
-                sql = _UPDATE_SQL.format(values=", ".join([_VALUE_TEMPLATE] * len(chunk)))
-                cursor.execute(sql, params)
-                updated.update(r[0] for r in cursor.fetchall())
+            cursor.execute(_UPDATE_SQL, columns)
+            updated.update(r[0] for r in cursor.fetchall())
         return updated
     for row in rows:  # the embedded SQLite default: fine for a demo's handful of services
         (pk, old, status, reason, changed_at, checked_at, next_at, fails, successes, crit, latency) = _fields(row)
@@ -418,25 +429,43 @@ def _alert_for_change(service: Service, old: str, new: str, reason: str) -> None
                     message=f"{service.name} ({service.type}) recovered: now {new}")
 
 
+def _copy_rows(model, columns: list[str], values: list[tuple]) -> None:
+    """Insert many rows with COPY (PostgreSQL), or bulk_create elsewhere."""
+    if not values:
+        return
+    if connection.vendor == "postgresql":
+        table = model._meta.db_table
+        with connection.cursor() as cursor:
+            with cursor.cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in values:
+                    copy.write_row([json.dumps(v) if isinstance(v, dict | list) else v for v in row])
+        return
+    fields = [c.removesuffix("_id") if c.endswith("_id") else c for c in columns]
+    model.objects.bulk_create([model(**dict(zip(fields, row, strict=True))) for row in values])
+
+
 def _write(rows: list[Row]) -> int:
     """Persist one group of results in one short transaction; returns status changes written."""
     if not rows:
         return 0
-    changes: list[StatusChange] = []
+    changes: list[Row] = []
     with transaction.atomic():
         updated = _update_services(rows)
-        HealthSnapshot.objects.bulk_create(
-            [r.snapshot for r in rows if r.snapshot is not None and r.service.pk in updated], batch_size=2000
+        _copy_rows(
+            HealthSnapshot,
+            ["service_id", "checked_at", "status", "http_status", "latency_ms", "error", "details"],
+            [(r.service.pk, s.checked_at, s.status, s.http_status, s.latency_ms, s.error, s.details)
+             for r in rows if (s := r.snapshot) is not None and r.service.pk in updated],
         )
-        for r in rows:
-            if r.service.pk in updated and r.status != r.old_status:
-                changes.append(StatusChange(
-                    service=r.service, service_name=r.service.name, service_type=r.service.type,
-                    old_status=r.old_status, new_status=r.status, reason=r.reason, at=r.checked_at,
-                ))
-        StatusChange.objects.bulk_create(changes, batch_size=2000)
-        for change in changes:
-            _alert_for_change(change.service, change.old_status, change.new_status, change.reason)
+        changes = [r for r in rows if r.service.pk in updated and r.status != r.old_status]
+        _copy_rows(
+            StatusChange,
+            ["service_id", "service_name", "service_type", "old_status", "new_status", "reason", "at"],
+            [(r.service.pk, r.service.name, r.service.type, r.old_status, r.status, r.reason, r.checked_at)
+             for r in changes],
+        )
+        for r in changes:
+            _alert_for_change(r.service, r.old_status, r.status, r.reason)
     return len(changes)
 
 
@@ -449,6 +478,7 @@ def health_sweep_run(
     force: bool = False,
     batch_size: int | None = None,
     max_in_flight: int | None = None,
+    max_queued: int | None = None,
     keep_rows: bool = False,
 ) -> SweepReport:
     """Claim, probe and record due services until none is left (no global lock; see health_sweep).
@@ -468,8 +498,10 @@ def health_sweep_run(
     ready: list[Outcome] = []
     exhausted = False
     last_flush = time.monotonic()
-    # The claim lease outlives any probe, so nobody re-claims a service while it is probed.
-    lease = timedelta(seconds=120)
+    # The claim lease outlives any probe and the queue, so nobody re-claims a
+    # service while it waits or is probed.
+    lease = timedelta(seconds=300)
+    max_queued = max_queued or settings.HEALTH_SWEEP_MAX_QUEUED
     write_batch = 250
     pending_ids = list(service_ids) if service_ids is not None else None
 
@@ -502,25 +534,25 @@ def health_sweep_run(
 
     try:
         while True:
-            # Claim whole batches while fewer than max_in_flight probes are running; the
-            # pool queues the excess, so a claim is never held up by a slow probe.
-            if not exhausted and len(in_flight) < max_in_flight:
-                size = batch_size
+            # Claim in a burst, dispatching only afterwards: once probes run, hundreds
+            # of pool threads compete for the GIL and a claim would crawl. The pool
+            # queues what exceeds max_in_flight; the claim lease covers the wait.
+            plans: list[Plan] = []
+            while not exhausted and len(in_flight) + len(plans) < max_queued:
                 if pending_ids is not None:
-                    chunk, pending_ids = pending_ids[:size], pending_ids[size:]
-                    batch = _claim(now=timezone.now(), batch_size=size, service_ids=chunk, lease=lease)
+                    chunk, pending_ids = pending_ids[:batch_size], pending_ids[batch_size:]
+                    batch = _claim(now=timezone.now(), batch_size=batch_size, service_ids=chunk, lease=lease)
                     exhausted = not pending_ids
                 else:
-                    batch = _claim(now=timezone.now(), batch_size=size, service_ids=None, lease=lease)
-                    exhausted = not batch
+                    batch = _claim(now=timezone.now(), batch_size=batch_size, service_ids=None, lease=lease)
+                    exhausted = len(batch) < batch_size
                 report.claimed += len(batch)
-                for plan in _plan(batch, force=force):
-                    if plan.withheld:
-                        ready.append(Outcome(plan=plan, checked_at=timezone.now()))
-                    else:
-                        in_flight.add(pool.submit(probe_send, plan))
-                if not exhausted:
-                    continue
+                plans += _plan(batch, force=force)
+            for plan in plans:
+                if plan.withheld:
+                    ready.append(Outcome(plan=plan, checked_at=timezone.now()))
+                else:
+                    in_flight.add(pool.submit(probe_send, plan))
             if not in_flight:
                 break
             done, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -550,12 +582,19 @@ def health_ttl_expire(*, now: datetime | None = None) -> int:
     )
     expired = 0
     with transaction.atomic():
-        services = list(
+        candidates = (
             Service.objects.filter(ttl_seconds__isnull=False)
             .exclude(status__in=[HealthStatus.CRITICAL, HealthStatus.MAINTENANCE])
-            .alias(deadline=deadline).filter(deadline__lt=now)
-            .select_for_update(skip_locked=True, no_key=True)
         )
+        if connection.vendor == "postgresql":
+            services = list(candidates.alias(deadline=deadline).filter(deadline__lt=now)
+                            .select_for_update(skip_locked=True, no_key=True))
+        else:
+            # SQLite (the demo's embedded default) cannot multiply an integer by an interval.
+            services = [
+                svc for svc in candidates
+                if (svc.last_heartbeat_at or svc.registered_at) + timedelta(seconds=svc.ttl_seconds) < now
+            ]
         for svc in services:
             seen = svc.last_heartbeat_at or svc.registered_at
             reason = f"TTL expired: no heartbeat for {int((now - seen).total_seconds())} s (TTL {svc.ttl_seconds} s)"
@@ -586,12 +625,18 @@ def health_deregister_expired(*, now: datetime | None = None) -> int:
     )
     gone: list[int] = []
     with transaction.atomic():
-        services = list(
-            Service.objects.filter(status=HealthStatus.CRITICAL, deregister_after_seconds__isnull=False,
-                                   critical_since__isnull=False)
-            .alias(limit=limit).filter(limit__lte=now)
-            .select_for_update(skip_locked=True)
+        candidates = Service.objects.filter(
+            status=HealthStatus.CRITICAL, deregister_after_seconds__isnull=False, critical_since__isnull=False,
         )
+        if connection.vendor == "postgresql":
+            services = list(candidates.alias(limit=limit).filter(limit__lte=now)
+                            .select_for_update(skip_locked=True))
+        else:
+            # SQLite (the demo's embedded default) cannot multiply an integer by an interval.
+            services = [
+                svc for svc in candidates
+                if svc.critical_since + timedelta(seconds=svc.deregister_after_seconds) <= now
+            ]
         for svc in services:
             critical_for = int((now - svc.critical_since).total_seconds())
             StatusChange.objects.create(

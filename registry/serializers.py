@@ -34,13 +34,22 @@ class StrictSerializer(serializers.Serializer):
     """Rejects fields it does not declare, naming each one."""
 
     def to_internal_value(self, data):
+        unknown: dict[str, list[str]] = {}
         if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError(
-                    {name: ["Unknown field: this API does not accept it."] for name in unknown}
-                )
-        return super().to_internal_value(data)
+            unknown = {
+                name: ["Unknown field: this API does not accept it."]
+                for name in sorted(set(data) - set(self.fields))
+            }
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            # Report unknown fields together with the other problems, not one round trip each.
+            if unknown and isinstance(exc.detail, dict):
+                raise serializers.ValidationError({**exc.detail, **unknown}) from exc
+            raise
+        if unknown:
+            raise serializers.ValidationError(unknown)
+        return value
 
 
 class EndpointSerializer(StrictSerializer):
@@ -162,8 +171,9 @@ class ServiceRegisterSerializer(ServiceConfigFields):
     """``POST /registry/services``: the guide's payload plus the optional fields."""
 
     name = serializers.RegexField(
-        r"^[^\s/][^/]*$", max_length=200, help_text="Service name, e.g. planning-system-1.",
-        error_messages={"invalid": "Name must not be blank, start with a space or contain '/'."},
+        r"^[^\s/\x00-\x1f\x7f][^/\x00-\x1f\x7f]*$", max_length=200,
+        help_text="Service name, e.g. planning-system-1.",
+        error_messages={"invalid": "Name must not start with a space or contain '/' or control characters."},
     )
     type = serializers.RegexField(
         TYPE_PATTERN.pattern, max_length=64,

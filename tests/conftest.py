@@ -39,3 +39,17 @@ def workflows_client(db) -> APIClient:
 @pytest.fixture
 def full_client(db) -> APIClient:
     return _client_with(["read", "register", "workflows", "gateway"], "everything")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_breaker_state():
+    """Breaker state lives in Redis keyed by service id, and ids restart with every test
+    database: forget what an earlier run left in this run's Redis db."""
+    import redis
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        for key in client.scan_iter(f"{settings.BREAKER_REDIS_PREFIX}:*"):
+            client.delete(key)
+    yield

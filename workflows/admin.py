@@ -229,6 +229,10 @@ class WorkflowRunAdmin(OperateAdminMixin, admin.ModelAdmin):
         ] + super().get_urls()
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        try:
+            uuid.UUID(str(object_id))
+        except ValueError:  # the admin's own "does not exist" handling
+            return super().change_view(request, object_id, form_url, extra_context)
         attempts = Prefetch("attempts", queryset=StepAttempt.objects.order_by("number"))
         run = get_object_or_404(WorkflowRun, pk=object_id)
         steps = list(StepRun.objects.filter(run=run).order_by("index").prefetch_related(attempts))

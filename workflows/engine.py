@@ -159,6 +159,9 @@ def run_start(
     if missing:
         msg = f"Workflow {wf.name} needs input key(s): {', '.join(missing)}"
         raise InvalidInput(msg, errors={"input": [msg]})
+    if idempotency_key and len(idempotency_key) > 200:
+        msg = "Idempotency-Key must be at most 200 characters"
+        raise InvalidInput(msg, errors={"Idempotency-Key": [msg]})
     if idempotency_key:
         existing = WorkflowRun.objects.filter(workflow=wf.name, idempotency_key=idempotency_key).first()
         if existing is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from celery import shared_task
-from django.db import close_old_connections
 
 from berrys_portal.logging import log_context
 from workflows import engine
@@ -12,8 +11,6 @@ from workflows import engine
 @shared_task(name="workflows.run_step", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_step(step_id: int) -> str:
     """Try one step of a run once (claiming it first, so duplicates are harmless)."""
-    # Connections are reused across tasks (CELERY_DB_REUSE_MAX): drop a broken or old one first.
-    close_old_connections()
     with log_context(step_id=step_id):  # the engine adds run_id, the client the service
         return engine.step_execute(step_id=step_id)
 
@@ -21,5 +18,4 @@ def run_step(step_id: int) -> str:
 @shared_task(name="workflows.reconcile", ignore_result=True)
 def reconcile() -> dict[str, int]:
     """Re-enqueue steps whose message was lost; time out waiting human steps."""
-    close_old_connections()
     return engine.steps_reconcile()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.db.models import Prefetch
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from berrys_portal.errors import NotFound
+from registry.serializers import ErrorSerializer
 from workflows import definitions, engine, services
 from workflows.models import StepAttempt, StepRun, WorkflowRun
 from workflows.serializers import (
@@ -30,6 +31,23 @@ from workflows.serializers import (
 )
 
 SCOPES = {"GET": "read", "POST": "workflows"}
+_ERROR_TEXT = {
+    400: "Invalid input: `detail` summarises, `errors` names each field (unknown fields too).",
+    401: "Missing, malformed, unknown, revoked or expired API key.",
+    403: "The API key lacks the scope this endpoint needs (`read` or `workflows`).",
+    404: "No such run.",
+    409: "The run is not in a state that allows this action; `detail` says why.",
+    413: "Request body larger than API_MAX_BODY_BYTES.",
+    429: "Too many writes for this API key.",
+}
+
+
+def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+    return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_TEXT[code]) for code in codes}
+
+
+READ_ERRORS = (400, 401, 403)
+ACTION_ERRORS = (400, 401, 403, 404, 409, 413, 429)
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
     description="The same key and workflow return the same run (200) instead of starting another.",
@@ -64,7 +82,7 @@ class RunListView(APIView):
     @extend_schema(
         operation_id="workflow_runs_list",
         parameters=[RunListQuery, OpenApiParameter("cursor", OpenApiTypes.STR, description="Page cursor.")],
-        responses=RunOut(many=True),
+        responses={200: RunOut(many=True), **_errors(*READ_ERRORS)},
         summary="List runs, newest first (cursor-paginated).",
     )
     def get(self, request: Request) -> Response:
@@ -88,7 +106,11 @@ class RunListView(APIView):
         operation_id="workflow_runs_start",
         request=RunStartInput,
         parameters=[IDEMPOTENCY_HEADER],
-        responses={201: RunDetailOut, 200: RunDetailOut},
+        responses={
+            201: OpenApiResponse(RunDetailOut, description="A new run was started."),
+            200: OpenApiResponse(RunDetailOut, description="This Idempotency-Key already started this run."),
+            **_errors(400, 401, 403, 413, 429),
+        },
         summary="Start a run (or return the run an Idempotency-Key already started).",
     )
     def post(self, request: Request) -> Response:
@@ -106,7 +128,7 @@ class RunListView(APIView):
 class RunDetailView(APIView):
     required_scopes = SCOPES
 
-    @extend_schema(operation_id="workflow_runs_retrieve", responses=RunDetailOut,
+    @extend_schema(operation_id="workflow_runs_retrieve", responses={200: RunDetailOut, **_errors(401, 403, 404)},
                    summary="A run with its steps, their attempts, and its events.")
     def get(self, request: Request, run_id) -> Response:
         return Response(RunDetailOut(_detail(run_id)).data)
@@ -115,7 +137,8 @@ class RunDetailView(APIView):
 class RunRetryView(APIView):
     required_scopes = SCOPES
 
-    @extend_schema(operation_id="workflow_runs_retry", request=RunRetryInput, responses=RunDetailOut,
+    @extend_schema(operation_id="workflow_runs_retry", request=RunRetryInput,
+                   responses={200: RunDetailOut, **_errors(*ACTION_ERRORS)},
                    summary="Retry from the failed step, or rerun from from_step, optionally with new input.")
     def post(self, request: Request, run_id) -> Response:
         data = RunRetryInput(data=request.data)
@@ -127,7 +150,8 @@ class RunRetryView(APIView):
 class RunCancelView(APIView):
     required_scopes = SCOPES
 
-    @extend_schema(operation_id="workflow_runs_cancel", request=EmptyInput, responses=RunDetailOut,
+    @extend_schema(operation_id="workflow_runs_cancel", request=EmptyInput,
+                   responses={200: RunDetailOut, **_errors(*ACTION_ERRORS)},
                    summary="Cancel a run: a running step may finish, nothing further runs.")
     def post(self, request: Request, run_id) -> Response:
         EmptyInput(data=request.data or {}).is_valid(raise_exception=True)
@@ -138,7 +162,8 @@ class RunCancelView(APIView):
 class RunSignalView(APIView):
     required_scopes = SCOPES
 
-    @extend_schema(operation_id="workflow_runs_signal", request=RunSignalInput, responses=RunDetailOut,
+    @extend_schema(operation_id="workflow_runs_signal", request=RunSignalInput,
+                   responses={200: RunDetailOut, **_errors(*ACTION_ERRORS)},
                    summary="Answer the run's waiting human step.")
     def post(self, request: Request, run_id) -> Response:
         data = RunSignalInput(data=request.data)
@@ -151,7 +176,7 @@ class DefinitionListView(APIView):
     required_scopes = SCOPES
     pagination_class = None
 
-    @extend_schema(operation_id="workflow_definitions_list", responses=DefinitionOut(many=True),
+    @extend_schema(operation_id="workflow_definitions_list", responses={200: DefinitionOut(many=True), **_errors(401, 403)},
                    summary="Registered workflows (latest versions) with their steps and services.")
     def get(self, request: Request) -> Response:
         return Response(DefinitionOut([wf.describe() for wf in definitions.all()], many=True).data)

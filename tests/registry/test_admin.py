@@ -126,6 +126,15 @@ def test_groups_grant_operators_everything_and_viewers_view_only(db):
     assert ("registry", "view_service") in viewers
     assert ("django_celery_beat", "view_periodictask") in viewers
     assert all(codename.startswith("view_") for _, codename in viewers)
+    # Every model of the synced apps, including those later migrations added (workflows).
+    from django.contrib.auth.models import Permission
+
+    every = set(Permission.objects.filter(
+        content_type__app_label__in=["registry", "workflows", "django_celery_beat"]
+    ).values_list("content_type__app_label", "codename"))
+    assert any(label == "workflows" for label, _ in every)
+    assert every <= operators
+    assert {p for p in every if p[1].startswith("view_")} == viewers
 
 
 def test_demo_setup_creates_an_operator_in_the_operators_group(db):
@@ -133,3 +142,24 @@ def test_demo_setup_creates_an_operator_in_the_operators_group(db):
     user = get_user_model().objects.get(username="demo")
     assert user.is_staff and user.groups.filter(name="Operators").exists()
     assert user.has_perm("registry.change_service")
+
+
+def test_the_admin_refuses_link_local_urls(operator, services):
+    svc = services[0]
+    response = operator.post(f"/admin/registry/service/{svc.pk}/change/", {
+        "name": svc.name, "type": svc.type, "url": "http://169.254.169.254/", "health_url": "",
+        "criticality": "non_critical", "metadata": "{}", "capabilities": "[]", "endpoints": "[]",
+        "tags": "[]", "check_interval_seconds": 15, "check_timeout_seconds": 5,
+        "failures_before_critical": 2, "successes_before_passing": 1,
+    })
+    assert response.status_code == 200  # the form again, with the error
+    assert "link-local addresses are refused" in response.content.decode()
+    svc.refresh_from_db()
+    assert svc.url == "http://127.0.0.1:9000"
+
+
+def test_deleting_in_the_admin_keeps_a_deregistered_record(operator, services):
+    response = operator.post(f"/admin/registry/service/{services[0].pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not Service.objects.filter(pk=services[0].pk).exists()
+    assert StatusChange.objects.filter(service_name="planner-0", new_status="deregistered").exists()

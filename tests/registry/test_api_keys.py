@@ -97,3 +97,21 @@ def test_writes_are_throttled_per_key_and_reads_are_not(db):
     assert client_a.get("/registry/services").status_code == 200
     assert _client(plain_b).post("/registry/services", payload, format="json").status_code == 200
     cache.delete_many(counters)
+
+
+def test_writes_still_work_when_the_throttles_cache_is_down(db):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    caches = {"default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": f"redis://127.0.0.1:{port}/0",
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }}
+    _, plain = api_key_create(name="w", scopes=["register"])
+    payload = {"name": "s", "type": "PLANNING_SYSTEM", "url": "http://127.0.0.1:9000"}
+    with override_settings(CACHES=caches):
+        response = _client(plain).post("/registry/services", payload, format="json")
+    assert response.status_code == 201

@@ -114,7 +114,7 @@ def test_hanging_services_do_not_delay_the_others(loopback, make_service):
     healthy = [make_service(url=server.url, health_path="/ok") for _ in range(40)]
 
     started = time.monotonic()
-    report = health.health_sweep_run(batch_size=10, max_in_flight=30)
+    report = health.health_sweep_run(batch_size=10, max_in_flight=30, max_queued=30)
     elapsed = time.monotonic() - started
 
     assert report.probed == 48
@@ -133,7 +133,7 @@ def test_two_sweepers_share_the_due_services_without_overlap(loopback, make_serv
 
     def sweeper():
         try:
-            reports.append(health.health_sweep_run(batch_size=10, max_in_flight=20))
+            reports.append(health.health_sweep_run(batch_size=10, max_in_flight=10, max_queued=20))
         finally:
             connections.close_all()  # this thread's claim connection
 
@@ -226,3 +226,34 @@ def test_setup_periodic_tasks_creates_the_schedule_rows_idempotently(transaction
     assert {"registry.health_sweep", "registry.health_prune", "workflows.reconcile"} <= set(rows)
     assert PeriodicTask.objects.filter(task="registry.health_sweep").count() == 1
     assert rows["registry.health_sweep"].interval.every == 5 and rows["registry.health_sweep"].enabled
+
+
+@pytest.mark.slow
+def test_the_beat_task_sweeps_through_a_real_celery_worker(loopback, make_service):
+    import subprocess
+    import sys
+
+    from registry.tasks import health_sweep_task
+    from tests.registry.health_fixtures import ROOT, subprocess_env
+
+    server = loopback({"/h": HEALTHY})
+    svc = make_service(url=server.url, health_path="/h")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "solo", "--loglevel", "WARNING",
+         "--without-heartbeat", "--without-mingle", "--without-gossip"],
+        env=subprocess_env(), cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        health_sweep_task.delay()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and server.count("/h") == 0:
+            time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Service.objects.get(pk=svc.pk).status != "passing":
+            time.sleep(0.1)
+    finally:
+        worker.terminate()
+        worker.wait(20)
+    assert server.count("/h") == 1
+    assert Service.objects.get(pk=svc.pk).status == "passing"
+    assert HealthSnapshot.objects.filter(service=svc).count() == 1

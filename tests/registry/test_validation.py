@@ -30,6 +30,7 @@ def _post(client, payload):
         ({"name": None}, "name", "may not be null"),
         ({"name": ""}, "name", "may not be blank"),
         ({"name": "a" * 201}, "name", "no more than 200 characters"),
+        ({"name": "bad\nname"}, "name", "control characters"),
         ({"type": "planning system"}, "type", "UPPER_SNAKE_CASE"),
         ({"type": "Planning_System"}, "type", "UPPER_SNAKE_CASE"),
         ({"type": 42}, "type", "UPPER_SNAKE_CASE"),
@@ -79,6 +80,12 @@ def test_it_rejects_bad_registrations_naming_the_field(register_client, change, 
 def test_it_names_every_unknown_field(register_client):
     body = _post(register_client, {**BASE, "status": "PLANNING", "owner": "x"}).json()
     assert sorted(body["errors"]) == ["owner", "status"]
+
+
+def test_it_reports_unknown_fields_together_with_other_problems(register_client):
+    payload = {k: v for k, v in BASE.items() if k != "url"} | {"status": "PLANNING", "type": "bad type"}
+    body = _post(register_client, payload).json()
+    assert sorted(body["errors"]) == ["status", "type", "url"]
 
 
 @pytest.mark.parametrize("missing", ["name", "type", "url"])
@@ -177,3 +184,13 @@ class TestAllowedNetworks:
 def test_without_an_allow_list_names_are_not_resolved(register_client):
     response = _post(register_client, {**BASE, "url": "http://no-such-host.invalid:80"})
     assert response.status_code == 201
+
+
+@pytest.mark.parametrize("length", ["-5", "ten"])
+def test_a_bad_content_length_is_a_400(register_client, length):
+    response = register_client.generic(
+        "POST", "/registry/services", json.dumps(BASE), content_type="application/json",
+        CONTENT_LENGTH=length,
+    )
+    assert response.status_code == 400
+    assert response.json() == {"detail": f"Content-Length {length!r} is not a valid length.", "code": "invalid"}

@@ -154,3 +154,20 @@ def test_bulk_actions_retry_and_cancel_many_runs_and_report_refusals(admin_clien
     response = admin_client.post(LIST, {"action": "cancel_runs",
                                         "_selected_action": [str(r.pk) for r in failed]}, follow=True)
     assert "3 run(s) cancelled." in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_viewer_sees_runs_but_cannot_act_on_them(client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_workflowrun"))
+    client.force_login(viewer)
+    run = make_failed_run()
+    page = client.get(reverse("admin:workflows_workflowrun_change", args=[run.pk]))
+    assert page.status_code == 200 and "Retry from failed step" not in page.content.decode()
+    assert "retry_runs" not in client.get(LIST).content.decode()
+    assert client.post(reverse("admin:workflows_workflowrun_retry", args=[run.pk])).status_code == 403
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert client.get(reverse("admin:workflows_workflowrun_change", args=["not-a-uuid"])).status_code == 302

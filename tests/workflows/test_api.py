@@ -41,6 +41,8 @@ def test_the_same_idempotency_key_returns_the_same_run_with_200(workflows_client
     assert (first.status_code, again.status_code, other.status_code) == (201, 200, 201)
     assert again.json()["id"] == first.json()["id"] != other.json()["id"]
     assert WorkflowRun.objects.count() == 2
+    too_long = _start(workflows_client, HTTP_IDEMPOTENCY_KEY="k" * 201)
+    assert too_long.status_code == 400 and "Idempotency-Key" in too_long.json()["errors"]
 
 
 @pytest.mark.django_db
@@ -145,6 +147,11 @@ def test_the_schema_describes_every_workflow_endpoint(anon_client):
                  "/workflows/definitions"):
         assert path in text, path
     assert "Idempotency-Key" in text and "RunStartInput" in text
+    schema = anon_client.get("/api/schema/?format=json").json()
+    retry = schema["paths"]["/workflows/runs/{run_id}/retry/"]["post"]
+    assert {"200", "400", "404", "409"} <= set(retry["responses"])
+    start = schema["paths"]["/workflows/runs/"]["post"]
+    assert {"200", "201", "400"} <= set(start["responses"])
 
 
 @pytest.mark.slow

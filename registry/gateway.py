@@ -1,0 +1,90 @@
+"""The gateway: ``/gateway/{service_type}/{path}`` forwards a call to an eligible instance.
+
+It lets the Web Dashboard reach the core services through the portal, so every
+such call gets discovery, the request adapters (the chat-bug fix), the service's
+circuit breaker and retries — the ServiceClient retries idempotent methods
+only, so a POST is never sent twice. Needs a key with the ``gateway`` scope.
+
+Answers: the service's own status and body (errors included, so callers see
+what the service said); portal-side failures in the API's one error shape —
+404 unknown type, 503 no eligible instance or circuit open, 502 unreachable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from berrys_portal.errors import InvalidInput, ServiceResponseError
+from registry.client import service_client
+from registry.types import TYPE_PATTERN
+
+FORWARDED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+@dataclass(frozen=True)
+class GatewayAnswer:
+    status: int
+    body: Any
+    service_name: str
+
+
+def gateway_forward(
+    *, service_type: str, method: str, path: str, data: Any = None, params: dict | None = None
+) -> GatewayAnswer:
+    """Send one call to ``service_type`` through the ServiceClient; a service's error is an answer too."""
+    service_type = service_type.upper()
+    if not TYPE_PATTERN.match(service_type):
+        raise InvalidInput(f"{service_type!r} is not a service type (UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM)")
+    endpoint = "/" + path.lstrip("/")
+    try:
+        result = service_client.request(
+            method, service=service_type, endpoint=endpoint, data=data, params=params or None
+        )
+    except ServiceResponseError as exc:
+        call = getattr(exc, "call", None)
+        return GatewayAnswer(status=exc.status, body=exc.body,
+                             service_name=getattr(call, "service_name", ""))
+    return GatewayAnswer(status=result.status, body=result.body, service_name=result.service.name)
+
+
+_ERRORS = {
+    400: OpenApiResponse(description="Not a valid service type."),
+    404: OpenApiResponse(description="No service of this type is registered."),
+    502: OpenApiResponse(description="The instance could not be reached."),
+    503: OpenApiResponse(description="No eligible instance, or its circuit breaker is open."),
+}
+
+
+@extend_schema(
+    tags=["gateway"],
+    parameters=[
+        OpenApiParameter("service_type", str, OpenApiParameter.PATH, description="e.g. PROJECT_COORDINATOR"),
+        OpenApiParameter("path", str, OpenApiParameter.PATH, description="Path on the service, e.g. projects/1"),
+    ],
+    request=OpenApiTypes.OBJECT,
+    responses={200: OpenApiTypes.ANY, **_ERRORS},
+    description="Forward the call to an eligible instance of the service type; the answer is the service's.",
+)
+class GatewayView(APIView):
+    required_scope = "gateway"
+    http_method_names = [m.lower() for m in FORWARDED_METHODS]
+
+    def _forward(self, request: Request, service_type: str, path: str) -> Response:
+        data = request.data if request.method in ("POST", "PUT", "PATCH") else None
+        params = {key: request.query_params.getlist(key) for key in request.query_params}
+        answer = gateway_forward(service_type=service_type, method=request.method, path=path,
+                                 data=data, params=params)
+        headers = {"X-Upstream-Service": answer.service_name} if answer.service_name else None
+        return Response(answer.body, status=answer.status, headers=headers)
+
+    def get(self, request: Request, service_type: str, path: str) -> Response:
+        return self._forward(request, service_type, path)
+
+    post = put = patch = delete = get
