@@ -90,7 +90,15 @@ KILLER = Workflow(
     steps=[Step(name="boom", kind="local", local=_kill_my_worker)],
 )
 
-ALL = [DEMO, SKIPPY, HUMAN, KILLER]
+# A retry delay longer than the broker's visibility timeout (the tests set it to 60 s).
+SLOW_RETRY = Workflow(
+    name="test_slow_retry",
+    version=1,
+    steps=[Step(name="call", service_type="PLANNING_SYSTEM", path="/slow",
+                retry=RetryPolicy(max_attempts=2, initial_delay=120, max_delay=120), timeout=5.0)],
+)
+
+ALL = [DEMO, SKIPPY, HUMAN, KILLER, SLOW_RETRY]
 
 for _wf in ALL:
     register(_wf, replace=True)

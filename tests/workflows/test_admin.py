@@ -72,14 +72,18 @@ def test_the_run_list_filters_searches_and_never_counts_the_whole_table(admin_cl
 
 
 @pytest.mark.django_db
-def test_the_paginator_caps_its_count(monkeypatch):
+def test_the_paginator_counts_exactly_only_small_results(monkeypatch):
     for i in range(7):
         run_start(workflow="test_human", input={}, triggered_by=str(i))
-    monkeypatch.setattr(CappedCountPaginator, "CAP", 5)
-    filtered = CappedCountPaginator(WorkflowRun.objects.filter(workflow="test_human").order_by("-created_at"), 2)
+    qs = WorkflowRun.objects.filter(workflow="test_human").order_by("-created_at")
     with CaptureQueriesContext(connection) as queries:
-        assert filtered.count == 6  # "more than 5": the planner estimate is not used for a filtered list
-    assert "LIMIT 6" in queries[0]["sql"]
+        assert CappedCountPaginator(qs, 2).count == 7
+    assert queries[0]["sql"].startswith("EXPLAIN")  # the planner is asked first, no rows read
+    assert "LIMIT 10001" in queries[1]["sql"]  # then an exact but bounded count
+    monkeypatch.setattr(CappedCountPaginator, "CAP", 0)
+    with CaptureQueriesContext(connection) as queries:
+        estimate = CappedCountPaginator(qs, 2).count
+    assert estimate >= 1 and len(queries) == 1  # above the cap: the estimate, no COUNT at all
 
 
 @pytest.mark.django_db

@@ -112,3 +112,39 @@ def test_setup_periodic_tasks_schedules_the_reconciler_every_15_seconds(transact
     call_command("setup_periodic_tasks")
     row = PeriodicTask.objects.get(task="workflows.reconcile")
     assert row.enabled and row.interval.every == 15 and row.interval.period == "seconds"
+
+
+def test_a_retry_longer_than_the_visibility_timeout_is_left_to_the_reconciler(
+    transactional_db, wf_settings, stub, broker
+):
+    import datetime as dt
+    import uuid
+
+    import time_machine
+    from django.utils import timezone
+
+    from workflows.engine import step_execute
+
+    # A queue no worker reads: the broker itself shows what the engine sent.
+    parking = f"wf-parking-{uuid.uuid4().hex[:6]}"
+    wf_settings.WORKFLOW_QUEUE = parking
+    wf_settings.CELERY_VISIBILITY_TIMEOUT = 60
+    server = stub()
+    server.routes[("POST", "/slow")] = lambda body: (503, {"detail": "busy"})
+    server.register("PLANNING_SYSTEM")
+    try:
+        run, _ = run_start(workflow="test_slow_retry", input={}, triggered_by="test")
+        assert broker.llen(parking) == 1  # the first step's message
+        broker.delete(parking)
+        step = run.steps.get()
+        before = timezone.now()
+        assert step_execute(step_id=step.pk) == "retry"  # the attempt, in this process
+        step.refresh_from_db()
+        assert step.status == StepStatus.RETRYING
+        assert 119 <= (step.next_attempt_at - before).total_seconds() <= 125
+        assert broker.llen(parking) == 0  # no countdown message longer than the visibility timeout
+        with time_machine.travel(step.next_attempt_at + dt.timedelta(seconds=2)):
+            assert steps_reconcile()["requeued"] == 1
+        assert broker.llen(parking) == 1  # sent when due
+    finally:
+        broker.delete(parking)
