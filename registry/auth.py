@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -53,8 +54,44 @@ def api_key_create(
 
 
 def api_key_revoke(*, keys) -> int:
-    """Revoke keys (a queryset); effective on their next request. Returns how many were revoked."""
-    return keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+    """Revoke keys (a queryset). Returns how many were revoked.
+
+    Effective at once in this process; other processes drop their cached copy
+    within ``API_KEY_CACHE_SECONDS``.
+    """
+    done = keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+    api_key_cache_clear()
+    return done
+
+
+# key_hash -> (fetched at, row). Valid keys only; unknown or revoked ones always hit the database.
+_key_cache: dict[str, tuple[float, ApiKey]] = {}
+_KEY_CACHE_MAX_ENTRIES = 10_000
+
+
+def api_key_cache_clear() -> None:
+    _key_cache.clear()
+
+
+def _key_lookup(key_hash: str) -> ApiKey | None:
+    """One indexed query, or a copy at most ``API_KEY_CACHE_SECONDS`` old (0: no cache).
+
+    The cache takes the key query off the discovery hot path; the price is that
+    a revocation made by another process takes up to that many seconds to reach
+    this one. Expiry needs no database: it is checked on every request.
+    """
+    ttl = settings.API_KEY_CACHE_SECONDS
+    now = time.time()
+    if ttl > 0:
+        hit = _key_cache.get(key_hash)
+        if hit is not None and now - hit[0] < ttl:
+            return hit[1]
+    key = ApiKey.objects.filter(key_hash=key_hash).first()
+    if ttl > 0 and key is not None and key.revoked_at is None:
+        if len(_key_cache) >= _KEY_CACHE_MAX_ENTRIES:  # crude bound; valid keys are few
+            _key_cache.clear()
+        _key_cache[key_hash] = (now, key)
+    return key
 
 
 @dataclass(frozen=True)
@@ -77,8 +114,8 @@ class ApiPrincipal:
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     """``Authorization: Token <key>`` or ``Authorization: Bearer <key>``.
 
-    One indexed query per request (``key_hash`` is unique) and no cache: a
-    revoked or expired key stops working on the very next request.
+    The key is found by its unique hash (one indexed query, cached in-process
+    for ``API_KEY_CACHE_SECONDS``, see ``_key_lookup``).
     """
 
     keywords = ("token", "bearer")
@@ -92,7 +129,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed(
                 "Malformed Authorization header: use 'Token <key>' or 'Bearer <key>'."
             )
-        key = ApiKey.objects.filter(key_hash=hash_key(parts[1])).first()
+        key = _key_lookup(hash_key(parts[1]))
         if key is None:
             raise exceptions.AuthenticationFailed("Invalid API key.")
         now = timezone.now()

@@ -51,6 +51,39 @@ def test_revocation_takes_effect_on_the_next_request(db):
     assert response.json()["detail"] == "API key has been revoked."
 
 
+def test_a_revocation_made_elsewhere_reaches_this_process_within_the_cache_time(db, settings):
+    settings.API_KEY_CACHE_SECONDS = 5
+    key, plain = api_key_create(name="revoked-elsewhere", scopes=["read"])
+    client = _client(plain)
+    with time_machine.travel("2026-03-01 10:00:00+00:00", tick=False) as clock:
+        assert client.get("/registry/services").status_code == 200  # now cached here
+        # Another process (admin on another host) revokes: this one's cache is not told.
+        ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+        clock.shift(4)
+        assert client.get("/registry/services").status_code == 200  # the documented bound
+        clock.shift(1.5)
+        response = client.get("/registry/services")
+    assert response.status_code == 401
+    assert response.json()["detail"] == "API key has been revoked."
+
+
+def test_without_the_cache_a_revocation_made_elsewhere_is_immediate(db, settings):
+    settings.API_KEY_CACHE_SECONDS = 0
+    key, plain = api_key_create(name="uncached", scopes=["read"])
+    client = _client(plain)
+    assert client.get("/registry/services").status_code == 200
+    ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+    assert client.get("/registry/services").status_code == 401
+
+
+def test_a_warm_key_cache_leaves_discovery_one_query(db, django_assert_num_queries):
+    _, plain = api_key_create(name="warm", scopes=["read"])
+    client = _client(plain)
+    client.get("/discovery/PLANNING_SYSTEM")
+    with django_assert_num_queries(1):  # the instances only
+        assert client.get("/discovery/PLANNING_SYSTEM").status_code == 404
+
+
 def test_a_key_stops_working_when_it_expires(db):
     _, plain = api_key_create(name="short", scopes=["read"], expires_at=timezone.now() + timedelta(hours=1))
     assert _client(plain).get("/registry/services").status_code == 200
