@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.dashboard.conftest import wait_for_run
@@ -24,10 +26,18 @@ def test_runs_steps_and_outcomes_show_up_in_the_scrape_with_the_right_values(eng
     bad_run = wait_for_run(bad_run.pk)
     assert bad_run.status == RunStatus.FAILED
 
-    after = scrape(read_client)
-
     def delta(name, **labels):
         return (value(after, name, **labels) or 0) - (value(before, name, **labels) or 0)
+
+    # The worker counts a finished run right after committing it: allow it a moment.
+    deadline = time.monotonic() + 10
+    while True:
+        after = scrape(read_client)
+        done = sum(delta("berrys_workflow_runs_finished_total", workflow="test_demo", status=s)
+                   for s in ("succeeded", "failed"))
+        if done >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
 
     # State, from the database at scrape time.
     for status in ("succeeded", "failed"):
