@@ -30,6 +30,9 @@ try:
 except ImportError:  # pragma: no cover - the test extra installs it
     sync_playwright = None
 
+if sync_playwright is not None:
+    expect.set_options(timeout=20_000)  # a loaded CI machine renders slowly
+
 if sync_playwright is None:
     pytestmark.append(pytest.mark.skip(reason="playwright is not installed: pip install -e '.[test]'"))
 elif not Path(CHROMIUM).exists():

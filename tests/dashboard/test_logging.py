@@ -122,15 +122,27 @@ def test_the_worker_writes_json_lines_tagged_with_run_step_and_service(engine, f
     run = wait_for_run(run.pk)
     step_ids = {s.name: s.pk for s in run.steps.all()}
 
-    lines = []
-    for raw in engine.log_path.read_text().splitlines():
-        try:
-            lines.append(json.loads(raw))
-        except ValueError:
-            continue  # celery's banner is not a log record
-    mine = [e for e in lines if e.get("run_id") == str(run.pk)]
+    import time
+
+    def read() -> list[dict]:
+        lines = []
+        for raw in engine.log_path.read_text().splitlines():
+            try:
+                lines.append(json.loads(raw))
+            except ValueError:
+                continue  # celery's banner is not a log record
+        return lines
+
+    # The worker logs "run failed" just after committing it: wait for the line.
+    deadline = time.monotonic() + 15
+    while True:
+        lines = read()
+        mine = [e for e in lines if e.get("run_id") == str(run.pk)]
+        engine_lines = [e for e in mine if e["logger"] == "workflows.engine"]
+        if engine_lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     client_lines = [e for e in mine if e["logger"] == "registry.client"]
-    engine_lines = [e for e in mine if e["logger"] == "workflows.engine"]
     assert client_lines and engine_lines
     # Every client line names the step and the instance it called.
     assert {e["step_id"] for e in client_lines} == set(step_ids.values())

@@ -1,0 +1,109 @@
+"""/metrics under gunicorn with several workers plus an outside (Celery-like) process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from django.conf import settings
+from django.db import connection
+
+from tests.dashboard.test_metrics import value
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _samples(text: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@pytest.fixture
+def gunicorn(transactional_db, tmp_path):
+    prom_dir = tmp_path / "prom"
+    prom_dir.mkdir()
+    (prom_dir / "stale_counter.db").write_bytes(b"left over from a previous start")
+    db = settings.DATABASES["default"]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "berrys_portal.settings_test",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}",
+        "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
+        "METRICS_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "PYTHONPATH": str(ROOT),
+        "WEB_CONCURRENCY": "2",
+    }
+    log_path = tmp_path / "gunicorn.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "berrys_portal/gunicorn_conf.py", "--bind", "127.0.0.1:0",
+             "berrys_portal.wsgi:application"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            text = log_path.read_text(errors="replace")
+            port = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", text)
+            workers = re.findall(r"Booting worker with pid: (\d+)", text)
+            if port and len(workers) >= 2:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not start:\n{text[-3000:]}")
+            time.sleep(0.2)
+        yield {"url": f"http://127.0.0.1:{port.group(1)}", "env": env, "dir": prom_dir, "log": log_path,
+               "workers": [int(w) for w in workers]}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def test_every_gunicorn_worker_reports_the_sum_of_all_processes_and_a_restart_keeps_it(gunicorn):
+    assert not (gunicorn["dir"] / "stale_counter.db").exists()  # on_starting emptied the directory
+    code = (
+        "import django; django.setup()\n"
+        "from berrys_portal import metrics\n"
+        "for _ in range(3):\n"
+        "    metrics.record_requeue(reason='lease_expired')\n"
+        "metrics.observe_step(workflow='gw', step='s', duration_seconds=0.5, outcome='succeeded')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=gunicorn["env"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+    session = requests.Session()
+    session.headers["Connection"] = "close"  # spread the scrapes over both workers
+    for _ in range(8):
+        response = session.get(f"{gunicorn['url']}/metrics", timeout=10)
+        assert response.status_code == 200
+        samples = _samples(response.text)
+        assert value(samples, "berrys_reconciler_requeues_total", reason="lease_expired") == 3
+        assert value(samples, "berrys_workflow_step_duration_seconds_count",
+                     workflow="gw", step="s", outcome="succeeded") == 1
+
+    # A worker dies and is replaced: the counters written elsewhere are unaffected.
+    os.kill(gunicorn["workers"][0], signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while len(re.findall(r"Booting worker with pid", gunicorn["log"].read_text())) < 3:
+        assert time.monotonic() < deadline, gunicorn["log"].read_text()[-2000:]
+        time.sleep(0.2)
+    samples = _samples(session.get(f"{gunicorn['url']}/metrics", timeout=10).text)
+    assert value(samples, "berrys_reconciler_requeues_total", reason="lease_expired") == 3
