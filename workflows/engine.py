@@ -47,7 +47,7 @@ from berrys_portal.errors import (
     ServiceResponseError,
     WorkflowError,
 )
-from berrys_portal.logging import log_context_update
+from berrys_portal.logging import log_context, log_context_update
 from registry.client import service_client
 from workflows import definitions
 from workflows.definitions import Step, Workflow
@@ -292,6 +292,12 @@ def _claim_orm(step_id: int) -> StepRun | None:
 
 def step_execute(*, step_id: int) -> str:
     """Run one attempt of a step (the body of the ``run_step`` task). Returns what happened."""
+    # Log lines inside carry step_id, and run_id once the step is claimed (scoped to this call).
+    with log_context(step_id=step_id):
+        return _step_execute(step_id=step_id)
+
+
+def _step_execute(*, step_id: int) -> str:
     step = _claim(step_id)
     if step is None:
         return "not claimed"

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from berrys_portal.logging import log_context
 from workflows import engine
 
 
 @shared_task(name="workflows.run_step", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_step(step_id: int) -> str:
     """Try one step of a run once (claiming it first, so duplicates are harmless)."""
-    with log_context(step_id=step_id):  # the engine adds run_id, the client the service
-        return engine.step_execute(step_id=step_id)
+    return engine.step_execute(step_id=step_id)
 
 
 @shared_task(name="workflows.reconcile", ignore_result=True)
