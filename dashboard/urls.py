@@ -1,11 +1,13 @@
-"""Monitoring URLs: /metrics and /registry/prometheus-sd (with or without a trailing slash)."""
+"""Monitoring URLs: /metrics and /registry/prometheus-sd.
 
-from django.urls import re_path
+Like the registry's paths, each answers with and without a trailing slash (never a
+redirect), and the schema lists the slash-less form only.
+"""
 
+from berrys_portal.routing import slash_optional
 from dashboard import views
-from registry.urls import _both
 
 urlpatterns = [
-    re_path(r"^metrics/?$", views.metrics_view, name="metrics"),  # plain Django view: not in the schema
-    *_both(r"registry/prometheus-sd", views.PrometheusSdView.as_view(), "prometheus-sd"),
+    *slash_optional(r"metrics", views.metrics_view, "metrics"),
+    *slash_optional(r"registry/prometheus-sd", views.PrometheusSdView.as_view(), "prometheus-sd"),
 ]

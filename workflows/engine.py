@@ -294,13 +294,12 @@ def _claim_orm(step_id: int) -> StepRun | None:
 
 def step_execute(*, step_id: int) -> str:
     """Run one attempt of a step (the body of the ``run_step`` task). Returns what happened."""
-    # Its own log-context block, whoever the caller: the run_id/step_id added below
-    # must never outlive this step (in a worker or in a test calling it directly).
+    # Log lines inside carry step_id, and run_id once the step is claimed (scoped to this call).
     with log_context(step_id=step_id):
-        return _step_execute(step_id)
+        return _step_execute(step_id=step_id)
 
 
-def _step_execute(step_id: int) -> str:
+def _step_execute(*, step_id: int) -> str:
     step = _claim(step_id)
     if step is None:
         return "not claimed"

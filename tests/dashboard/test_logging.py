@@ -14,6 +14,10 @@ from berrys_portal.logging import ContextFilter, JsonFormatter, TextFormatter, l
 
 @pytest.fixture
 def capture():
+    # Start from an empty context whatever ran before in this thread.
+    from berrys_portal import logging as portal_logging
+
+    token = portal_logging._context.set(None)
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
@@ -24,6 +28,7 @@ def capture():
     logger.propagate = False
     yield logger, lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
     logger.removeHandler(handler)
+    portal_logging._context.reset(token)
 
 
 def test_each_line_is_one_json_object_with_time_level_logger_and_message(capture):
@@ -84,7 +89,7 @@ def test_exceptions_are_kept_inside_the_json_line(capture):
     assert "ValueError: boom" in entry["exc_info"]
 
 
-def test_the_text_format_appends_the_context():
+def test_the_text_format_appends_the_context(capture):
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "msg", None, None)
     with log_context(run_id="r-9", service="svc"):
         ContextFilter().filter(record)

@@ -17,7 +17,7 @@ def test_it_lists_every_registry_path_once_without_trailing_slashes(schema):
     ours = {
         "/registry/services", "/registry/services/{id}", "/registry/services/{id}/heartbeat",
         "/registry/services/{id}/maintenance", "/discovery/{service_type}", "/health",
-        "/registry/prometheus-sd",
+        "/registry/prometheus-sd",  # the dashboard's Prometheus HTTP SD endpoint
     }
     paths = set(schema["paths"])
     assert ours <= paths
