@@ -227,6 +227,8 @@ HEALTH_SWEEP_EVERY_SECONDS = env_int("HEALTH_SWEEP_EVERY_SECONDS", 5, minimum=1)
 HEALTH_SWEEP_BATCH_SIZE = env_int("HEALTH_SWEEP_BATCH_SIZE", 500, minimum=1)
 HEALTH_SWEEP_MAX_IN_FLIGHT = env_int("HEALTH_SWEEP_MAX_IN_FLIGHT", 500, minimum=1)
 HEALTH_SWEEP_MAX_QUEUED = env_int("HEALTH_SWEEP_MAX_QUEUED", 20000, minimum=1)
+HEALTH_SWEEP_CONCURRENCY = env_int("HEALTH_SWEEP_CONCURRENCY", 64, minimum=1)
+HEALTH_SWEEP_SLOW_AFTER_SECONDS = env_float("HEALTH_SWEEP_SLOW_AFTER_SECONDS", 0.25, minimum=0.01)
 HEALTH_SWEEP_HELPERS = env_int("HEALTH_SWEEP_HELPERS", 0, minimum=0)
 HEALTH_SWEEP_LOCK_SECONDS = env_int("HEALTH_SWEEP_LOCK_SECONDS", 120, minimum=5)
 HEALTH_PRUNE_BATCH_SIZE = env_int("HEALTH_PRUNE_BATCH_SIZE", 5000, minimum=100)
@@ -266,6 +268,8 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update({
 # Seconds a process keeps its adapter rules before re-reading them (saves also bump a
 # version in the shared cache, which every process with Redis checks on each call).
 ADAPTER_CACHE_SECONDS = env_float("ADAPTER_CACHE_SECONDS", 5.0, minimum=0)
+# How often a process asks the shared cache whether a rule changed elsewhere.
+ADAPTER_VERSION_CHECK_SECONDS = env_float("ADAPTER_VERSION_CHECK_SECONDS", 1.0, minimum=0)
 
 # --- Logging ------------------------------------------------------------------
 LOG_FORMAT = env_str("LOG_FORMAT", "text")

@@ -17,9 +17,8 @@ from dashboard.roles import OPERATE_RUN, operate_required
 @operate_required(OPERATE_RUN)
 def run_retry_view(request: HttpRequest, run_id) -> HttpResponseRedirect:
     """Retry a failed run from its failed step, then go back where the button was."""
-    from workflows.services import run_retry
-
     from workflows.models import WorkflowRun
+    from workflows.services import run_retry
 
     run = get_object_or_404(WorkflowRun, pk=run_id)
     try:

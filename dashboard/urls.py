@@ -1,19 +1,11 @@
-"""Monitoring URLs: /metrics and /registry/prometheus-sd.
-
-Like the registry's paths, each answers with and without a trailing slash (never a
-redirect), and the schema lists the slash-less form only.
-"""
+"""Monitoring URLs: /metrics and /registry/prometheus-sd (with or without a trailing slash)."""
 
 from django.urls import re_path
 
 from dashboard import views
-
-
-def _both(pattern: str, view, name: str) -> list:
-    return [re_path(rf"^{pattern}$", view, name=name), re_path(rf"^{pattern}/$", view)]
-
+from registry.urls import _both
 
 urlpatterns = [
-    *_both(r"metrics", views.metrics_view, "metrics"),
+    re_path(r"^metrics/?$", views.metrics_view, name="metrics"),  # plain Django view: not in the schema
     *_both(r"registry/prometheus-sd", views.PrometheusSdView.as_view(), "prometheus-sd"),
 ]

@@ -7,8 +7,9 @@ type, method and endpoint pattern, which fields to drop, rename, default or map.
 The ServiceClient calls ``adapt_request`` before every call.
 
 Rules are read from the database at most every ``ADAPTER_CACHE_SECONDS`` per
-process; saving or deleting a rule bumps a version in the shared cache so every
-process with a shared (Redis) cache picks the change up on its next call.
+process; saving or deleting a rule bumps a version in the shared cache, which
+every process with a shared (Redis) cache checks at most every
+``ADAPTER_VERSION_CHECK_SECONDS``: a change reaches all processes within that.
 """
 
 from __future__ import annotations
@@ -51,21 +52,26 @@ class _RuleCache:
         self._lock = threading.Lock()
         self._rules: dict[str, list[_CompiledRule]] | None = None
         self._loaded_at = 0.0
+        self._checked_at = 0.0
         self._version: Any = None
 
     def rules_for(self, service_type: str) -> list[_CompiledRule]:
-        ttl = settings.ADAPTER_CACHE_SECONDS
-        version = _shared_version()
+        now = time.monotonic()
         with self._lock:
-            fresh = (
-                self._rules is not None
-                and time.monotonic() - self._loaded_at < ttl
-                and version == self._version
-            )
-            if not fresh:
-                self._rules = _load_rules()
-                self._loaded_at = time.monotonic()
-                self._version = version
+            if self._rules is not None and now - self._loaded_at < settings.ADAPTER_CACHE_SECONDS:
+                # A cache round trip per call would cost more than the rules themselves:
+                # ask for the shared version at most every ADAPTER_VERSION_CHECK_SECONDS.
+                if now - self._checked_at < settings.ADAPTER_VERSION_CHECK_SECONDS:
+                    return self._rules.get(service_type, [])
+                self._checked_at = now
+                version = _shared_version()
+                if version == self._version:
+                    return self._rules.get(service_type, [])
+            else:
+                version = _shared_version()
+            self._rules = _load_rules()
+            self._loaded_at = self._checked_at = time.monotonic()
+            self._version = version
             return self._rules.get(service_type, [])
 
     def clear(self) -> None:
@@ -189,5 +195,5 @@ def adapt_request(*, service_type: str, method: str, endpoint: str, data: Any) -
         if _apply(rule, body):
             applied.append(rule.id)
     if applied:
-        logger.info("adapted %s %s for %s with rule(s) %s", method, path, service_type, applied)
+        logger.debug("adapted %s %s for %s with rule(s) %s", method, path, service_type, applied)
     return body if body is not None else data

@@ -42,7 +42,7 @@ from berrys_portal.errors import (
 )
 from registry.adapters import adapt_request
 from registry.breakers import Permit, breaker_for
-from registry.discovery import service_eligible_list, service_pick
+from registry.discovery import service_candidates, service_pick
 from registry.models import Service
 
 logger = logging.getLogger(__name__)
@@ -168,9 +168,7 @@ class ServiceClient:
         """The instance to call first, then the other eligible ones (failover when open)."""
         if isinstance(service, Service):
             return [service]
-        first = service_pick(service_type=service)
-        rest = [s for s in service_eligible_list(service_type=service) if s.pk != first.pk]
-        return [first, *rest]
+        return service_candidates(service_type=service)
 
     def _permit(self, candidates: list[Service]) -> tuple[Service, Permit] | None:
         for instance in candidates:

@@ -52,14 +52,19 @@ def _next_index(service_type: str) -> int:
     return next(counter)  # itertools.count is atomic under the GIL
 
 
-def service_pick(*, service_type: str) -> Service:
-    """One eligible instance of ``service_type``, rotating within the best tier.
+def service_candidates(*, service_type: str) -> list[Service]:
+    """Every eligible instance, the rotated pick first, then the rest (for failover).
 
-    The passing tier is preferred over warning: rotation happens among the best
-    tier only, so a degraded instance takes traffic only when no passing one exists.
+    One query. The pick rotates within the best tier (passing over warning), so a
+    degraded instance takes traffic only when no passing one exists.
     """
     eligible = service_eligible_list(service_type=service_type)
     best_status = min(eligible, key=lambda s: DISCOVERY_RANK[s.status]).status
     tier = [s for s in eligible if s.status == best_status]
-    return tier[_next_index(service_type) % len(tier)]
+    first = tier[_next_index(service_type) % len(tier)]
+    return [first, *(s for s in eligible if s.pk != first.pk)]
 
+
+def service_pick(*, service_type: str) -> Service:
+    """One eligible instance of ``service_type``, rotating within the best tier."""
+    return service_candidates(service_type=service_type)[0]

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -166,6 +168,10 @@ class Plan:
     permit: Permit | None = None
     snapshot: Snapshot | None = None
     withheld: str = ""
+    # Dispatch bookkeeping of the sweep loop.
+    started: float = 0.0
+    counted: bool = False
+    finished: bool = False
 
 
 @dataclass
@@ -200,6 +206,14 @@ def probe_send(plan: Plan) -> Outcome:
     except Exception as exc:  # noqa: BLE001 - a bad URL must not stop the sweep
         outcome.error = f"probe error: {type(exc).__name__}: {exc}"
     return outcome
+
+
+def _probe_into(plan: Plan, results: queue.SimpleQueue) -> None:
+    try:
+        outcome = probe_send(plan)
+    except BaseException as exc:  # noqa: BLE001 - the sweep waits for exactly one result per probe
+        outcome = Outcome(plan=plan, checked_at=timezone.now(), error=f"probe error: {exc!r}")
+    results.put(outcome)
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -356,7 +370,10 @@ def _row_for(outcome: Outcome) -> Row:
             # Critical opens the breaker at once: callers fail fast instead of spending fail_max calls.
             plan.breaker.force_open(reason=f"{HEALTH_TRIP_PREFIX}: {reason}")
         elif verdict == HealthStatus.CRITICAL:
-            plan.breaker.failed(plan.permit, f"health probe: {reason}")  # counts toward tripping
+            # Counts toward tripping. A failed trial re-opens a breaker the critical
+            # alert already announced, hence the prefix (no second alert).
+            error = f"{HEALTH_TRIP_PREFIX}: {reason}" if trial else f"health probe: {reason}"
+            plan.breaker.failed(plan.permit, error)
         elif trial or (plan.snapshot and plan.snapshot.fail_counter):
             plan.breaker.succeeded(plan.permit)
     next_at = outcome.checked_at + interval
@@ -450,6 +467,12 @@ def _write(rows: list[Row]) -> int:
         return 0
     changes: list[Row] = []
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # Health results are re-measured every interval: losing the last fraction
+            # of a second of them in a database crash is acceptable, waiting for a
+            # WAL flush per group under load is not.
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
         updated = _update_services(rows)
         _copy_rows(
             HealthSnapshot,
@@ -479,6 +502,7 @@ def health_sweep_run(
     batch_size: int | None = None,
     max_in_flight: int | None = None,
     max_queued: int | None = None,
+    concurrency: int | None = None,
     keep_rows: bool = False,
 ) -> SweepReport:
     """Claim, probe and record due services until none is left (no global lock; see health_sweep).
@@ -494,7 +518,14 @@ def health_sweep_run(
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-writer")
     writes: list[Future] = []
     report = SweepReport()
-    in_flight: set[Future] = set()
+    # Finished probes arrive on a queue: O(1) per result. (concurrent.futures.wait
+    # over thousands of futures costs O(n) per call and dominated big sweeps.)
+    results: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+    waiting: deque[Plan] = deque()  # claimed, not yet dispatched
+    fast_window: deque[Plan] = deque()  # dispatched, in start order
+    running = fast = 0
+    concurrency = concurrency or settings.HEALTH_SWEEP_CONCURRENCY
+    slow_after = settings.HEALTH_SWEEP_SLOW_AFTER_SECONDS
     ready: list[Outcome] = []
     exhausted = False
     last_flush = time.monotonic()
@@ -502,7 +533,7 @@ def health_sweep_run(
     # service while it waits or is probed.
     lease = timedelta(seconds=300)
     max_queued = max_queued or settings.HEALTH_SWEEP_MAX_QUEUED
-    write_batch = 250
+    write_batch = 1000
     pending_ids = list(service_ids) if service_ids is not None else None
 
     def write(outcomes: list[Outcome]) -> None:
@@ -534,11 +565,10 @@ def health_sweep_run(
 
     try:
         while True:
-            # Claim in a burst, dispatching only afterwards: once probes run, hundreds
-            # of pool threads compete for the GIL and a claim would crawl. The pool
-            # queues what exceeds max_in_flight; the claim lease covers the wait.
+            # Claim in a burst while nothing is waiting: once probes run, hundreds of
+            # pool threads compete for the GIL and a claim would crawl.
             plans: list[Plan] = []
-            while not exhausted and len(in_flight) + len(plans) < max_queued:
+            while not exhausted and not waiting and running + len(plans) < max_queued:
                 if pending_ids is not None:
                     chunk, pending_ids = pending_ids[:batch_size], pending_ids[batch_size:]
                     batch = _claim(now=timezone.now(), batch_size=batch_size, service_ids=chunk, lease=lease)
@@ -552,12 +582,41 @@ def health_sweep_run(
                 if plan.withheld:
                     ready.append(Outcome(plan=plan, checked_at=timezone.now()))
                 else:
-                    in_flight.add(pool.submit(probe_send, plan))
-            if not in_flight:
-                break
-            done, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
-            ready.extend(f.result() for f in done)
-            if len(ready) >= write_batch or time.monotonic() - last_flush > 0.5:
+                    waiting.append(plan)
+            # A probe running longer than slow_after stops counting against the
+            # concurrency: hanging services get their own threads (up to
+            # max_in_flight) while only ~`concurrency` fast probes compete for the CPU.
+            now = time.monotonic()
+            while fast_window and (fast_window[0].finished or now - fast_window[0].started >= slow_after):
+                aged = fast_window.popleft()
+                if aged.counted:
+                    aged.counted, fast = False, fast - 1
+            while waiting and fast < concurrency and running < max_in_flight:
+                plan = waiting.popleft()
+                plan.started, plan.counted = now, True
+                pool.submit(_probe_into, plan, results)
+                running, fast = running + 1, fast + 1
+                fast_window.append(plan)
+            if not running and not waiting:
+                if exhausted:
+                    break
+                continue
+            try:
+                got = [results.get(timeout=0.05 if waiting else 0.2)]
+            except queue.Empty:
+                got = []
+            while True:
+                try:
+                    got.append(results.get_nowait())
+                except queue.Empty:
+                    break
+            for outcome in got:
+                done = outcome.plan
+                done.finished, running = True, running - 1
+                if done.counted:
+                    done.counted, fast = False, fast - 1
+            ready.extend(got)
+            if len(ready) >= write_batch or time.monotonic() - last_flush > 1.0:
                 flush()
         flush()
         for fut in writes:

@@ -165,6 +165,9 @@ class HealthSnapshot(models.Model):
             models.Index(fields=["checked_at"], name="registry_snapshot_age"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.status} at {self.checked_at:%Y-%m-%d %H:%M:%S}"
+
 
 class StatusChange(models.Model):
     """A service's status flip, kept forever (uptime and history come from these)."""
@@ -189,6 +192,9 @@ class StatusChange(models.Model):
             # Dashboard: recent changes across all services.
             models.Index(fields=["-at"], name="registry_statuschange_at"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.service_name}: {self.old_status} → {self.new_status}"
 
 
 class BreakerState(models.TextChoices):
@@ -217,6 +223,9 @@ class BreakerEvent(models.Model):
             # Dashboard: breaker trips in the last 24 h.
             models.Index(fields=["new_state", "-at"], name="registry_breakerevent_trips"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.service_name}: breaker {self.old_state} → {self.new_state}"
 
 
 class AlertKind(models.TextChoices):

@@ -115,6 +115,7 @@ _CONTROL_ROUTE = re.compile(r"^/services/(?P<name>[\w-]+)/(?P<what>faults|state)
 def _control_handler(stack: SimulatorStack) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
 
         def log_message(self, fmt: str, *args: Any) -> None:
             logger.debug("control %s", fmt % args)

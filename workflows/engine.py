@@ -95,7 +95,9 @@ def _enqueue(step_id: int, countdown: float | None = None) -> None:
 
 
 def _enqueue_on_commit(step_id: int, countdown: float | None = None) -> None:
-    transaction.on_commit(lambda: _enqueue(step_id, countdown))
+    # robust: a broker outage must not turn a committed start or step into an error; the
+    # step is queued in the database and the reconciler sends its message later.
+    transaction.on_commit(lambda: _enqueue(step_id, countdown), robust=True)
 
 
 def error_message(exc: BaseException) -> str:
@@ -292,12 +294,13 @@ def _claim_orm(step_id: int) -> StepRun | None:
 
 def step_execute(*, step_id: int) -> str:
     """Run one attempt of a step (the body of the ``run_step`` task). Returns what happened."""
-    # Log lines inside carry step_id, and run_id once the step is claimed (scoped to this call).
+    # Its own log-context block, whoever the caller: the run_id/step_id added below
+    # must never outlive this step (in a worker or in a test calling it directly).
     with log_context(step_id=step_id):
-        return _step_execute(step_id=step_id)
+        return _step_execute(step_id)
 
 
-def _step_execute(*, step_id: int) -> str:
+def _step_execute(step_id: int) -> str:
     step = _claim(step_id)
     if step is None:
         return "not claimed"

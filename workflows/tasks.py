@@ -10,7 +10,7 @@ from workflows import engine
 @shared_task(name="workflows.run_step", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_step(step_id: int) -> str:
     """Try one step of a run once (claiming it first, so duplicates are harmless)."""
-    return engine.step_execute(step_id=step_id)
+    return engine.step_execute(step_id=step_id)  # in its own log context (run_id, step_id)
 
 
 @shared_task(name="workflows.reconcile", ignore_result=True)

@@ -145,3 +145,20 @@ def test_chat_creation_fails_with_500_without_the_rule_and_succeeds_with_it(proj
     assert result.status == 201
     assert result.body["name"] == "New Project" and result.body["status"] == "DRAFT"
     assert "status" not in result.call.request_body
+
+
+@pytest.mark.django_db
+def test_a_rule_saved_by_another_process_is_picked_up_through_the_shared_version(settings):
+    from django.core.cache import cache
+
+    from registry.adapters import VERSION_KEY
+
+    settings.ADAPTER_VERSION_CHECK_SECONDS = 0
+    assert adapt({"x": 1}) == {"x": 1}  # caches "no rules"
+    # bulk_create sends no signal: as if another process had saved the rule.
+    RequestAdapterRule.objects.bulk_create([RequestAdapterRule(
+        service_type="PLANNING_SYSTEM", method="POST", endpoint_pattern="/plans/*", action="drop", field="x",
+    )])
+    assert adapt({"x": 1}) == {"x": 1}  # still the cached rules
+    cache.set(VERSION_KEY, "bumped-elsewhere", timeout=None)  # what that process's save publishes
+    assert adapt({"x": 1}) == {}

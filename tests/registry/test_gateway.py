@@ -137,3 +137,10 @@ def test_an_open_circuit_is_503_and_nothing_is_sent(full_client, registered):
     assert response.json()["code"] == "circuit_open"
     after = requests.get(registered.urls[TI] + "/_control", timeout=5).json()["counters"]
     assert after.get("GET /tools", 0) == before.get("GET /tools", 0)
+
+
+def test_the_schema_describes_the_gateway_and_its_errors(anon_client, db):
+    schema = anon_client.get("/api/schema?format=json").json()
+    operations = schema["paths"]["/gateway/{service_type}/{path}"]
+    assert set(operations) >= {"get", "post", "put", "patch", "delete"}
+    assert set(operations["post"]["responses"]) >= {"200", "400", "404", "502", "503"}

@@ -148,3 +148,37 @@ def test_a_retry_longer_than_the_visibility_timeout_is_left_to_the_reconciler(
         assert broker.llen(parking) == 1  # sent when due
     finally:
         broker.delete(parking)
+
+
+def test_a_run_started_while_the_broker_is_down_is_created_and_sent_later(transactional_db, wf_settings, broker):
+    import datetime as dt
+    import socket
+    import uuid
+
+    import time_machine
+    from django.utils import timezone
+
+    from berrys_portal.celery import app
+
+    with socket.socket() as sock:  # a port nothing listens on: the broker is "down"
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    parking = f"wf-parking-{uuid.uuid4().hex[:6]}"
+    wf_settings.WORKFLOW_QUEUE = parking
+    live_url = app.conf.broker_url
+    app.conf.broker_url = f"redis://127.0.0.1:{dead_port}/0"
+    app._after_fork()  # drop the connection pools so the next publish uses the dead broker
+    try:
+        run, created = run_start(workflow="test_demo", input={"name": "A"}, triggered_by="test")
+    finally:
+        app.conf.broker_url = live_url
+        app._after_fork()
+    try:
+        assert created and WorkflowRun.objects.filter(pk=run.pk).exists()
+        assert run.steps.get(index=0).status == StepStatus.QUEUED
+        assert broker.llen(parking) == 0  # nothing reached a broker
+        with time_machine.travel(timezone.now() + dt.timedelta(seconds=5)):
+            assert steps_reconcile()["requeued"] == 1
+        assert broker.llen(parking) == 1  # the broker is back: the reconciler sent it
+    finally:
+        broker.delete(parking)

@@ -12,6 +12,7 @@ import time
 
 import pytest
 import requests
+from django.conf import settings
 
 from registry.adapters import adapter_cache_clear
 from registry.breakers import breaker_forget
@@ -107,7 +108,8 @@ def test_chat_project_creation_hits_the_500_when_the_adapter_rule_is_off(berrys,
     berrys()
     rule = RequestAdapterRule.objects.get(service_type=PC, endpoint_pattern="/projects")
     rule.enabled = False
-    rule.save()  # the save bumps the shared rules version: the worker reloads its rules
+    rule.save()  # bumps the shared rules version: the worker reloads its rules...
+    time.sleep(settings.ADAPTER_VERSION_CHECK_SECONDS + 0.1)  # ...within this (documented) delay
     run = wait_for_run(start("project_creation", name="New Project").pk, timeout=RUN_TIMEOUT)
     assert run.status == RunStatus.FAILED
     assert run.failed_step == "create_project"
