@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.test import Client
 
 from dashboard.roles import OPERATORS, VIEWERS
 from registry.models import Service
-
-
-def _staff(username: str, group: str):
-    user = get_user_model().objects.create_user(username=username, password="pw-" + username, is_staff=True)
-    user.groups.add(Group.objects.get(name=group))
-    return user
+from tests.personas import logged_in, staff_user
 
 
 @pytest.fixture(autouse=True)
@@ -29,26 +22,22 @@ def _fresh_dashboard_cache():
 
 @pytest.fixture
 def operator(db):
-    return _staff("olivia", OPERATORS)
+    return staff_user("olivia", OPERATORS)
 
 
 @pytest.fixture
 def viewer(db):
-    return _staff("victor", VIEWERS)
+    return staff_user("victor", VIEWERS)
 
 
 @pytest.fixture
 def operator_client(operator) -> Client:
-    client = Client()
-    client.force_login(operator)
-    return client
+    return logged_in(operator)
 
 
 @pytest.fixture
 def viewer_client(viewer) -> Client:
-    client = Client()
-    client.force_login(viewer)
-    return client
+    return logged_in(viewer)
 
 
 # --- A Celery worker writing JSON logs, on its own queue ---------------------------------

@@ -13,24 +13,17 @@ from django.test import Client
 
 from registry.auth import api_key_create
 from registry.models import ApiKey, HealthStatus, Service, StatusChange
-
-
-def _staff(username: str, group: str) -> Client:
-    user = get_user_model().objects.create_user(username=username, password="pw-berrys-1", is_staff=True)
-    user.groups.add(Group.objects.get(name=group))
-    client = Client()
-    client.force_login(user)
-    return client
+from tests.personas import logged_in, staff_user
 
 
 @pytest.fixture
 def operator(db) -> Client:
-    return _staff("olga", "Operators")
+    return logged_in(staff_user("olga", "Operators"))
 
 
 @pytest.fixture
 def viewer(db) -> Client:
-    return _staff("victor", "Viewers")
+    return logged_in(staff_user("victor", "Viewers"))
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.test import Client
 from django.utils import timezone
 
@@ -14,25 +12,18 @@ from registry import health
 from registry.admin_health import latency_svg
 from registry.breakers import breaker_for, events_flush
 from registry.models import BreakerEvent, HealthSnapshot, HealthStatus, StatusChange
+from tests.personas import logged_in, staff_user
 from tests.registry.loopback import Reply
-
-
-def _staff(username: str, group: str) -> Client:
-    user = get_user_model().objects.create_user(username=username, password="pw-berrys-1", is_staff=True)
-    user.groups.add(Group.objects.get(name=group))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
 def operator(clean_state) -> Client:
-    return _staff("olga", "Operators")
+    return logged_in(staff_user("olga", "Operators"))
 
 
 @pytest.fixture
 def viewer(clean_state) -> Client:
-    return _staff("victor", "Viewers")
+    return logged_in(staff_user("victor", "Viewers"))
 
 
 def _action(client, action, objs, **extra):
