@@ -138,6 +138,16 @@ def _jsonable(value: Any) -> Any:
 # --------------------------------------------------------------------------- start
 
 
+def run_input_check(*, wf, input: Any) -> None:
+    """Raise ``InvalidInput`` unless ``input`` is a JSON object with every key ``wf`` needs."""
+    if not isinstance(input, dict):
+        raise InvalidInput("input must be a JSON object", errors={"input": ["Must be a JSON object."]})
+    missing = wf.missing_inputs(input)
+    if missing:
+        msg = f"Workflow {wf.name} needs input key(s): {', '.join(missing)}"
+        raise InvalidInput(msg, errors={"input": [msg]})
+
+
 def run_start(
     *,
     workflow: str,
@@ -155,12 +165,7 @@ def run_start(
         wf = definitions.get(workflow)
     except definitions.UnknownWorkflow as exc:
         raise InvalidInput(str(exc), errors={"workflow": [str(exc)]}) from None
-    if not isinstance(input, dict):
-        raise InvalidInput("input must be a JSON object", errors={"input": ["Must be a JSON object."]})
-    missing = wf.missing_inputs(input)
-    if missing:
-        msg = f"Workflow {wf.name} needs input key(s): {', '.join(missing)}"
-        raise InvalidInput(msg, errors={"input": [msg]})
+    run_input_check(wf=wf, input=input)
     if idempotency_key and len(idempotency_key) > 200:
         msg = "Idempotency-Key must be at most 200 characters"
         raise InvalidInput(msg, errors={"Idempotency-Key": [msg]})

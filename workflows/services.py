@@ -65,12 +65,7 @@ def run_retry(
             if index is None:
                 raise Conflict(f"Run {run.pk} has no failed step; name a step to rerun from")
         if input is not None:
-            if not isinstance(input, dict):
-                raise InvalidInput("input must be a JSON object", errors={"input": ["Must be a JSON object."]})
-            missing = wf.missing_inputs(input)
-            if missing:
-                msg = f"Workflow {wf.name} needs input key(s): {', '.join(missing)}"
-                raise InvalidInput(msg, errors={"input": [msg]})
+            engine.run_input_check(wf=wf, input=input)
         old_input = run.input
         new_input = run.input if input is None else input
         context = dict(new_input)
