@@ -99,6 +99,15 @@ def test_the_run_page_shows_the_error_first_then_steps_attempts_and_a_timeline(a
 
 
 @pytest.mark.django_db
+def test_a_succeeded_run_offers_rerun_but_not_retry_from_a_failed_step(admin_client):
+    run = make_failed_run()
+    WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.SUCCEEDED, error="", failed_step="")
+    page = admin_client.get(reverse("admin:workflows_workflowrun_change", args=[run.pk])).content.decode()
+    assert "Retry from failed step" not in page
+    assert "Rerun from a step" in page and "Retry with edited input" in page
+
+
+@pytest.mark.django_db
 def test_operators_retry_edit_input_rerun_and_cancel_from_the_run_page(admin_client, admin_user):
     run = make_failed_run()
     url = reverse("admin:workflows_workflowrun_retry", args=[run.pk])
