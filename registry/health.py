@@ -29,16 +29,13 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import threading
 import time
 import uuid
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import requests
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, connections, transaction
@@ -48,6 +45,7 @@ from django.utils import timezone
 
 from berrys_portal import metrics
 from berrys_portal.logging import log_context
+from registry import prober
 from registry.alerts import alert_raise
 from registry.breakers import (
     HEALTH_TRIP_PREFIX,
@@ -151,15 +149,6 @@ def status_next(service: Service, verdict: str, reason: str) -> tuple[str, str, 
 
 # --- Probing ----------------------------------------------------------------------------
 
-_local = threading.local()
-
-
-def _session() -> requests.Session:
-    session = getattr(_local, "session", None)
-    if session is None:
-        session = _local.session = requests.Session()
-    return session
-
 
 @dataclass
 class Plan:
@@ -168,10 +157,6 @@ class Plan:
     permit: Permit | None = None
     snapshot: Snapshot | None = None
     withheld: str = ""
-    # Dispatch bookkeeping of the sweep loop.
-    started: float = 0.0
-    counted: bool = False
-    finished: bool = False
 
 
 @dataclass
@@ -184,52 +169,46 @@ class Outcome:
     error: str = ""
 
 
-def probe_send(plan: Plan) -> Outcome:
-    """GET the health URL (runs on a pool thread; never raises)."""
+def _outcome(plan: Plan, response: prober.Response | None, error: BaseException | None, seconds: float) -> Outcome:
+    """What one probe saw, in the sweep's terms (runs on the prober's loop thread)."""
     svc = plan.service
-    started = time.perf_counter()
-    outcome = Outcome(plan=plan, checked_at=timezone.now())
-    try:
-        response = _session().get(svc.health_url, timeout=svc.check_timeout_seconds)
-        outcome.latency_ms = (time.perf_counter() - started) * 1000
-        outcome.http_status = response.status_code
-        try:
-            outcome.body = response.json() if response.content else None
-        except ValueError:
-            outcome.body = None
-    except requests.Timeout:
-        outcome.latency_ms = (time.perf_counter() - started) * 1000
+    outcome = Outcome(plan=plan, checked_at=timezone.now() - timedelta(seconds=seconds), latency_ms=seconds * 1000)
+    if response is not None:
+        outcome.http_status = response.status
+        if response.body:
+            try:
+                outcome.body = json.loads(response.body)
+            except ValueError:  # not JSON (or cut at the size cap): the status decides
+                outcome.body = None
+    elif isinstance(error, prober.ProbeTimeout):
         outcome.error = f"timeout after {svc.check_timeout_seconds:g} s"
-    except requests.RequestException as exc:
-        outcome.latency_ms = (time.perf_counter() - started) * 1000
-        outcome.error = f"connection error: {type(exc).__name__}"
-    except Exception as exc:  # noqa: BLE001 - a bad URL must not stop the sweep
-        outcome.error = f"probe error: {type(exc).__name__}: {exc}"
+    elif isinstance(error, prober.ProbeConnectionError):
+        outcome.error = f"connection error: {error}"
+    elif isinstance(error, prober.ProbeProtocolError):
+        outcome.error = f"protocol error: {error}"
+    elif isinstance(error, ValueError):
+        outcome.latency_ms, outcome.error = None, f"probe error: bad health URL: {error}"
+    else:
+        outcome.latency_ms, outcome.error = None, f"probe error: {type(error).__name__}: {error}"
     return outcome
 
 
-def _probe_into(plan: Plan, results: queue.SimpleQueue) -> None:
-    try:
-        outcome = probe_send(plan)
-    except BaseException as exc:  # noqa: BLE001 - the sweep waits for exactly one result per probe
-        outcome = Outcome(plan=plan, checked_at=timezone.now(), error=f"probe error: {exc!r}")
-    results.put(outcome)
+def _probe_submit(plans: list[Plan], results: queue.SimpleQueue, gate: prober.Gate | None = None) -> None:
+    def done(plan: Plan, response, error, seconds: float) -> None:
+        try:
+            results.put(_outcome(plan, response, error, seconds))
+        except BaseException as exc:  # noqa: BLE001 - the sweep waits for exactly one result per probe
+            results.put(Outcome(plan=plan, checked_at=timezone.now(), error=f"probe error: {exc!r}"))
 
-
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
-_pool_lock = threading.Lock()
-
-
-def _probe_pool(size: int) -> ThreadPoolExecutor:
-    """One long-lived pool per process (threads keep their Sessions between sweeps)."""
-    global _pool, _pool_size
-    with _pool_lock:
-        if _pool is None or _pool_size < size:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool, _pool_size = ThreadPoolExecutor(max_workers=size, thread_name_prefix="probe"), size
-        return _pool
+    gate = gate or prober.Gate(
+        max_in_flight=settings.HEALTH_SWEEP_MAX_IN_FLIGHT, concurrency=settings.HEALTH_SWEEP_CONCURRENCY,
+        slow_after=settings.HEALTH_SWEEP_SLOW_AFTER_SECONDS,
+    )
+    prober.prober().submit(
+        plans, url_of=lambda plan: plan.service.health_url,
+        timeout_of=lambda plan: plan.service.check_timeout_seconds, done=done, gate=gate,
+        max_body=settings.HEALTH_PROBE_MAX_BODY_BYTES,
+    )
 
 
 # --- Claiming -----------------------------------------------------------------------------
@@ -513,19 +492,17 @@ def health_sweep_run(
     """
     started = time.perf_counter()
     batch_size = batch_size or settings.HEALTH_SWEEP_BATCH_SIZE
-    max_in_flight = max(max_in_flight or settings.HEALTH_SWEEP_MAX_IN_FLIGHT, 1)
-    pool = _probe_pool(max_in_flight)
+    gate = prober.Gate(
+        max_in_flight=max(max_in_flight or settings.HEALTH_SWEEP_MAX_IN_FLIGHT, 1),
+        concurrency=max(concurrency or settings.HEALTH_SWEEP_CONCURRENCY, 1),
+        slow_after=settings.HEALTH_SWEEP_SLOW_AFTER_SECONDS,
+    )
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-writer")
     writes: list[Future] = []
     report = SweepReport()
-    # Finished probes arrive on a queue: O(1) per result. (concurrent.futures.wait
-    # over thousands of futures costs O(n) per call and dominated big sweeps.)
+    # Finished probes arrive on a queue from the prober's loop thread.
     results: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
-    waiting: deque[Plan] = deque()  # claimed, not yet dispatched
-    fast_window: deque[Plan] = deque()  # dispatched, in start order
-    running = fast = 0
-    concurrency = concurrency or settings.HEALTH_SWEEP_CONCURRENCY
-    slow_after = settings.HEALTH_SWEEP_SLOW_AFTER_SECONDS
+    outstanding = 0  # sent to the prober, result not back yet
     ready: list[Outcome] = []
     exhausted = False
     last_flush = time.monotonic()
@@ -565,10 +542,9 @@ def health_sweep_run(
 
     try:
         while True:
-            # Claim in a burst while nothing is waiting: once probes run, hundreds of
-            # pool threads compete for the GIL and a claim would crawl.
-            plans: list[Plan] = []
-            while not exhausted and not waiting and running + len(plans) < max_queued:
+            # Claim while the prober has room: each batch is sent as soon as it is
+            # claimed, so probing starts after the first claim, not the last.
+            while not exhausted and outstanding < max_queued:
                 if pending_ids is not None:
                     chunk, pending_ids = pending_ids[:batch_size], pending_ids[batch_size:]
                     batch = _claim(now=timezone.now(), batch_size=batch_size, service_ids=chunk, lease=lease)
@@ -577,32 +553,21 @@ def health_sweep_run(
                     batch = _claim(now=timezone.now(), batch_size=batch_size, service_ids=None, lease=lease)
                     exhausted = len(batch) < batch_size
                 report.claimed += len(batch)
-                plans += _plan(batch, force=force)
-            for plan in plans:
-                if plan.withheld:
-                    ready.append(Outcome(plan=plan, checked_at=timezone.now()))
-                else:
-                    waiting.append(plan)
-            # A probe running longer than slow_after stops counting against the
-            # concurrency: hanging services get their own threads (up to
-            # max_in_flight) while only ~`concurrency` fast probes compete for the CPU.
-            now = time.monotonic()
-            while fast_window and (fast_window[0].finished or now - fast_window[0].started >= slow_after):
-                aged = fast_window.popleft()
-                if aged.counted:
-                    aged.counted, fast = False, fast - 1
-            while waiting and fast < concurrency and running < max_in_flight:
-                plan = waiting.popleft()
-                plan.started, plan.counted = now, True
-                pool.submit(_probe_into, plan, results)
-                running, fast = running + 1, fast + 1
-                fast_window.append(plan)
-            if not running and not waiting:
+                send = []
+                for plan in _plan(batch, force=force):
+                    if plan.withheld:
+                        ready.append(Outcome(plan=plan, checked_at=timezone.now()))
+                    else:
+                        send.append(plan)
+                if send:
+                    _probe_submit(send, results, gate)
+                    outstanding += len(send)
+            if not outstanding:
                 if exhausted:
                     break
                 continue
             try:
-                got = [results.get(timeout=0.05 if waiting else 0.2)]
+                got = [results.get(timeout=0.2)]
             except queue.Empty:
                 got = []
             while True:
@@ -610,11 +575,7 @@ def health_sweep_run(
                     got.append(results.get_nowait())
                 except queue.Empty:
                     break
-            for outcome in got:
-                done = outcome.plan
-                done.finished, running = True, running - 1
-                if done.counted:
-                    done.counted, fast = False, fast - 1
+            outstanding -= len(got)
             ready.extend(got)
             if len(ready) >= write_batch or time.monotonic() - last_flush > 1.0:
                 flush()
