@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "berrys_portal.settings")
+# As in production: DEBUG wraps every query in a recording cursor (the worker inherits this).
+os.environ.setdefault("DEBUG", "0")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 BENCH_TYPE = "BENCH_HEALTH"

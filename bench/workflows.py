@@ -33,6 +33,8 @@ STEPS = 7
 QUEUE = os.environ.get("BENCH_QUEUE") or f"wf-bench-{uuid.uuid4().hex[:6]}"
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "berrys_portal.settings")
+# As in production: DEBUG wraps every query in a recording cursor (the worker inherits this).
+os.environ.setdefault("DEBUG", "0")
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal_wf_bench")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/3")
 os.environ.setdefault("WORKFLOW_QUEUE", QUEUE)
@@ -130,7 +132,45 @@ def _wait(predicate, timeout: float, what: str) -> None:
     while not predicate():
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(0.05)
+
+
+def _cpu_by_process() -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by every process, with its role (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        used = (int(fields[11]) + int(fields[12])) / tick
+        if int(pid) == os.getpid():
+            role = "bench driver + stub"
+        elif "celery" in cmd and QUEUE in cmd:
+            role = "celery worker"
+        elif "postgres" in cmd:
+            role = "postgresql"
+        elif "redis-server" in cmd:
+            role = "redis"
+        else:
+            role = "other"
+        out[int(pid)] = (role, used)
+    return out
+
+
+def _cpu_delta(before: dict, after: dict, steps: int) -> dict[str, float]:
+    """ms of CPU per step, by role (processes that ended meanwhile are not counted)."""
+    out: dict[str, float] = {}
+    for pid, (role, used) in after.items():
+        out[role] = out.get(role, 0.0) + (used - before.get(pid, (role, 0.0))[1]) * 1000 / steps
+    return out
 
 
 def _engine_batch(n: int) -> tuple[float, list[str]]:
@@ -216,10 +256,16 @@ def main() -> None:
                 chain_serial.append(((t1 - t0) * 1000 - http_ms) / STEPS)
 
         engine_rates, chain_rates = [], []
-        for _ in range(args.repeats):
+        engine_cpu: list[dict] = []
+        chain_cpu: list[dict] = []
+        for _ in range(args.repeats):  # interleaved, so both see the same machine
+            before = _cpu_by_process()
             elapsed, _ = _engine_batch(args.runs)
+            engine_cpu.append(_cpu_delta(before, _cpu_by_process(), args.runs * STEPS))
             engine_rates.append(args.runs / elapsed)
+            before = _cpu_by_process()
             elapsed, _ = _chain_batch(args.runs, url)
+            chain_cpu.append(_cpu_delta(before, _cpu_by_process(), args.runs * STEPS))
             chain_rates.append(args.runs / elapsed)
     finally:
         os.killpg(worker.pid, 15)
@@ -229,16 +275,23 @@ def main() -> None:
 
     e_over, c_over = statistics.median(engine_serial), statistics.median(chain_serial)
     e_rate, c_rate = statistics.median(engine_rates), statistics.median(chain_rates)
+    paired = statistics.median(e / c for e, c in zip(engine_rates, chain_rates, strict=True))
     print(f"\nWorkflow engine vs bare Celery chain — {STEPS} POSTs per run, 1 worker (prefork -c 2)")
     print(f"throughput: {args.runs} runs at once, median of {args.repeats}; overhead: {args.serial} serial runs\n")
     print(f"| {'measure':<40} | {'engine':>10} | {'bare chain':>10} | {'ratio':>8} | {'target':<18} |")
     print(f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|{'-' * 10}|{'-' * 20}|")
     print(f"| {'runs completed per second (median)':<40} | {e_rate:>10.1f} | {c_rate:>10.1f} | "
           f"{e_rate / c_rate:>7.0%} | {'>= 50% of chain':<18} |")
+    print(f"| {'  same, median of per-repeat ratios':<40} | {'':>10} | {'':>10} | {paired:>7.0%} | {'':<18} |")
     print(f"| {'orchestration overhead ms/step (median)':<40} | {e_over:>10.2f} | {c_over:>10.2f} | "
           f"{e_over / c_over if c_over else float('nan'):>7.1f}x | {'<= 10 ms/step':<18} |")
     p90 = statistics.quantiles(engine_serial, n=10)[-1]
     print(f"| {'engine overhead ms/step (p90)':<40} | {p90:>10.2f} | {'':>10} | {'':>8} | {'':<18} |")
+    print("\nCPU per step during the throughput batches, ms (median over repeats), by process:")
+    for role in sorted({k for d in engine_cpu + chain_cpu for k in d}):
+        e = statistics.median(d.get(role, 0.0) for d in engine_cpu)
+        c = statistics.median(d.get(role, 0.0) for d in chain_cpu)
+        print(f"  {role:<22} engine {e:6.2f}   chain {c:6.2f}")
     print(f"\nraw throughput: engine {[round(r, 1) for r in engine_rates]}, chain {[round(r, 1) for r in chain_rates]}")
 
 

@@ -10,6 +10,9 @@ import tempfile
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/berrys_portal")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
 os.environ.setdefault("DJANGO_ENV", "test")
+# Tests change the registry from one process and call from another (workers): they
+# want every call to see it at once. tests/registry/test_client.py turns it back on.
+os.environ.setdefault("SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS", "0")
 # Each test session (and the workers it starts, which inherit the environment)
 # gets its own empty Prometheus multi-process directory.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="berrys-prom-"))

@@ -105,8 +105,9 @@ class Transition:
 # Both implement the same atomic operations; each returns the transition it made.
 
 _LUA_ACQUIRE = """
-local st = redis.call('HGET', KEYS[1], 'state') or 'closed'
-if st == 'closed' then return {st, 'closed', 0} end
+local row = redis.call('HMGET', KEYS[1], 'state', 'fails')
+local st = row[1] or 'closed'
+if st == 'closed' then return {st, 'closed', 0, tonumber(row[2] or '0')} end
 local force = tonumber(ARGV[4])
 local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at') or '0')
 if force == 0 and st == 'open' and tonumber(ARGV[1]) < opened + tonumber(ARGV[2]) then
@@ -187,18 +188,18 @@ class _MemoryBackend:
                                     bool(r["trial"]) and r["trial_until"] > now)
             return out
 
-    def acquire(self, sid, *, now, reset_timeout, token, force, lease_ms) -> tuple[str, str, bool]:
+    def acquire(self, sid, *, now, reset_timeout, token, force, lease_ms) -> tuple[str, str, bool, int]:
         with self._lock:
             r = self._row(sid)
             st = r["state"]
             if st == CLOSED:
-                return st, st, False
+                return st, st, False, r["fails"]
             if not force and st == OPEN and now < (r["opened_at"] or 0) + reset_timeout:
-                return st, st, False
+                return st, st, False, 0
             if force or not (r["trial"] and r["trial_until"] > now):
                 r["trial"], r["trial_until"], r["state"] = token, now + lease_ms / 1000, HALF_OPEN
-                return st, HALF_OPEN, True
-            return st, st, False
+                return st, HALF_OPEN, True, 0
+            return st, st, False, 0
 
     def success(self, sid, *, token) -> tuple[str, str]:
         with self._lock:
@@ -279,11 +280,11 @@ class _RedisBackend:
             )
         return out
 
-    def acquire(self, sid, *, now, reset_timeout, token, force, lease_ms) -> tuple[str, str, bool]:
-        old, new, granted = self._acquire(
+    def acquire(self, sid, *, now, reset_timeout, token, force, lease_ms) -> tuple[str, str, bool, int]:
+        old, new, granted, *fails = self._acquire(
             keys=self.keys(sid), args=[repr(now), repr(reset_timeout), token, int(force), int(lease_ms)]
         )
-        return _s(old), _s(new), bool(granted)
+        return _s(old), _s(new), bool(granted), int(fails[0]) if fails else 0
 
     def success(self, sid, *, token) -> tuple[str, str]:
         old, new = self._success(keys=self.keys(sid), args=[token or ""])
@@ -456,6 +457,9 @@ class Permit:
     breaker: ServiceBreaker
     trial: bool = False
     token: str = ""
+    # Closed with no failures counted when acquired: a success has nothing to reset,
+    # so reporting it is skipped (one Redis round trip less per call on the hot path).
+    clean: bool = False
 
 
 class ServiceBreaker(pybreaker.CircuitBreaker):
@@ -495,12 +499,12 @@ class ServiceBreaker(pybreaker.CircuitBreaker):
         token = uuid.uuid4().hex
         # The trial lease outlives the call; a crashed trial frees the slot when it expires.
         lease_ms = ((lease_seconds or self.config.call_timeout) + 5) * 1000
-        old, new, granted = _backend_call(
+        old, new, granted, fails = _backend_call(
             "acquire", self.service_id, now=time.time(), reset_timeout=self.config.reset_timeout,
             token=token, force=force, lease_ms=lease_ms,
         )
         if old == CLOSED:
-            return Permit(self)
+            return Permit(self, clean=not fails)
         if not granted:
             return None
         _record(self.service_id, self.service_name, Transition(old, new))
@@ -508,6 +512,8 @@ class ServiceBreaker(pybreaker.CircuitBreaker):
 
     def succeeded(self, permit: Permit) -> str:
         """Report a successful call; returns the state after it."""
+        if permit.clean and not permit.trial:
+            return CLOSED
         old, new = _backend_call("success", self.service_id, token=permit.token if permit.trial else "")
         _record(self.service_id, self.service_name, Transition(old, new))
         return new

@@ -57,6 +57,7 @@ from registry.breakers import (
     breaker_forget,
     breaker_snapshots,
 )
+from registry.discovery import recent_instances
 from registry.models import AlertKind, HealthSnapshot, HealthStatus, Service, StatusChange
 
 logger = logging.getLogger(__name__)
@@ -468,6 +469,8 @@ def _write(rows: list[Row]) -> int:
         )
         for r in changes:
             _alert_for_change(r.service, r.old_status, r.status, r.reason)
+    if changes:
+        recent_instances.forget()  # bulk SQL sends no post_save: this process's client must not lag
     return len(changes)
 
 

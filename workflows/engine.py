@@ -192,14 +192,20 @@ def _create_run(wf: Workflow, input: dict, idempotency_key: str | None, triggere
         context=dict(input), idempotency_key=idempotency_key or None,
         triggered_by=triggered_by[:200], started_at=now,
     )
+    first_queued = wf.steps[0].kind != "human"
     steps = StepRun.objects.bulk_create([
         StepRun(run=run, index=i, name=s.name, kind=s.kind, service_type=s.service_type or "",
-                required=s.required)
+                required=s.required,
+                # The first step is born queued (one UPDATE less per start); a human one waits.
+                **({"status": StepStatus.QUEUED, "next_attempt_at": now} if i == 0 and first_queued else {}))
         for i, s in enumerate(wf.steps)
     ])
     RunEvent.objects.create(run=run, kind=RunEvent.Kind.STARTED, actor=triggered_by[:200],
                             details={"version": wf.version})
-    _activate(run, steps[0], wf.steps[0], now)
+    if first_queued:
+        _enqueue_on_commit(steps[0].pk)
+    else:
+        _activate(run, steps[0], wf.steps[0], now)
     return run
 
 

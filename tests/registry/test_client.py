@@ -203,3 +203,69 @@ def test_client_errors_do_not_count_toward_the_breaker(loopback, make_service, c
         with pytest.raises(ServiceResponseError):
             client.get(service=svc, endpoint="/x")
     assert breaker_for(svc).snapshot().state == "closed"
+
+
+# --- the client's recent view of the registry (SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS) ------------
+
+
+def _discovery_queries(captured) -> int:
+    return sum('FROM "registry_service"' in q["sql"] for q in captured.captured_queries)
+
+
+def test_the_client_reuses_a_recent_view_of_the_registry_within_max_age(loopback, make_service, settings):
+    import time
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS = 0.5
+    server = loopback({"/plans": Reply(200, {})})
+    svc = make_service(url=server.url, status=HealthStatus.PASSING)
+    service_client.get(service="PLANNING_SYSTEM", endpoint="/plans")  # fills the view
+    with CaptureQueriesContext(connection) as captured:
+        service_client.get(service="PLANNING_SYSTEM", endpoint="/plans")
+    assert _discovery_queries(captured) == 0
+
+    # Another process takes the service out (plain SQL: no signal reaches this one).
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE registry_service SET status = 'maintenance' WHERE id = %s", [svc.pk])
+    service_client.get(service="PLANNING_SYSTEM", endpoint="/plans")  # still within max_age
+    time.sleep(0.6)
+    with pytest.raises(NoEligibleServiceError):
+        service_client.get(service="PLANNING_SYSTEM", endpoint="/plans")
+
+
+def test_a_change_made_in_this_process_or_a_failed_call_forgets_the_view(loopback, make_service, settings):
+    from registry.discovery import recent_instances
+
+    settings.SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS = 60
+    server = loopback({"/ok": Reply(200, {}), "/boom": Reply(500, {})})
+    svc = make_service(url=server.url, status=HealthStatus.PASSING)
+    service_client.get(service="PLANNING_SYSTEM", endpoint="/ok")
+    svc.status = HealthStatus.CRITICAL
+    svc.save()  # post_save: forgotten at once
+    with pytest.raises(NoEligibleServiceError):
+        service_client.get(service="PLANNING_SYSTEM", endpoint="/ok")
+
+    svc.status = HealthStatus.PASSING
+    svc.save()
+    service_client.get(service="PLANNING_SYSTEM", endpoint="/ok")
+    assert "PLANNING_SYSTEM" in recent_instances._entries
+    with pytest.raises(ServiceResponseError):
+        service_client.get(service="PLANNING_SYSTEM", endpoint="/boom", retries=0)
+    assert "PLANNING_SYSTEM" not in recent_instances._entries  # the next call looks again
+
+
+def test_the_health_sweep_turning_a_service_critical_is_seen_by_this_process_at_once(
+    loopback, make_service, settings
+):
+    from registry import health
+
+    settings.SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS = 60
+    server = loopback({"/plans": Reply(200, {}), "/health": Reply(500, {})})
+    make_service(url=server.url, status=HealthStatus.PASSING, health_path="/health",
+                 failures_before_critical=1)
+    service_client.get(service="PLANNING_SYSTEM", endpoint="/plans")
+    health.health_sweep()  # bulk SQL writes: no post_save, so the sweep forgets the view itself
+    with pytest.raises(NoEligibleServiceError):  # not CircuitOpenError from a stale view
+        service_client.get(service="PLANNING_SYSTEM", endpoint="/plans")
