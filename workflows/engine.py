@@ -261,6 +261,27 @@ RETURNING s."index", s.name, s.deliveries, s.attempt_count, s.attempts_total,
 """
 
 
+def _hot_statement(sql: str, params: dict) -> tuple | None:
+    """Run one of the two statements every step runs (PostgreSQL); returns its first row.
+
+    As a server-side prepared statement: planning them cost ~0.6 ms per step, more than
+    executing them. Django's cursors bind parameters client-side and never prepare, so
+    this goes to the psycopg connection under Django's error wrapping. (Turn it off with
+    WORKFLOW_PREPARED_STATEMENTS=false behind a pooler that cannot keep them, e.g. a
+    PgBouncer older than 1.21 in transaction mode.)
+    """
+    if not settings.WORKFLOW_PREPARED_STATEMENTS:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+    import psycopg
+
+    connection.ensure_connection()  # Django's health check and reconnect, as cursor() does
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return cursor.fetchone()
+
+
 def _claim(step_id: int) -> StepRun | None:
     """Take the step for this worker; ``None`` if someone else has it or it is not due."""
     if connection.vendor == "postgresql":
@@ -272,9 +293,7 @@ def _claim_pg(step_id: int) -> StepRun | None:
     now = _now()
     params = {"id": step_id, "now": now, "due": now + timedelta(seconds=1),
               "lease": now + timedelta(seconds=settings.WORKFLOW_STEP_LEASE_SECONDS)}
-    with connection.cursor() as cursor:
-        cursor.execute(_CLAIM_SQL, params)
-        row = cursor.fetchone()
+    row = _hot_statement(_CLAIM_SQL, params)
     if row is None:
         return None
     index, name, deliveries, attempt_count, attempts_total, run_id, workflow, version, status, cancel, ctx = row
@@ -473,9 +492,10 @@ WITH s AS (
     INSERT INTO workflows_stepattempt
            (step_id, number, service_id, service_name, request_method, request_url, request_body,
             response_status, response_body, latency_ms, error, outcome, worker, started_at, finished_at)
-    SELECT id, %(number)s, %(service_id)s, %(service_name)s, %(method)s, %(url)s, %(request_body)s,
-           %(response_status)s, %(response_body)s, %(latency_ms)s, %(attempt_error)s, %(outcome)s,
-           %(worker)s, %(started_at)s, %(finished_at)s
+    SELECT id, %(number)s::int, %(service_id)s::bigint, %(service_name)s::text, %(method)s::text,
+           %(url)s::text, %(request_body)s::jsonb, %(response_status)s::int, %(response_body)s::text,
+           %(latency_ms)s::float8, %(attempt_error)s::text, %(outcome)s::text, %(worker)s::text,
+           %(started_at)s::timestamptz, %(finished_at)s::timestamptz
       FROM s
 ), r AS (
     UPDATE workflows_workflowrun
@@ -547,9 +567,7 @@ def _complete_pg(run, step, token, record, number, status, output, error, contex
         "worker": WORKER_ID[:200], "started_at": record.started_at, "finished_at": record.finished_at,
         "context": Jsonb(context), "last": last, "run": run.pk, "next": next_index,
     }
-    with connection.cursor() as cursor:
-        cursor.execute(_COMPLETE_SQL, params)
-        step_done, run_moved, next_id = cursor.fetchone()
+    step_done, run_moved, next_id = _hot_statement(_COMPLETE_SQL, params)
     if not step_done:
         return "lost lease"
     if last and run_moved:
