@@ -44,9 +44,6 @@ def viewer_client(viewer) -> Client:
 # Reuses the workflow engineer's harness (tests/workflows/conftest.py); the worker
 # gets LOG_FORMAT=json so the tests can read its structured log lines.
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
 import uuid  # noqa: E402
 
 from tests.workflows import conftest as wf_conftest  # noqa: E402
@@ -56,48 +53,31 @@ DASH_QUEUE = f"dash-test-{uuid.uuid4().hex[:8]}"
 
 
 class JsonLogWorker(wf_conftest.Worker):
-    def __init__(self, db_name: str):
-        super().__init__(db_name)
-        self.log_path = wf_conftest.ROOT / "var" / f"test-worker-{DASH_QUEUE}.log"
+    """One process writing JSON logs at INFO to a log file the tests read."""
+
+    queue = DASH_QUEUE
+    concurrency = 1
 
     def env(self) -> dict[str, str]:
         env = super().env()
-        env.update({"WORKFLOW_QUEUE": DASH_QUEUE, "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"})
+        env.update({"LOG_FORMAT": "json", "LOG_LEVEL": "INFO"})
         return env
 
     def start(self) -> None:
         self.log_path.parent.mkdir(exist_ok=True)
-        self.log_path.write_bytes(b"")
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "prefork", "-c", "1",
-                 "--without-heartbeat", "--without-gossip", "--without-mingle", "-Q", DASH_QUEUE,
-                 "-n", f"{DASH_QUEUE}@%h", "--loglevel", "INFO"],
-                cwd=wf_conftest.ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 30
-        while b" ready." not in self.log_path.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"worker did not start:\n{self.log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
+        self.log_path.write_bytes(b"")  # each start's lines only
+        super().start()
+
+    def kill(self) -> None:
+        # Kept for post-mortems (the next start empties the log).
+        if self.log_path.exists():
+            self.log_path.with_suffix(".last.log").write_bytes(self.log_path.read_bytes())
+        super().kill()
 
 
 @pytest.fixture(scope="session")
 def dash_worker(django_db_setup, django_db_blocker):
-    from django.db import connection
-
-    with django_db_blocker.unblock():
-        db_name = connection.settings_dict["NAME"]
-    w = JsonLogWorker(db_name)
-    w.start()
-    yield w
-    w.stop()
-    # Kept for post-mortems (kill() empties the log).
-    if w.log_path.exists():
-        w.log_path.with_suffix(".last.log").write_bytes(w.log_path.read_bytes())
-    w.kill()
+    yield from wf_conftest.worker_for_session(JsonLogWorker, django_db_blocker)
 
 
 @pytest.fixture

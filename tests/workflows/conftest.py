@@ -35,10 +35,13 @@ WORKER_ENV = {
 class Worker:
     """A `celery worker` subprocess on the test database and a private queue."""
 
+    queue = QUEUE
+    concurrency = 2
+
     def __init__(self, db_name: str):
         self.db_name = db_name
         self.proc: subprocess.Popen | None = None
-        self.log_path = ROOT / "var" / f"test-worker-{QUEUE}.log"
+        self.log_path = ROOT / "var" / f"test-worker-{self.queue}.log"
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -49,7 +52,7 @@ class Worker:
             "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{self.db_name}",
             "REDIS_URL": settings.REDIS_URL,
             "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-            "WORKFLOW_QUEUE": QUEUE,
+            "WORKFLOW_QUEUE": self.queue,
             "WORKFLOW_DEFINITION_MODULES": "tests.workflows.definitions",
             "PYTHONPATH": str(ROOT),
         })
@@ -60,9 +63,9 @@ class Worker:
         already = self.log_path.read_bytes().count(b" ready.") if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "prefork", "-c", "2",
-             "--without-heartbeat", "--without-gossip", "--without-mingle", "-Q", QUEUE,
-             "-n", f"{QUEUE}-{uuid.uuid4().hex[:4]}@%h", "--loglevel", "INFO"],
+            [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "prefork",
+             "-c", str(self.concurrency), "--without-heartbeat", "--without-gossip", "--without-mingle",
+             "-Q", self.queue, "-n", f"{self.queue}-{uuid.uuid4().hex[:4]}@%h", "--loglevel", "INFO"],
             cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
@@ -99,15 +102,20 @@ class Worker:
         self.start()
 
 
-@pytest.fixture(scope="session")
-def worker(django_db_setup, django_db_blocker):
+def worker_for_session(worker_class: type[Worker], django_db_blocker):
+    """Start a worker of ``worker_class`` on the test database; yields it, then stops it."""
     with django_db_blocker.unblock():
         db_name = connection.settings_dict["NAME"]
-    w = Worker(db_name)
+    w = worker_class(db_name)
     w.start()
     yield w
     w.stop()
     w.kill()
+
+
+@pytest.fixture(scope="session")
+def worker(django_db_setup, django_db_blocker):
+    yield from worker_for_session(Worker, django_db_blocker)
 
 
 @pytest.fixture
