@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -28,7 +29,7 @@ from workflows.models import (
 def _locked_run(run_id: UUID | str) -> WorkflowRun:
     try:
         return WorkflowRun.objects.select_for_update().get(pk=run_id)
-    except (WorkflowRun.DoesNotExist, ValueError):
+    except (WorkflowRun.DoesNotExist, ValueError, DjangoValidationError):
         raise NotFound(f"Workflow run {run_id} not found") from None
 
 

@@ -4,7 +4,9 @@ from django.urls import re_path
 
 from workflows import views
 
-RUN = r"^runs/(?P<run_id>[0-9a-fA-F-]{36})"
+HEX = "[0-9a-fA-F]"
+# A UUID in its canonical 8-4-4-4-12 form: anything else is a 404 from the URL resolver.
+RUN = rf"^runs/(?P<run_id>{HEX}{{8}}-{HEX}{{4}}-{HEX}{{4}}-{HEX}{{4}}-{HEX}{{12}})"
 
 urlpatterns = [
     re_path(r"^runs/?$", views.RunListView.as_view(), name="workflow-runs"),

@@ -6,16 +6,18 @@ Thin views: validate input with a serializer, call ``workflows.engine`` /
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Prefetch
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import status
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound as DRFNotFound
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from berrys_portal.errors import NotFound
+from berrys_portal.errors import InvalidInput, NotFound
 from registry.serializers import ErrorSerializer
 from workflows import definitions, engine, services
 from workflows.models import StepAttempt, StepRun, WorkflowRun
@@ -62,6 +64,22 @@ class RunCursorPagination(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
 
+    def decode_cursor(self, request):
+        # DRF answers a cursor it cannot read with 404; it is bad input: 400 naming it.
+        try:
+            return super().decode_cursor(request)
+        except DRFNotFound:
+            msg = "Invalid cursor: pass back the `next` or `previous` link of an earlier page."
+            raise InvalidInput(msg, errors={"cursor": [msg]}) from None
+
+
+class RunPageOut(serializers.Serializer):
+    """One page of runs (cursor pagination: follow `next` / `previous`)."""
+
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = RunOut(many=True)
+
 
 def _actor(request: Request) -> str:
     return getattr(request.user, "username", "") or "api"
@@ -72,7 +90,7 @@ def _detail(run_id) -> WorkflowRun:
     steps = Prefetch("steps", queryset=StepRun.objects.order_by("index").prefetch_related(attempts))
     try:
         return WorkflowRun.objects.prefetch_related(steps, "events").get(pk=run_id)
-    except (WorkflowRun.DoesNotExist, ValueError):
+    except (WorkflowRun.DoesNotExist, ValueError, DjangoValidationError):
         raise NotFound(f"Workflow run {run_id} not found") from None
 
 
@@ -82,7 +100,7 @@ class RunListView(APIView):
     @extend_schema(
         operation_id="workflow_runs_list",
         parameters=[RunListQuery, OpenApiParameter("cursor", OpenApiTypes.STR, description="Page cursor.")],
-        responses={200: RunOut(many=True), **_errors(*READ_ERRORS)},
+        responses={200: RunPageOut, **_errors(*READ_ERRORS)},
         summary="List runs, newest first (cursor-paginated).",
     )
     def get(self, request: Request) -> Response:

@@ -168,3 +168,26 @@ def test_a_caller_answers_a_human_step_through_the_signal_endpoint(engine_env, w
     assert detail["events"][-1]["actor"] == "apikey:workflow-caller"
     assert [s["status"] for s in detail["steps"]] == ["succeeded"] * 3
     assert detail["steps"][0]["attempts"][0]["request_method"] == "LOCAL"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("run_id", ["0" * 36, "00000000-0000-0000-0000-00000000000g", "not-a-run"])
+def test_a_malformed_run_id_is_a_json_404_on_every_run_path(workflows_client, run_id):
+    # Found by the schema fuzzer: 36 hex digits without dashes used to reach the ORM and answer 500.
+    for suffix, method in [("", "get"), ("/retry", "post"), ("/cancel", "post"), ("/signal", "post")]:
+        response = getattr(workflows_client, method)(f"{START}/{run_id}{suffix}", {}, format="json")
+        assert response.status_code == 404, (suffix, response.status_code)
+        assert response.json()["code"] == "not_found"
+
+
+@pytest.mark.django_db
+def test_the_run_list_is_a_page_and_a_bad_cursor_is_a_400_naming_it(workflows_client, read_client):
+    for name in ("A", "B", "C"):
+        _start(workflows_client, input={"name": name})
+    page = read_client.get(f"{START}?page_size=2").json()
+    assert set(page) == {"next", "previous", "results"} and len(page["results"]) == 2
+    rest = read_client.get(page["next"]).json()
+    assert len(rest["results"]) == 1 and rest["next"] is None
+    bad = read_client.get(f"{START}?cursor=0")
+    assert bad.status_code == 400
+    assert "cursor" in bad.json()["errors"] and "Invalid cursor" in bad.json()["detail"]
