@@ -64,6 +64,7 @@ logger = logging.getLogger(__name__)
 
 SWEEP_LOCK_KEY = "health:sweep:lock"
 BREAKER_OPEN_REASON = "breaker open"
+PROBER_STALL_MARGIN_SECONDS = 30.0
 
 
 # --- Verdicts ---------------------------------------------------------------------------
@@ -506,6 +507,11 @@ def health_sweep_run(
     # Finished probes arrive on a queue from the prober's loop thread.
     results: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
     outstanding = 0  # sent to the prober, result not back yet
+    # Every probe ends within its timeout once it has a slot, so results keep coming
+    # while probes are out. Silence for longer than the longest timeout (plus a margin)
+    # means the prober is gone: fail this sweep visibly (its claims expire with the lease).
+    longest_timeout = 0.0
+    last_result = time.monotonic()
     ready: list[Outcome] = []
     exhausted = False
     last_flush = time.monotonic()
@@ -563,6 +569,7 @@ def health_sweep_run(
                     else:
                         send.append(plan)
                 if send:
+                    longest_timeout = max(longest_timeout, *(p.service.check_timeout_seconds for p in send))
                     _probe_submit(send, results, gate)
                     outstanding += len(send)
             if not outstanding:
@@ -579,6 +586,14 @@ def health_sweep_run(
                 except queue.Empty:
                     break
             outstanding -= len(got)
+            if got:
+                last_result = time.monotonic()
+            elif time.monotonic() - last_result > longest_timeout + PROBER_STALL_MARGIN_SECONDS:
+                flush()  # what did come back is kept
+                raise RuntimeError(
+                    f"health sweep: no probe result for {time.monotonic() - last_result:.0f} s with "
+                    f"{outstanding} probe(s) out (longest timeout {longest_timeout:g} s): the prober stalled"
+                )
             ready.extend(got)
             if len(ready) >= write_batch or time.monotonic() - last_flush > 1.0:
                 flush()

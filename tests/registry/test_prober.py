@@ -309,3 +309,24 @@ def test_a_forked_process_gets_its_own_prober():
     second = prober.prober()
     assert second is not first and second.thread.is_alive()
     first.close()
+
+
+def test_a_sweep_whose_prober_goes_silent_fails_visibly_instead_of_waiting_forever(
+    raw, make_service, monkeypatch
+):
+    server = raw(lambda n, head: (_ok(), False))
+    answered = make_service(url=server.url(""), health_path="/health", check_timeout_seconds=1)
+    lost = make_service(url=server.url(""), health_path="/lost", check_timeout_seconds=1)
+    monkeypatch.setattr(health, "PROBER_STALL_MARGIN_SECONDS", 0.5)
+    real_submit = prober.Prober.submit
+
+    def submit_losing_one(self, jobs, **kw):  # a prober that loses a probe (as if its thread died)
+        real_submit(self, [j for j in jobs if j.service.pk != lost.pk], **kw)
+
+    monkeypatch.setattr(prober.Prober, "submit", submit_losing_one)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"no probe result .* 1 probe\(s\) out .*prober stalled"):
+        health.health_sweep_run()
+    assert time.monotonic() - started < 5
+    assert HealthSnapshot.objects.filter(service=answered).count() == 1  # what came back is kept
+    assert not HealthSnapshot.objects.filter(service=lost).exists()
