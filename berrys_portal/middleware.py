@@ -10,8 +10,9 @@ class BodySizeLimitMiddleware:
     """Refuse API bodies larger than ``API_MAX_BODY_BYTES`` with a 413 in the API's error shape.
 
     Checked from Content-Length before the body is read, so an oversize upload
-    costs nothing; chunked bodies without a length are capped when read by
-    Django's own DATA_UPLOAD_MAX_MEMORY_SIZE.
+    costs nothing. A chunked body without a Content-Length gets 411: Django reads a
+    body by its Content-Length only, so it would arrive empty and be answered as if
+    its fields were missing.
     """
 
     def __init__(self, get_response):
@@ -19,6 +20,13 @@ class BodySizeLimitMiddleware:
 
     def __call__(self, request):
         if not request.path.startswith("/admin/"):
+            if ("chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
+                    and not request.META.get("CONTENT_LENGTH")):
+                return JsonResponse(
+                    {"detail": "Send the body with a Content-Length: chunked request bodies are not accepted.",
+                     "code": "length_required"},
+                    status=411,
+                )
             raw = request.META.get("CONTENT_LENGTH") or "0"
             try:
                 length = int(raw)

@@ -107,3 +107,18 @@ def test_every_gunicorn_worker_reports_the_sum_of_all_processes_and_a_restart_ke
         time.sleep(0.2)
     samples = _samples(session.get(f"{gunicorn['url']}/metrics", timeout=10).text)
     assert value(samples, "berrys_reconciler_requeues_total", reason="lease_expired") == 3
+
+
+def test_a_chunked_body_without_a_length_is_refused_with_411_under_gunicorn(gunicorn):
+    # Django reads a body by its Content-Length only: a chunked one would arrive empty and be
+    # answered as if fields were missing. The portal says what is wrong instead.
+    def chunks():
+        yield b'{"name": "chunky", "type": "PLANNING_SYSTEM", '
+        yield b'"url": "http://127.0.0.1:7001"}'
+
+    response = requests.post(f"{gunicorn['url']}/registry/services", data=chunks(),
+                             headers={"Content-Type": "application/json", "Authorization": "Token x"},
+                             timeout=10)
+    assert response.status_code == 411, response.text
+    body = response.json()
+    assert body["code"] == "length_required" and "Content-Length" in body["detail"]
