@@ -105,17 +105,35 @@ def service_heartbeat(*, service: Service | int) -> Service:
     was unknown, warning or critical becomes passing. Maintenance is left alone.
     """
     now = timezone.now()
+    recovered = False
     with transaction.atomic():
         locked = _locked(service)
         locked.last_heartbeat_at = now
         fields = ["last_heartbeat_at", "updated_at"]
         if locked.ttl_seconds and locked.status not in (HealthStatus.PASSING, HealthStatus.MAINTENANCE):
+            recovered = locked.status == HealthStatus.CRITICAL
             fields += _set_status(locked, new_status=HealthStatus.PASSING, reason="Heartbeat received.", now=now)
             locked.consecutive_failures = 0
             locked.critical_since = None
             fields += ["consecutive_failures", "critical_since"]
         locked.save(update_fields=fields)
-        return locked
+    if recovered:
+        _close_health_tripped_breaker(locked)
+    return locked
+
+
+def _close_health_tripped_breaker(service: Service) -> None:
+    """A TTL service's heartbeat is its passing check: close the breaker its expiry opened.
+
+    As a passing half-open probe does for a probed service. A breaker opened by failed
+    calls or by an operator is left to its own half-open trial.
+    """
+    from registry.breakers import HEALTH_TRIP_PREFIX, OPEN, breaker_for
+
+    breaker = breaker_for(service)
+    snap = breaker.snapshot()
+    if snap.state == OPEN and snap.last_error.startswith(HEALTH_TRIP_PREFIX):
+        breaker.reset(actor="heartbeat", reason="TTL heartbeat received")
 
 
 def service_set_maintenance(

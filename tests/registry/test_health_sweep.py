@@ -257,3 +257,34 @@ def test_the_beat_task_sweeps_through_a_real_celery_worker(loopback, make_servic
     assert server.count("/h") == 1
     assert Service.objects.get(pk=svc.pk).status == "passing"
     assert HealthSnapshot.objects.filter(service=svc).count() == 1
+
+
+def test_a_heartbeat_after_ttl_expiry_closes_the_breaker_the_expiry_opened(loopback, make_service):
+    from registry.breakers import breaker_for
+    from registry.client import service_client
+    from registry.services import service_heartbeat
+
+    server = loopback({"/work": Reply(200, {"ok": True})})
+    svc = make_service(url=server.url, ttl_seconds=30, last_heartbeat_at=timezone.now(),
+                       status=HealthStatus.PASSING)
+    with time_machine.travel(timezone.now() + timedelta(seconds=31)):
+        health.health_sweep()
+    assert breaker_for(svc).snapshot().state == "open"  # critical opened it at once
+
+    service_heartbeat(service=svc.pk)
+    svc.refresh_from_db()
+    assert svc.status == "passing"
+    assert breaker_for(svc).snapshot().state == "closed"  # no wait for the reset timeout
+    assert service_client.get(service="PLANNING_SYSTEM", endpoint="/work").status == 200
+
+
+def test_a_heartbeat_leaves_an_operators_forced_open_breaker_open(make_service):
+    from registry.breakers import breaker_for
+    from registry.services import service_heartbeat
+
+    svc = make_service(ttl_seconds=30, last_heartbeat_at=timezone.now(), status=HealthStatus.PASSING)
+    with time_machine.travel(timezone.now() + timedelta(seconds=31)):
+        health.health_sweep()
+    breaker_for(svc).force_open(reason="investigating", actor="ops")
+    service_heartbeat(service=svc.pk)
+    assert breaker_for(svc).snapshot().state == "open"
