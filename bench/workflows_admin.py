@@ -18,6 +18,7 @@ import time
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "berrys_portal.settings")
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal_wf_bench")
+os.environ.setdefault("DEBUG", "0")  # as in production
 
 import django  # noqa: E402
 
