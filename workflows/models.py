@@ -105,7 +105,8 @@ class WorkflowRun(models.Model):
 class StepRun(models.Model):
     """One step of one run. Created with the run (all steps in one transaction)."""
 
-    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps")
+    # No index of its own: the (run, index) unique constraint starts with it.
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps", db_index=False)
     index = models.PositiveIntegerField(help_text="Position in the workflow, from 0.")
     name = models.CharField(max_length=100)
     kind = models.CharField(max_length=10, default="http")
@@ -157,7 +158,8 @@ class StepRun(models.Model):
 class StepAttempt(models.Model):
     """One try of a step: the HTTP request and response (truncated), or a local call."""
 
-    step = models.ForeignKey(StepRun, on_delete=models.CASCADE, related_name="attempts")
+    # No index of its own: workflows_attempt_step (step, number) starts with it.
+    step = models.ForeignKey(StepRun, on_delete=models.CASCADE, related_name="attempts", db_index=False)
     number = models.PositiveIntegerField()
     service = models.ForeignKey(
         "registry.Service", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
@@ -201,7 +203,8 @@ class RunEvent(models.Model):
         REQUEUED = "requeued", "Re-enqueued by the reconciler"
         DELIVERY_CAP = "delivery_cap", "Delivery cap reached"
 
-    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="events")
+    # No index of its own: workflows_event_run (run, at) starts with it.
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="events", db_index=False)
     kind = models.CharField(max_length=20, choices=Kind.choices)
     actor = models.CharField(max_length=200, help_text="Operator, API key or 'system'.")
     step_name = models.CharField(max_length=100, blank=True)
