@@ -49,9 +49,14 @@ def api_key(db) -> str:
     return plain
 
 
+# Shared with tests/workflows/test_schema_fuzz.py: bounded, repeatable runs.
+FUZZ_SETTINGS = settings(
+    max_examples=25, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.filter_too_much])
+@FUZZ_SETTINGS
 def test_the_api_honours_its_schema(case, api_key):
     case.call_and_validate(headers={"Authorization": f"Token {api_key}"}, checks=CHECKS)

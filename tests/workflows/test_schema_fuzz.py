@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
 
 from registry.auth import api_key_create
-from tests.registry.test_schema_fuzz import CHECKS, live_schema  # noqa: F401 - the fixture
+from tests.registry.test_schema_fuzz import CHECKS, FUZZ_SETTINGS, live_schema  # noqa: F401 - the fixture
 from workflows.engine import run_start
 
 schema = schemathesis.from_pytest_fixture("live_schema").include(path_regex=r"^/workflows")
@@ -29,8 +28,6 @@ def api_key(db) -> str:
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.filter_too_much])
+@FUZZ_SETTINGS
 def test_the_workflow_api_honours_its_schema(case, api_key):
     case.call_and_validate(headers={"Authorization": f"Token {api_key}"}, checks=CHECKS)
