@@ -282,6 +282,19 @@ class _Server(ThreadingHTTPServer):
                 pass
 
 
+def send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
+    """Answer with ``payload`` as JSON (``None``: an empty body), with its Content-Length."""
+    data = json.dumps(payload).encode() if payload is not None else b""
+    try:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the caller gave up (timeout); nothing to tell it
+
+
 def _make_handler(service: SimulatedService) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -311,15 +324,7 @@ def _make_handler(service: SimulatedService) -> type[BaseHTTPRequestHandler]:
             self._send(status, payload)
 
         def _send(self, status: int, payload: Any) -> None:
-            data = json.dumps(payload).encode() if payload is not None else b""
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the caller gave up (timeout); nothing to tell it
+            send_json(self, status, payload)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from simulators.core import HttpError, PortalRegistration, SimulatedService, _Server
+from simulators.core import HttpError, PortalRegistration, SimulatedService, _Server, send_json
 from simulators.services import ALL_SERVICES, BY_TYPE
 
 logger = logging.getLogger("simulators")
@@ -130,12 +130,7 @@ def _control_handler(stack: SimulatorStack) -> type[BaseHTTPRequestHandler]:
                 status, payload = 400, {"detail": "Body is not valid JSON"}
             except HttpError as exc:
                 status, payload = exc.status, exc.body
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, payload)
 
         def _dispatch(self, body: Any) -> tuple[int, Any]:
             path = self.path.split("?", 1)[0]

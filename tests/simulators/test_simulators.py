@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
+from simulators.core import send_json
 from simulators.process import SimulatorProcess
 
 
@@ -56,11 +57,7 @@ class RecordingPortal:
                     status, payload = (404, {"detail": "gone"}) if portal.forget else (200, {})
                 elif self.command == "DELETE":
                     status, payload = 204, None
-                data = json.dumps(payload).encode() if payload is not None else b""
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload)
 
             do_POST = do_PUT = do_DELETE = _handle
 

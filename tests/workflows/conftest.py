@@ -21,6 +21,7 @@ from django.db import connection
 
 import tests.workflows.definitions  # noqa: F401 - registers the test-only workflows here too
 from registry.models import HealthStatus, Service
+from simulators.core import send_json
 from workflows.models import RUN_FINISHED, WorkflowRun
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,12 +161,7 @@ class StubServer:
                 stub.requests.append((self.command, self.path, body, time.monotonic()))
                 route = stub.routes.get((self.command, self.path))
                 status, payload = route(body) if route else (404, {"detail": "no route"})
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
