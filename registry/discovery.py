@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from typing import Any
 
 from django.db import connections, router
 from django.db.models.signals import post_delete, post_save
@@ -33,30 +34,27 @@ class _InstancesQuery:
     """
 
     def __init__(self) -> None:
-        self._compiled: dict[str, tuple[str, list, list[str]]] = {}
+        self._compiled: dict[str, tuple[str, Any, dict, list[str]]] = {}
 
-    def _compile(self, alias: str) -> tuple[str, list, list[str]]:
+    def _compile(self, alias: str) -> tuple[str, Any, dict, list[str]]:
         compiled = self._compiled.get(alias)
         if compiled is None:
             query = Service.objects.using(alias).filter(type="").order_by("id").query
             compiler = query.get_compiler(alias)
             sql, _ = compiler.as_sql()
             columns = [col for col, _, _ in compiler.select]
-            converters = compiler.get_converters(columns)
             names = [col.target.attname for col in columns]
-            compiled = self._compiled[alias] = (sql, converters, names)
+            compiled = self._compiled[alias] = (sql, compiler, compiler.get_converters(columns), names)
         return compiled
 
     def __call__(self, service_type: str) -> list[Service]:
         alias = router.db_for_read(Service)
-        sql, converters, names = self._compile(alias)
-        connection = connections[alias]
-        with connection.cursor() as cursor:
+        sql, compiler, converters, names = self._compile(alias)
+        with connections[alias].cursor() as cursor:
             cursor.execute(sql, [service_type])
             rows = cursor.fetchall()
         if converters:
-            compiler = Service.objects.none().query.get_compiler(alias)
-            rows = list(compiler.apply_converters(rows, converters))
+            rows = compiler.apply_converters(rows, converters)
         return [Service.from_db(alias, names, row) for row in rows]
 
 

@@ -195,17 +195,13 @@ def _outcome(plan: Plan, response: prober.Response | None, error: BaseException 
     return outcome
 
 
-def _probe_submit(plans: list[Plan], results: queue.SimpleQueue, gate: prober.Gate | None = None) -> None:
+def _probe_submit(plans: list[Plan], results: queue.SimpleQueue, gate: prober.Gate) -> None:
     def done(plan: Plan, response, error, seconds: float) -> None:
         try:
             results.put(_outcome(plan, response, error, seconds))
         except BaseException as exc:  # noqa: BLE001 - the sweep waits for exactly one result per probe
             results.put(Outcome(plan=plan, checked_at=timezone.now(), error=f"probe error: {exc!r}"))
 
-    gate = gate or prober.Gate(
-        max_in_flight=settings.HEALTH_SWEEP_MAX_IN_FLIGHT, concurrency=settings.HEALTH_SWEEP_CONCURRENCY,
-        slow_after=settings.HEALTH_SWEEP_SLOW_AFTER_SECONDS,
-    )
     prober.prober().submit(
         plans, url_of=lambda plan: plan.service.health_url,
         timeout_of=lambda plan: plan.service.check_timeout_seconds, done=done, gate=gate,

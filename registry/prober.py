@@ -385,24 +385,13 @@ class Prober:
 
 
 class Gate:
-    """The probe limits of one sweep (created on the caller's thread, used on the loop's)."""
+    """The probe limits of one sweep (made on the caller's thread, used on the loop's:
+    asyncio semaphores bind to a loop on first use)."""
 
     def __init__(self, *, max_in_flight: int, concurrency: int, slow_after: float) -> None:
-        self.max_in_flight, self.concurrency, self.slow_after = max_in_flight, concurrency, slow_after
-        self._in_flight: asyncio.Semaphore | None = None
-        self._fast: asyncio.Semaphore | None = None
-
-    @property
-    def in_flight(self) -> asyncio.Semaphore:
-        if self._in_flight is None:
-            self._in_flight = asyncio.Semaphore(self.max_in_flight)
-        return self._in_flight
-
-    @property
-    def fast(self) -> asyncio.Semaphore:
-        if self._fast is None:
-            self._fast = asyncio.Semaphore(self.concurrency)
-        return self._fast
+        self.slow_after = slow_after
+        self.in_flight = asyncio.Semaphore(max_in_flight)
+        self.fast = asyncio.Semaphore(concurrency)
 
     async def enter(self) -> None:
         await self.in_flight.acquire()

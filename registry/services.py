@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from berrys_portal.errors import NotFound
+from registry.breakers import HEALTH_TRIP_PREFIX, OPEN, breaker_for
 from registry.models import HealthStatus, Service, StatusChange
 
 # The fields a registration or PATCH may set (status and health state are the sweep's).
@@ -128,8 +129,6 @@ def _close_health_tripped_breaker(service: Service) -> None:
     As a passing half-open probe does for a probed service. A breaker opened by failed
     calls or by an operator is left to its own half-open trial.
     """
-    from registry.breakers import HEALTH_TRIP_PREFIX, OPEN, breaker_for
-
     breaker = breaker_for(service)
     snap = breaker.snapshot()
     if snap.state == OPEN and snap.last_error.startswith(HEALTH_TRIP_PREFIX):
