@@ -1,4 +1,4 @@
-"""Shared fixtures: API clients for each persona, keys with scopes."""
+"""Shared fixtures: API clients for each persona, keys with scopes, the simulated services."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from registry.auth import api_key_create
+from simulators.process import SimulatorProcess
 
 
 def _client_with(scopes: list[str], name: str) -> APIClient:
@@ -53,3 +54,11 @@ def _fresh_breaker_state():
         for key in client.scan_iter(f"{settings.BREAKER_REDIS_PREFIX}:*"):
             client.delete(key)
     yield
+
+
+@pytest.fixture(scope="module")
+def sims():
+    """The five simulated Berrys services as one real process, for a test module."""
+    stack = SimulatorProcess.start()
+    yield stack
+    stack.stop()

@@ -20,13 +20,6 @@ from simulators.core import send_json
 from simulators.process import SimulatorProcess
 
 
-@pytest.fixture(scope="module")
-def sims():
-    stack = SimulatorProcess.start()
-    yield stack
-    stack.stop()
-
-
 @pytest.fixture
 def clean(sims):
     yield sims

@@ -31,13 +31,6 @@ PC, PS, AO, MO, TI = (
 RUN_TIMEOUT = 60.0
 
 
-@pytest.fixture(scope="module")
-def sims():
-    stack = SimulatorProcess.start()
-    yield stack
-    stack.stop()
-
-
 @pytest.fixture
 def berrys(engine_env, sims):
     """Registers the simulators (all but those a test leaves out) and cleans up after the test."""
