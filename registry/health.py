@@ -434,8 +434,9 @@ def _copy_rows(model, columns: list[str], values: list[tuple]) -> None:
                 for row in values:
                     copy.write_row([json.dumps(v) if isinstance(v, dict | list) else v for v in row])
         return
-    fields = [c.removesuffix("_id") if c.endswith("_id") else c for c in columns]
-    model.objects.bulk_create([model(**dict(zip(fields, row, strict=True))) for row in values])
+    # The model constructor takes a foreign key's column name (``service_id``) with a raw
+    # id; stripping ``_id`` would hand an int to the relation and raise ValueError.
+    model.objects.bulk_create([model(**dict(zip(columns, row, strict=True))) for row in values])
 
 
 def _write(rows: list[Row]) -> int:
