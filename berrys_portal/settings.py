@@ -234,6 +234,13 @@ HEALTH_SWEEP_HELPERS = env_int("HEALTH_SWEEP_HELPERS", 0, minimum=0)
 HEALTH_SWEEP_LOCK_SECONDS = env_int("HEALTH_SWEEP_LOCK_SECONDS", 120, minimum=5)
 HEALTH_PRUNE_BATCH_SIZE = env_int("HEALTH_PRUNE_BATCH_SIZE", 5000, minimum=100)
 BREAKER_REDIS_PREFIX = env_str("BREAKER_REDIS_PREFIX", "berrys:breaker")
+# Where breaker state is shared: redis (default with REDIS_URL), database (default
+# without: one row per service), or memory (one process only; a store's outage fallback).
+BREAKER_STORE = env_str("BREAKER_STORE", "redis" if REDIS_URL else "database")
+if BREAKER_STORE not in {"redis", "database", "memory"}:
+    raise ImproperlyConfigured(f"BREAKER_STORE={BREAKER_STORE!r}: use redis, database or memory")
+if BREAKER_STORE == "redis" and not REDIS_URL:
+    raise ImproperlyConfigured("BREAKER_STORE=redis needs REDIS_URL")
 ALERT_DEDUP_SECONDS = env_int("ALERT_DEDUP_SECONDS", 3600, minimum=0)
 ALERT_WEBHOOK_ATTEMPTS = env_int("ALERT_WEBHOOK_ATTEMPTS", 4, minimum=1)
 ALERT_WEBHOOK_BACKOFF_SECONDS = env_float("ALERT_WEBHOOK_BACKOFF_SECONDS", 0.5, minimum=0)

@@ -349,3 +349,6 @@ class RequestAdapterRule(models.Model):
             errors["value"] = 'map needs a JSON object, e.g. {"PLANNING": "DRAFT"}.'
         if errors:
             raise ValidationError(errors)
+
+# The breakers' database store (used when REDIS_URL is unset); its own module to keep this one short.
+from registry.models_breaker import BreakerStore  # noqa: E402,F401
