@@ -42,6 +42,20 @@ def full_client(db) -> APIClient:
     return _client_with(["read", "register", "workflows", "gateway"], "everything")
 
 
+def pytest_collection_modifyitems(config, items):
+    """On the embedded default (DATABASE_URL=sqlite:///…, no REDIS_URL) run only the tests
+    marked ``both_dbs``: the rest rely on PostgreSQL- or Redis-only behaviour."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        return
+    keep = [item for item in items if item.get_closest_marker("both_dbs")]
+    dropped = [item for item in items if not item.get_closest_marker("both_dbs")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _fresh_breaker_state():
     """Breaker state lives in Redis keyed by service id, and ids restart with every test

@@ -15,6 +15,9 @@ from registry.auth import api_key_create
 from registry.models import ApiKey, HealthStatus, Service, StatusChange
 from tests.personas import logged_in, staff_user
 
+# Runs on PostgreSQL + Redis and on the embedded default (SQLite); see tests/conftest.py.
+pytestmark = pytest.mark.both_dbs
+
 
 @pytest.fixture
 def operator(db) -> Client:

@@ -16,11 +16,11 @@ from registry.breakers import breaker_config, breaker_for, breaker_forget, event
 from registry.client import ServiceClient
 from registry.models import Alert, BreakerEvent, Criticality
 from registry.models_breaker import BreakerStore
-from tests.registry.health_fixtures import run_python
+from tests.registry.health_fixtures import BREAKER_STORES, run_python
 from tests.registry.loopback import Reply
 
 # Every test here runs once per shared store (Redis, the database); see breaker_store.
-pytestmark = pytest.mark.usefixtures("breaker_store")
+pytestmark = [pytest.mark.both_dbs, pytest.mark.usefixtures("breaker_store")]
 
 
 @pytest.fixture
@@ -166,11 +166,11 @@ def test_only_one_half_open_trial_runs_at_a_time_across_processes(loopback, make
     assert client.get(service=svc, endpoint="/x").status == 200
 
 
+@pytest.mark.skipif("redis" not in BREAKER_STORES, reason="the Redis store runs in the PostgreSQL + Redis pass")
+@pytest.mark.parametrize("breaker_store", ["redis"], indirect=True)
 def test_redis_going_away_leaves_breakers_usable_and_raises_an_alert(
-    loopback, make_service, client, private_redis, settings, breaker_store
+    loopback, make_service, client, private_redis, settings
 ):
-    if breaker_store != "redis":
-        pytest.skip("the Redis store's outage")
     settings.REDIS_URL = private_redis.url
     breakers.storage_reset_for_tests()
     server = loopback({"/x": Reply(200), "/bad": Reply(500)})
@@ -196,11 +196,10 @@ def test_redis_going_away_leaves_breakers_usable_and_raises_an_alert(
     assert Alert.objects.filter(kind="breaker_storage_down").count() == 1
 
 
+@pytest.mark.parametrize("breaker_store", ["database"], indirect=True)
 def test_the_database_store_going_away_leaves_breakers_usable_and_raises_an_alert(
-    loopback, make_service, client, breaker_store
+    loopback, make_service, client
 ):
-    if breaker_store != "database":
-        pytest.skip("the database store's outage")
     server = loopback({"/x": Reply(200), "/bad": Reply(500)})
     svc = make_service(url=server.url)
     breaker_for(svc).force_open(reason="before the outage")
@@ -225,11 +224,8 @@ def test_the_database_store_going_away_leaves_breakers_usable_and_raises_an_aler
     assert Alert.objects.filter(kind="breaker_storage_down").count() == 1
 
 
-def test_the_database_store_keeps_one_row_per_service_changed_by_compare_and_set(
-    make_service, breaker_store
-):
-    if breaker_store != "database":
-        pytest.skip("the database store's rows")
+@pytest.mark.parametrize("breaker_store", ["database"], indirect=True)
+def test_the_database_store_keeps_one_row_per_service_changed_by_compare_and_set(make_service):
     svc = make_service(breaker_fail_max=2, breaker_reset_timeout_seconds=0.1)
     breaker = breaker_for(svc)
     assert breaker.succeeded(breaker.acquire()) == "closed"
