@@ -22,6 +22,7 @@ import fcntl
 import os
 import queue
 import random
+import re
 import shutil
 import signal
 import socket
@@ -178,7 +179,7 @@ def _demo_processes(clone: Path) -> list[int]:
 def _run_ids(summary: str) -> dict[str, str]:
     ids = {}
     for line in summary.splitlines():
-        parts = line.split()
+        parts = re.sub(r"\x1b\[[0-9;]*m", "", line).split("| ", 1)[-1].split()  # after "time name |"
         if len(parts) >= 3 and parts[0] in ("project_creation", "project_planning", "human_interaction"):
             ids.setdefault(parts[0], parts[2])
     return ids
