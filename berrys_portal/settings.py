@@ -170,6 +170,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 # ``manage.py collectstatic`` copies the static files here; WhiteNoise serves them.
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
+if not PRODUCTION:
+    # Outside production the files come from the apps (runserver, or WhiteNoise's finders
+    # when DEBUG); an empty root only spares WhiteNoise's "No directory" warning.
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 if PRODUCTION:
     # Hashed names (cached forever by browsers) and pre-compressed copies. Needs
     # ``collectstatic`` before the first start: a page naming a file missing from the
