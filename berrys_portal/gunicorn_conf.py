@@ -25,6 +25,24 @@ def on_starting(server) -> None:
     from berrys_portal.metrics import metrics_reset
 
     metrics_reset()
+    _refuse_without_database(server)
+
+
+def _refuse_without_database(server) -> None:
+    """Stop with one line when the database is missing, unreachable or never migrated:
+    otherwise the workers boot and every request is a 500 with a driver traceback."""
+    import sys
+
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "berrys_portal.settings")
+    django.setup()
+    from berrys_portal.dbcheck import database_check
+
+    problem = database_check()
+    if problem:
+        server.log.error(problem)
+        sys.exit(1)
 
 
 def child_exit(server, worker) -> None:

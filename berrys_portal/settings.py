@@ -64,6 +64,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's CSS/JS) straight from gunicorn, right after the
+    # security headers and before anything that needs a session or the database.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "berrys_portal.middleware.BodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -165,7 +168,20 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+# ``manage.py collectstatic`` copies the static files here; WhiteNoise serves them.
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
+if not PRODUCTION:
+    # Outside production the files come from the apps (runserver, or WhiteNoise's finders
+    # when DEBUG); an empty root only spares WhiteNoise's "No directory" warning.
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+if PRODUCTION:
+    # Hashed names (cached forever by browsers) and pre-compressed copies. Needs
+    # ``collectstatic`` before the first start: a page naming a file missing from the
+    # manifest is an error rather than a silently unstyled admin.
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
 LOGIN_URL = "admin:login"
 
 # --- API ----------------------------------------------------------------------
