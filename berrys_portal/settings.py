@@ -175,6 +175,17 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
 # Registered url/health_url hosts must be IP literals inside one of these networks
 # (or names resolving only into them) when the list is non-empty. Link-local is always refused.
 REGISTRY_ALLOWED_NETWORKS = env_networks("REGISTRY_ALLOWED_NETWORKS")
+if PRODUCTION and not REGISTRY_ALLOWED_NETWORKS:
+    raise ImproperlyConfigured(
+        "REGISTRY_ALLOWED_NETWORKS must be set in production (comma-separated CIDRs the portal "
+        "may call, e.g. 10.20.0.0/16): without it any register key could point the portal's health "
+        "probes, workflow steps and gateway at any address"
+    )
+# The egress policy (registry/egress.py): loopback is refused unless a loopback network is
+# listed above or this is on (the default outside production, so the simulators work); the
+# portal's own listening address (PORTAL_PORT on this host) only with EGRESS_ALLOW_SELF.
+EGRESS_ALLOW_LOOPBACK = env_bool("EGRESS_ALLOW_LOOPBACK", not PRODUCTION)
+EGRESS_ALLOW_SELF = env_bool("EGRESS_ALLOW_SELF", False)
 # Per API key, for POST/PUT/PATCH/DELETE; DRF rate syntax: "<n>/<sec|min|hour|day>".
 API_WRITE_THROTTLE_RATE = env_rate("API_WRITE_THROTTLE_RATE", "6000/min")
 # ApiKey.last_used_at is written at most this often per key (not on every request).
@@ -241,8 +252,16 @@ ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0, 
 SERVICE_CLIENT_RETRIES = env_int("SERVICE_CLIENT_RETRIES", 2, minimum=0)
 SERVICE_CLIENT_BACKOFF_BASE_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_BASE_SECONDS", 0.2, minimum=0)
 SERVICE_CLIENT_BACKOFF_CAP_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_CAP_SECONDS", 5.0, minimum=0)
-SERVICE_CLIENT_TRUST_ENV = env_bool("SERVICE_CLIENT_TRUST_ENV", False)
 SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS = env_float("SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS", 1.0, minimum=0)
+# Egress bounds (egress issue): a ServiceClient answer larger than this, counted after
+# decompression, is an error; the gateway's concurrent calls per process, per API key and
+# per target service type beyond these answer 503 with Retry-After.
+SERVICE_CLIENT_MAX_BODY_BYTES = env_int("SERVICE_CLIENT_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+GATEWAY_MAX_CONCURRENT = env_int("GATEWAY_MAX_CONCURRENT", 4, minimum=1)
+GATEWAY_MAX_CONCURRENT_PER_KEY = env_int("GATEWAY_MAX_CONCURRENT_PER_KEY", 2, minimum=1)
+GATEWAY_MAX_CONCURRENT_PER_TARGET = env_int("GATEWAY_MAX_CONCURRENT_PER_TARGET", 2, minimum=1)
+GATEWAY_RETRY_AFTER_SECONDS = env_int("GATEWAY_RETRY_AFTER_SECONDS", 1, minimum=1)
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25)
