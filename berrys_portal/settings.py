@@ -241,6 +241,17 @@ HEALTH_SWEEP_MAX_QUEUED = env_int("HEALTH_SWEEP_MAX_QUEUED", 20000, minimum=1)
 HEALTH_SWEEP_CONCURRENCY = env_int("HEALTH_SWEEP_CONCURRENCY", 64, minimum=1)
 HEALTH_SWEEP_SLOW_AFTER_SECONDS = env_float("HEALTH_SWEEP_SLOW_AFTER_SECONDS", 0.25, minimum=0.01)
 HEALTH_PROBE_MAX_BODY_BYTES = env_int("HEALTH_PROBE_MAX_BODY_BYTES", 65536, minimum=1024)
+# Egress bounds on the sweep (egress issue): registrations outside these are refused with a
+# 400 naming the bound, existing rows are clamped when probed; per destination (address and
+# port) at most N probes at once, M started per second, Q waiting (more are deferred).
+HEALTH_MIN_INTERVAL_SECONDS = env_int("HEALTH_MIN_INTERVAL_SECONDS", 5, minimum=1)
+HEALTH_MAX_TIMEOUT_SECONDS = env_float("HEALTH_MAX_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+HEALTH_PROBE_PER_DESTINATION_CONCURRENCY = env_int("HEALTH_PROBE_PER_DESTINATION_CONCURRENCY", 8, minimum=1)
+HEALTH_PROBE_PER_DESTINATION_RATE = env_float("HEALTH_PROBE_PER_DESTINATION_RATE", 20.0, minimum=0.1)
+# The beat sweep waits this long for slow probes once all due services are sent, then
+# leaves them to a background writer and releases the sweep lock.
+HEALTH_SWEEP_WAIT_SECONDS = env_float("HEALTH_SWEEP_WAIT_SECONDS", 3.0, minimum=0)
+HEALTH_PROBE_PER_DESTINATION_QUEUE = env_int("HEALTH_PROBE_PER_DESTINATION_QUEUE", 100, minimum=1)
 HEALTH_SWEEP_HELPERS = env_int("HEALTH_SWEEP_HELPERS", 0, minimum=0)
 HEALTH_SWEEP_LOCK_SECONDS = env_int("HEALTH_SWEEP_LOCK_SECONDS", 120, minimum=5)
 HEALTH_PRUNE_BATCH_SIZE = env_int("HEALTH_PRUNE_BATCH_SIZE", 5000, minimum=100)

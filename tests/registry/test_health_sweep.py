@@ -121,7 +121,7 @@ def test_hanging_services_do_not_delay_the_others(loopback, make_service):
     assert elapsed < 2.0  # the hanging probes time out together, in parallel with the rest
     assert all(s.status == "passing" for s in Service.objects.filter(pk__in=[s.pk for s in healthy]))
     hung = Service.objects.filter(pk__in=[s.pk for s in hanging])
-    assert all(s.status == "critical" and "timeout" in s.status_reason for s in hung)
+    assert all(s.status == "critical" and "timed out" in s.status_reason for s in hung)
 
 
 def test_two_sweepers_share_the_due_services_without_overlap(loopback, make_service):
