@@ -141,6 +141,17 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# Health sweeps and workflow steps run on separate queues, served by separate workers
+# (Procfile: `worker` and `health`), so a step stuck on a slow service never stops
+# monitoring. Step tasks go to WORKFLOW_QUEUE (set per call by the engine).
+HEALTH_QUEUE = env_str("HEALTH_QUEUE", "health")
+CELERY_TASK_ROUTES = {"registry.*": {"queue": HEALTH_QUEUE}}
+# Celery time limits (soft: the task gets SoftTimeLimitExceeded and records it; hard: the
+# pool process is killed). A step's HTTP call has its own total deadline well inside these.
+WORKFLOW_STEP_SOFT_TIME_LIMIT = env_int("WORKFLOW_STEP_SOFT_TIME_LIMIT", 45, minimum=1)
+WORKFLOW_STEP_TIME_LIMIT = env_int("WORKFLOW_STEP_TIME_LIMIT", 55, minimum=2)
+HEALTH_TASK_SOFT_TIME_LIMIT = env_int("HEALTH_TASK_SOFT_TIME_LIMIT", 100, minimum=1)
+HEALTH_TASK_TIME_LIMIT = env_int("HEALTH_TASK_TIME_LIMIT", 115, minimum=2)
 
 if REDIS_URL:
     CACHES = {

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 import time_machine
+from django.conf import settings
 from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connections
@@ -240,7 +241,7 @@ def test_the_beat_task_sweeps_through_a_real_celery_worker(loopback, make_servic
     svc = make_service(url=server.url, health_path="/h")
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "solo", "--loglevel", "WARNING",
-         "--without-heartbeat", "--without-mingle", "--without-gossip"],
+         "-Q", settings.HEALTH_QUEUE, "--without-heartbeat", "--without-mingle", "--without-gossip"],
         env=subprocess_env(), cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
