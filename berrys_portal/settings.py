@@ -262,6 +262,8 @@ HEALTH_PROBE_PER_DESTINATION_RATE = env_float("HEALTH_PROBE_PER_DESTINATION_RATE
 # The beat sweep waits this long for slow probes once all due services are sent, then
 # leaves them to a background writer and releases the sweep lock.
 HEALTH_SWEEP_WAIT_SECONDS = env_float("HEALTH_SWEEP_WAIT_SECONDS", 3.0, minimum=0)
+# The dashboard warns when the most overdue health check is later than this.
+HEALTH_OVERDUE_WARNING_SECONDS = env_int("HEALTH_OVERDUE_WARNING_SECONDS", 60, minimum=1)
 HEALTH_PROBE_PER_DESTINATION_QUEUE = env_int("HEALTH_PROBE_PER_DESTINATION_QUEUE", 100, minimum=1)
 HEALTH_SWEEP_HELPERS = env_int("HEALTH_SWEEP_HELPERS", 0, minimum=0)
 HEALTH_SWEEP_LOCK_SECONDS = env_int("HEALTH_SWEEP_LOCK_SECONDS", 120, minimum=5)

@@ -803,6 +803,31 @@ def health_check_now(*, service_ids: list[int] | None = None, keep_rows: bool = 
     return report
 
 
+def health_oldest_overdue_seconds(*, now: datetime | None = None) -> float:
+    """How late the most overdue check is (0 when none is): the sweep's own health.
+
+    Overdue = last probe (or registration) + interval is past. A service whose probe is
+    queued, deferred or hanging keeps getting older here, so a frozen sweep shows.
+    """
+    now = now or timezone.now()
+    seen = Coalesce("last_checked_at", "registered_at")
+    probed = Service.objects.filter(_probed())
+    if connection.vendor == "postgresql":
+        due = ExpressionWrapper(
+            seen + ExpressionWrapper(F("check_interval_seconds") * Value(timedelta(seconds=1)),
+                                     output_field=DurationField()),
+            output_field=DateTimeField(),
+        )
+        oldest = probed.annotate(due=due).order_by("due").values_list("due", flat=True).first()
+    else:  # SQLite (the demo's default) cannot multiply an integer by an interval
+        rows = probed.values_list("last_checked_at", "registered_at", "check_interval_seconds")
+        dues = [(c or r) + timedelta(seconds=i) for c, r, i in rows if (c or r)]
+        oldest = min(dues, default=None)
+    if oldest is None:
+        return 0.0
+    return max(0.0, (now - oldest).total_seconds())
+
+
 def health_snapshots_prune(*, now: datetime | None = None, batch_size: int | None = None) -> int:
     """Delete snapshots older than HEALTH_SNAPSHOT_RETENTION_DAYS, in batches (short locks)."""
     cutoff = (now or timezone.now()) - timedelta(days=settings.HEALTH_SNAPSHOT_RETENTION_DAYS)
