@@ -18,6 +18,11 @@ os.environ.setdefault(
 
 bind = f"0.0.0.0:{os.environ.get('PORTAL_PORT', '8090')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Threads per worker: a gateway call waiting on a slow service holds a thread, not the
+# process. The gateway takes at most GATEWAY_MAX_CONCURRENT (default 4) of them per process,
+# so the rest of the API (/health, discovery, registration) always finds a free thread.
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 accesslog = "-"
 
 

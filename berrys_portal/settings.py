@@ -144,6 +144,17 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# Health sweeps and workflow steps run on separate queues, served by separate workers
+# (Procfile: `worker` and `health`), so a step stuck on a slow service never stops
+# monitoring. Step tasks go to WORKFLOW_QUEUE (set per call by the engine).
+HEALTH_QUEUE = env_str("HEALTH_QUEUE", "health")
+CELERY_TASK_ROUTES = {"registry.*": {"queue": HEALTH_QUEUE}}
+# Celery time limits (soft: the task gets SoftTimeLimitExceeded and records it; hard: the
+# pool process is killed). A step's HTTP call has its own total deadline well inside these.
+WORKFLOW_STEP_SOFT_TIME_LIMIT = env_int("WORKFLOW_STEP_SOFT_TIME_LIMIT", 45, minimum=1)
+WORKFLOW_STEP_TIME_LIMIT = env_int("WORKFLOW_STEP_TIME_LIMIT", 55, minimum=2)
+HEALTH_TASK_SOFT_TIME_LIMIT = env_int("HEALTH_TASK_SOFT_TIME_LIMIT", 100, minimum=1)
+HEALTH_TASK_TIME_LIMIT = env_int("HEALTH_TASK_TIME_LIMIT", 115, minimum=2)
 
 if REDIS_URL:
     CACHES = {
@@ -191,6 +202,17 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
 # Registered url/health_url hosts must be IP literals inside one of these networks
 # (or names resolving only into them) when the list is non-empty. Link-local is always refused.
 REGISTRY_ALLOWED_NETWORKS = env_networks("REGISTRY_ALLOWED_NETWORKS")
+if PRODUCTION and not REGISTRY_ALLOWED_NETWORKS:
+    raise ImproperlyConfigured(
+        "REGISTRY_ALLOWED_NETWORKS must be set in production (comma-separated CIDRs the portal "
+        "may call, e.g. 10.20.0.0/16): without it any register key could point the portal's health "
+        "probes, workflow steps and gateway at any address"
+    )
+# The egress policy (registry/egress.py): loopback is refused unless a loopback network is
+# listed above or this is on (the default outside production, so the simulators work); the
+# portal's own listening address (PORTAL_PORT on this host) only with EGRESS_ALLOW_SELF.
+EGRESS_ALLOW_LOOPBACK = env_bool("EGRESS_ALLOW_LOOPBACK", not PRODUCTION)
+EGRESS_ALLOW_SELF = env_bool("EGRESS_ALLOW_SELF", False)
 # Per API key, for POST/PUT/PATCH/DELETE; DRF rate syntax: "<n>/<sec|min|hour|day>".
 API_WRITE_THROTTLE_RATE = env_rate("API_WRITE_THROTTLE_RATE", "6000/min")
 # ApiKey.last_used_at is written at most this often per key (not on every request).
@@ -246,6 +268,19 @@ HEALTH_SWEEP_MAX_QUEUED = env_int("HEALTH_SWEEP_MAX_QUEUED", 20000, minimum=1)
 HEALTH_SWEEP_CONCURRENCY = env_int("HEALTH_SWEEP_CONCURRENCY", 64, minimum=1)
 HEALTH_SWEEP_SLOW_AFTER_SECONDS = env_float("HEALTH_SWEEP_SLOW_AFTER_SECONDS", 0.25, minimum=0.01)
 HEALTH_PROBE_MAX_BODY_BYTES = env_int("HEALTH_PROBE_MAX_BODY_BYTES", 65536, minimum=1024)
+# Egress bounds on the sweep (egress issue): registrations outside these are refused with a
+# 400 naming the bound, existing rows are clamped when probed; per destination (address and
+# port) at most N probes at once, M started per second, Q waiting (more are deferred).
+HEALTH_MIN_INTERVAL_SECONDS = env_int("HEALTH_MIN_INTERVAL_SECONDS", 5, minimum=1)
+HEALTH_MAX_TIMEOUT_SECONDS = env_float("HEALTH_MAX_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+HEALTH_PROBE_PER_DESTINATION_CONCURRENCY = env_int("HEALTH_PROBE_PER_DESTINATION_CONCURRENCY", 8, minimum=1)
+HEALTH_PROBE_PER_DESTINATION_RATE = env_float("HEALTH_PROBE_PER_DESTINATION_RATE", 20.0, minimum=0.1)
+# The beat sweep waits this long for slow probes once all due services are sent, then
+# leaves them to a background writer and releases the sweep lock.
+HEALTH_SWEEP_WAIT_SECONDS = env_float("HEALTH_SWEEP_WAIT_SECONDS", 3.0, minimum=0)
+# The dashboard warns when the most overdue health check is later than this.
+HEALTH_OVERDUE_WARNING_SECONDS = env_int("HEALTH_OVERDUE_WARNING_SECONDS", 60, minimum=1)
+HEALTH_PROBE_PER_DESTINATION_QUEUE = env_int("HEALTH_PROBE_PER_DESTINATION_QUEUE", 100, minimum=1)
 HEALTH_SWEEP_HELPERS = env_int("HEALTH_SWEEP_HELPERS", 0, minimum=0)
 HEALTH_SWEEP_LOCK_SECONDS = env_int("HEALTH_SWEEP_LOCK_SECONDS", 120, minimum=5)
 HEALTH_PRUNE_BATCH_SIZE = env_int("HEALTH_PRUNE_BATCH_SIZE", 5000, minimum=100)
@@ -264,8 +299,16 @@ ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0, 
 SERVICE_CLIENT_RETRIES = env_int("SERVICE_CLIENT_RETRIES", 2, minimum=0)
 SERVICE_CLIENT_BACKOFF_BASE_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_BASE_SECONDS", 0.2, minimum=0)
 SERVICE_CLIENT_BACKOFF_CAP_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_CAP_SECONDS", 5.0, minimum=0)
-SERVICE_CLIENT_TRUST_ENV = env_bool("SERVICE_CLIENT_TRUST_ENV", False)
 SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS = env_float("SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS", 1.0, minimum=0)
+# Egress bounds (egress issue): a ServiceClient answer larger than this, counted after
+# decompression, is an error; the gateway's concurrent calls per process, per API key and
+# per target service type beyond these answer 503 with Retry-After.
+SERVICE_CLIENT_MAX_BODY_BYTES = env_int("SERVICE_CLIENT_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+GATEWAY_MAX_CONCURRENT = env_int("GATEWAY_MAX_CONCURRENT", 4, minimum=1)
+GATEWAY_MAX_CONCURRENT_PER_KEY = env_int("GATEWAY_MAX_CONCURRENT_PER_KEY", 2, minimum=1)
+GATEWAY_MAX_CONCURRENT_PER_TARGET = env_int("GATEWAY_MAX_CONCURRENT_PER_TARGET", 2, minimum=1)
+GATEWAY_RETRY_AFTER_SECONDS = env_int("GATEWAY_RETRY_AFTER_SECONDS", 1, minimum=1)
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25)

@@ -13,6 +13,7 @@ import json
 import math
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -144,8 +145,14 @@ class ServiceConfigFields(StrictSerializer):
     criticality = serializers.ChoiceField(
         choices=Criticality.choices, required=False, help_text="Selects the circuit-breaker preset."
     )
-    check_interval_seconds = serializers.IntegerField(min_value=1, max_value=86_400, required=False)
-    check_timeout_seconds = serializers.FloatField(min_value=0.1, max_value=300, required=False)
+    check_interval_seconds = serializers.IntegerField(
+        min_value=1, max_value=86_400, required=False,
+        help_text="Seconds between probes; at least HEALTH_MIN_INTERVAL_SECONDS (default 5).",
+    )
+    check_timeout_seconds = serializers.FloatField(
+        min_value=0.1, max_value=300, required=False,
+        help_text="Probe timeout in seconds; at most HEALTH_MAX_TIMEOUT_SECONDS (default 10).",
+    )
     slow_threshold_ms = serializers.IntegerField(
         min_value=1, max_value=INT_MAX, required=False, allow_null=True
     )
@@ -159,6 +166,22 @@ class ServiceConfigFields(StrictSerializer):
         min_value=1, max_value=INT_MAX, required=False, allow_null=True,
         help_text="Deregister after this long critical. Empty: never.",
     )
+
+    # The bounds are settings (read per request, so an operator's change needs no code): a
+    # registration probing every second with a 300 s timeout could freeze the sweep.
+    def validate_check_interval_seconds(self, value):
+        bound = settings.HEALTH_MIN_INTERVAL_SECONDS
+        if value is not None and value < bound:
+            raise serializers.ValidationError(
+                f"Must be at least {bound} seconds (HEALTH_MIN_INTERVAL_SECONDS).")
+        return value
+
+    def validate_check_timeout_seconds(self, value):
+        bound = settings.HEALTH_MAX_TIMEOUT_SECONDS
+        if value is not None and value > bound:
+            raise serializers.ValidationError(
+                f"Must be at most {bound:g} seconds (HEALTH_MAX_TIMEOUT_SECONDS).")
+        return value
 
     def validate_capabilities(self, value):
         return _unique(value)

@@ -76,3 +76,21 @@ def sims():
     stack = SimulatorProcess.start()
     yield stack
     stack.stop()
+
+
+def loopback_only_resolve(host: str, port: int) -> list[str]:
+    """The suite's resolver: ``localhost`` only. Nothing in the tests may ask the machine's DNS
+    server (it is not on loopback); tests that need a name use ``egress.resolver_use``."""
+    import socket
+
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return ["127.0.0.1"]
+    raise socket.gaierror(socket.EAI_NONAME, f"{host}: not resolved in tests")
+
+
+@pytest.fixture(autouse=True)
+def _no_dns_in_tests():
+    from registry import egress
+
+    with egress.resolver_use(loopback_only_resolve):
+        yield
