@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from berrys_portal import metrics
+from berrys_portal.query import query_params_read
 from registry.auth import ApiKeyAuthentication, ApiPrincipal
 from registry.models import Service
 
@@ -121,4 +122,5 @@ class PrometheusSdView(APIView):
         responses={200: OpenApiResponse(_SD_GROUP)},
     )
     def get(self, request: Request) -> Response:
+        query_params_read(request, allowed=())
         return Response(prometheus_sd_targets())

@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 
 from berrys_portal.errors import InvalidInput, ServiceResponseError
 from registry.client import service_client
+from registry.paths import gateway_path_check
 from registry.types import TYPE_PATTERN
 
 FORWARDED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -77,6 +78,7 @@ class GatewayView(APIView):
     http_method_names = [m.lower() for m in FORWARDED_METHODS]
 
     def _forward(self, request: Request, service_type: str, path: str) -> Response:
+        gateway_path_check(path)  # registry/paths.py: no '.'/'..' segment in any encoding
         data = request.data if request.method in ("POST", "PUT", "PATCH") else None
         params = {key: request.query_params.getlist(key) for key in request.query_params}
         answer = gateway_forward(service_type=service_type, method=request.method, path=path,
