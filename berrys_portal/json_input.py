@@ -11,8 +11,9 @@ the answer is always a 400 naming the offending place in the body.
 Raw NUL bytes and raw (UTF-8-encoded) surrogates never get this far: the JSON
 grammar forbids control characters in strings and the UTF-8 decoder refuses
 surrogates. Only the escapes ``\\u0000`` and ``\\ud800``-``\\udfff`` can produce
-them, so a body without those escapes and with fewer brackets than the depth
-limit is accepted without walking it (the common case costs two C-level scans).
+them, so strings are only walked when such an escape appears. Depth is decided
+from the text before decoding (``_too_deep``), so the decoder never recurses
+past the limit; both checks are C-level regex passes in the common case.
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ import json
 import re
 from typing import Any
 
+from django import forms
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.forms.fields import InvalidJSONInput
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 # The only escapes that decode to a NUL or a surrogate code point.
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 _BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_LEAF_PAIR = re.compile(r"\[\]|\{\}")
 
 NUL_MESSAGE = "Must not contain NUL characters (\\u0000)."
 SURROGATE_MESSAGE = "Must be valid Unicode: lone surrogates (\\ud800-\\udfff) are refused."
@@ -49,7 +56,7 @@ def _label(path: tuple[Any, ...]) -> str:
     return out or "body"
 
 
-def _string_problem(value: str) -> str | None:
+def json_string_problem(value: str) -> str | None:
     match = _BAD_CHAR.search(value)
     if match is None:
         return None
@@ -67,7 +74,7 @@ def json_value_check(value: Any, *, max_depth: int | None = None, root: tuple[An
     while stack:
         node, depth, path = stack.pop()
         if isinstance(node, str):
-            problem = _string_problem(node)
+            problem = json_string_problem(node)
             if problem:
                 raise _invalid(path, problem)
             continue
@@ -77,7 +84,7 @@ def json_value_check(value: Any, *, max_depth: int | None = None, root: tuple[An
             raise _invalid(path, f"Nested deeper than {limit} levels (API_MAX_JSON_DEPTH).")
         if isinstance(node, dict):
             for key, item in node.items():
-                problem = _string_problem(key)
+                problem = json_string_problem(key)
                 if problem:
                     raise _invalid(path + (key,), f"Field name: {problem}")
                 stack.append((item, depth + 1, path + (key,)))
@@ -93,25 +100,43 @@ def _invalid(path: tuple[Any, ...], message: str) -> Exception:
     return InvalidInput(f"Invalid input. {label}: {message}", errors={label: [message]})
 
 
-def json_text_check(text: str, value: Any) -> None:
-    """``json_value_check`` for a body parsed from ``text``, skipping the walk when the raw text
-    shows it cannot fail (fewer opening brackets than the limit, no suspect escape)."""
-    limit = json_depth_limit()
-    shallow = text.count("[") + text.count("{") <= limit
-    if shallow and _SUSPECT_ESCAPE.search(text) is None:
-        return
-    json_value_check(value, max_depth=limit)
+def _too_deep(text: str, limit: int) -> bool:
+    """Whether the JSON ``text`` nests deeper than ``limit``, decided without decoding it.
+
+    Strings are cut out, then each round deletes the innermost ``[]``/``{}`` pairs (one
+    layer per round, C-speed regex passes); anything left after ``limit`` rounds is
+    deeper. Malformed bracketing is left for the decoder to report.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    skeleton = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    for _ in range(limit):
+        shorter = _LEAF_PAIR.sub("", skeleton)
+        if not shorter or shorter == skeleton:
+            return False
+        skeleton = shorter
+    return True
+
+
+def _depth_error(limit: int) -> Exception:
+    return _invalid((), f"Nested deeper than {limit} levels (API_MAX_JSON_DEPTH).")
 
 
 def json_loads_checked(text: str | bytes) -> Any:
-    """``json.loads`` plus the rule above; a body too deep for the decoder itself is a 400 too."""
+    """``json.loads`` under the rule: depth checked before decoding (the decoder recurses),
+    strings checked after. Raises ``InvalidInput`` naming the place, or ``ValueError``
+    for text that is not JSON."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
+    limit = json_depth_limit()
+    if _too_deep(text, limit):
+        raise _depth_error(limit)
     try:
-        value = json.loads(text)
-    except RecursionError:
-        raise _invalid((), f"Nested deeper than {json_depth_limit()} levels (API_MAX_JSON_DEPTH).") from None
-    json_text_check(text, value)
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:  # only malformed text the pre-check let through can get here
+        raise _depth_error(limit) from None
+    if _SUSPECT_ESCAPE.search(text) is not None:
+        json_value_check(value, max_depth=limit)
     return value
 
 
@@ -130,15 +155,40 @@ class PortalJSONParser(JSONParser):
         except UnicodeDecodeError as exc:
             raise ParseError(f"JSON parse error - body is not valid {encoding}: {exc}") from None
         try:
-            value = json.loads(text, parse_constant=_refuse_constant)
-        except RecursionError:
-            raise _invalid((), f"Nested deeper than {json_depth_limit()} levels (API_MAX_JSON_DEPTH).") from None
-        except ValueError as exc:
+            return json_loads_checked(text)
+        except ValueError as exc:  # not JSON (InvalidInput is not a ValueError)
             raise ParseError(f"JSON parse error - {exc}") from None
-        json_text_check(text, value)
-        return value
 
 
 def _refuse_constant(name: str) -> Any:
     # NaN and Infinity are not JSON (DRF's STRICT_JSON does the same).
     raise ValueError(f"{name} is not valid JSON")
+
+
+class CheckedJSONFormField(forms.JSONField):
+    """A form's JSON field (admin: edited run input, answers, service metadata) with the same rule,
+    shown as a form error instead of a 500 from the decoder or from PostgreSQL."""
+
+    def to_python(self, value):
+        if isinstance(value, str) and not self.disabled and _too_deep(value, json_depth_limit()):
+            raise ValidationError(f"Nested deeper than {json_depth_limit()} levels (API_MAX_JSON_DEPTH).")
+        try:
+            converted = super().to_python(value)
+        except RecursionError:  # malformed text the pre-check let through
+            raise ValidationError(f"Nested deeper than {json_depth_limit()} levels (API_MAX_JSON_DEPTH).") from None
+        try:
+            json_value_check(converted)
+        except Exception as exc:  # InvalidInput (imported lazily, see _invalid)
+            errors = getattr(exc, "errors", None)
+            if not errors:
+                raise
+            label, messages = next(iter(errors.items()))
+            prefix = "" if label == "body" else f"{label}: "
+            raise ValidationError(prefix + " ".join(messages)) from None
+        return converted
+
+    def bound_data(self, data, initial):
+        # Re-displaying the refused text must not decode it again (it is what was too deep).
+        if isinstance(data, str) and not self.disabled and _too_deep(data, json_depth_limit()):
+            return InvalidJSONInput(data)
+        return super().bound_data(data, initial)
