@@ -20,6 +20,7 @@ from berrys_portal import metrics
 from berrys_portal.query import query_params_read
 from registry.auth import ApiKeyAuthentication, ApiPrincipal
 from registry.models import Service
+from registry.serializers import ErrorSerializer
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ class PrometheusSdView(APIView):
             '`[{"targets": ["host:port"], "labels": {"name", "type", "status", "version"}}]`. '
             "Point Prometheus' `http_sd_configs` here with a `read` key."
         ),
-        responses={200: OpenApiResponse(_SD_GROUP)},
+        responses={200: OpenApiResponse(_SD_GROUP),
+                   400: OpenApiResponse(ErrorSerializer, description="An unknown query parameter.")},
     )
     def get(self, request: Request) -> Response:
         query_params_read(request, allowed=())

@@ -33,7 +33,7 @@ from registry.serializers import (
 from registry.types import TYPE_PATTERN
 
 _ERROR_TEXT = {
-    400: "Invalid input: `detail` summarises, `errors` names each field.",
+    400: "Invalid input: `detail` summarises, `errors` names each field (unknown query parameters too).",
     401: "Missing, malformed, unknown, revoked or expired API key.",
     403: "The API key lacks the scope this endpoint needs.",
     404: "Not found.",
@@ -117,7 +117,7 @@ class ServiceDetailView(APIView):
 
     @extend_schema(
         operation_id="services_retrieve", parameters=[_PK], summary="One registered service",
-        responses={200: ServiceSerializer, **_errors(404, *_READ_ERRORS)},
+        responses={200: ServiceSerializer, **_errors(400, 404, *_READ_ERRORS)},
     )
     def get(self, request, pk: str):
         query_params_read(request, allowed=())

@@ -175,7 +175,7 @@ class RunListView(APIView):
 class RunDetailView(APIView):
     required_scopes = SCOPES
 
-    @extend_schema(operation_id="workflow_runs_retrieve", responses={200: RunDetailOut, **_errors(401, 403, 404)},
+    @extend_schema(operation_id="workflow_runs_retrieve", responses={200: RunDetailOut, **_errors(400, 401, 403, 404)},
                    summary="A run with its steps, their attempts, and its events.")
     def get(self, request: Request, run_id) -> Response:
         query_params_read(request, allowed=())
@@ -224,7 +224,7 @@ class DefinitionListView(APIView):
     required_scopes = SCOPES
     pagination_class = None
 
-    @extend_schema(operation_id="workflow_definitions_list", responses={200: DefinitionOut(many=True), **_errors(401, 403)},
+    @extend_schema(operation_id="workflow_definitions_list", responses={200: DefinitionOut(many=True), **_errors(400, 401, 403)},
                    summary="Registered workflows (latest versions) with their steps and services.")
     def get(self, request: Request) -> Response:
         query_params_read(request, allowed=())
