@@ -25,6 +25,15 @@ worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 accesslog = "-"
 
+# Above the portal's own limits (settings API_MAX_REQUEST_LINE_BYTES 4094, API_MAX_HEADER_BYTES
+# 8190, API_MAX_HEADERS 100), so a request between the two is answered by
+# berrys_portal.middleware.RequestLimitsMiddleware in the API's JSON shape (414/431) and
+# not by gunicorn's HTML 400. 8190 is the largest request line gunicorn accepts as a
+# limit (0 would mean none at all); beyond these gunicorn still answers its own 400.
+limit_request_line = 8190
+limit_request_field_size = 16384
+limit_request_fields = 200
+
 
 def on_starting(server) -> None:
     from berrys_portal.metrics import metrics_reset

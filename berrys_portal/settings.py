@@ -63,6 +63,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "berrys_portal.middleware.RequestLimitsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (the admin's CSS/JS) straight from gunicorn, right after the
     # security headers and before anything that needs a session or the database.
@@ -198,6 +199,25 @@ LOGIN_URL = "admin:login"
 # --- API ----------------------------------------------------------------------
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
+# --- Input hardening (berrys_portal.json_input, berrys_portal.middleware) --------------
+# JSON bodies nested deeper than this are refused with 400 by the API's parser, before any view.
+# Capped well below Python's recursion limit: code walking a body recursively must never crash.
+API_MAX_JSON_DEPTH = env_int("API_MAX_JSON_DEPTH", 64, minimum=1)
+if API_MAX_JSON_DEPTH > 500:
+    raise ImproperlyConfigured(f"API_MAX_JSON_DEPTH={API_MAX_JSON_DEPTH} must be <= 500")
+# Request line (method, target, protocol) and header limits, answered by the portal with 414/431 in
+# the API's error shape. gunicorn's own limits (berrys_portal/gunicorn_conf.py) sit above these so
+# that the portal, not gunicorn's HTML page, answers; gunicorn cannot be told more than 8190 for the line.
+API_MAX_REQUEST_LINE_BYTES = env_int("API_MAX_REQUEST_LINE_BYTES", 4094, minimum=256)
+API_MAX_HEADER_BYTES = env_int("API_MAX_HEADER_BYTES", 8190, minimum=256)
+API_MAX_HEADERS = env_int("API_MAX_HEADERS", 100, minimum=10)
+for _name, _value, _gunicorn in (("API_MAX_REQUEST_LINE_BYTES", API_MAX_REQUEST_LINE_BYTES, 8190),
+                                 ("API_MAX_HEADER_BYTES", API_MAX_HEADER_BYTES, 16384),
+                                 ("API_MAX_HEADERS", API_MAX_HEADERS, 200)):
+    if _value >= _gunicorn:
+        raise ImproperlyConfigured(
+            f"{_name}={_value} must be below gunicorn's limit ({_gunicorn}, gunicorn_conf.py)"
+        )
 # --- Registry API (registry issue) -----------------------------------------------
 # Registered url/health_url hosts must be IP literals inside one of these networks
 # (or names resolving only into them) when the list is non-empty. Link-local is always refused.
@@ -225,7 +245,7 @@ HEALTH_BROKER_TIMEOUT_SECONDS = env_float("HEALTH_BROKER_TIMEOUT_SECONDS", 1.0, 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["registry.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["registry.auth.HasApiKey"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["berrys_portal.json_input.PortalJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "berrys_portal.errors.api_exception_handler",

@@ -17,8 +17,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from berrys_portal import metrics
+from berrys_portal.query import query_params_read
 from registry.auth import ApiKeyAuthentication, ApiPrincipal
 from registry.models import Service
+from registry.serializers import ErrorSerializer
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +120,9 @@ class PrometheusSdView(APIView):
             '`[{"targets": ["host:port"], "labels": {"name", "type", "status", "version"}}]`. '
             "Point Prometheus' `http_sd_configs` here with a `read` key."
         ),
-        responses={200: OpenApiResponse(_SD_GROUP)},
+        responses={200: OpenApiResponse(_SD_GROUP),
+                   400: OpenApiResponse(ErrorSerializer, description="An unknown query parameter.")},
     )
     def get(self, request: Request) -> Response:
+        query_params_read(request, allowed=())
         return Response(prometheus_sd_targets())

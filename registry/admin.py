@@ -13,9 +13,11 @@ from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import models
 from django.utils import timezone
 from django.utils.html import format_html
 
+from berrys_portal.json_input import CheckedJSONFormField
 from dashboard.roles import OperateAdminMixin
 from registry import services
 from registry.admin_health import HealthAdminMixin
@@ -50,6 +52,8 @@ class ServiceAdminForm(forms.ModelForm):
 @admin.register(Service)
 class ServiceAdmin(OperateAdminMixin, HealthAdminMixin, admin.ModelAdmin):
     form = ServiceAdminForm
+    # metadata, capabilities, endpoints, tags: the API's JSON rule (depth, no NUL, no lone surrogates).
+    formfield_overrides = {models.JSONField: {"form_class": CheckedJSONFormField}}
     list_display = (
         "name", "type", "status_badge", "url", "last_heartbeat_at", "criticality",
         *getattr(HealthAdminMixin, "health_list_display", ()),

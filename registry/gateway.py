@@ -40,6 +40,7 @@ from rest_framework.views import APIView
 
 from berrys_portal.errors import InvalidInput, PortalError, ServiceResponseError
 from registry.client import service_client
+from registry.paths import gateway_path_check
 from registry.types import TYPE_PATTERN
 
 FORWARDED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -130,6 +131,7 @@ class GatewayView(APIView):
     http_method_names = [m.lower() for m in FORWARDED_METHODS]
 
     def _forward(self, request: Request, service_type: str, path: str) -> Response:
+        gateway_path_check(path)  # registry/paths.py: no '.'/'..' segment in any encoding
         data = request.data if request.method in ("POST", "PUT", "PATCH") else None
         params = {key: request.query_params.getlist(key) for key in request.query_params}
         key_id = getattr(request.auth, "pk", None)

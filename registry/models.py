@@ -334,15 +334,19 @@ class RequestAdapterRule(models.Model):
         from django.core.exceptions import ValidationError
 
         errors: dict[str, str] = {}
-        if self.pattern_type == self.PatternType.REGEX:
-            import re
+        from registry.patterns import PatternError, pattern_compile
 
-            try:
-                re.compile(self.endpoint_pattern)
-            except re.error as exc:
-                errors["endpoint_pattern"] = f"Not a valid regular expression: {exc}"
-        elif not self.endpoint_pattern.startswith(("/", "*")):
+        is_glob = self.pattern_type != self.PatternType.REGEX
+        if is_glob and not self.endpoint_pattern.startswith(("/", "*")):
             errors["endpoint_pattern"] = "A glob pattern starts with / (or *)."
+        else:
+            try:
+                pattern_compile(self.endpoint_pattern, glob=is_glob)
+            except PatternError as exc:
+                errors["endpoint_pattern"] = (
+                    f"Not a pattern RE2 can match in linear time ({exc}). Use RE2 syntax: "
+                    "backreferences and lookaround are not supported."
+                )
         if self.action == self.Action.RENAME and not (isinstance(self.value, str) and self.value.strip()):
             errors["value"] = "rename needs the new field name as a JSON string, e.g. \"project_status\"."
         elif self.action == self.Action.MAP and not isinstance(self.value, dict):

@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from berrys_portal.errors import InvalidInput, NotFound
 from berrys_portal.pagination import PortalPagination
+from berrys_portal.query import query_params_read, query_params_validate
 from registry import services
 from registry.discovery import service_eligible_list, service_pick
 from registry.filters import service_filter
@@ -32,7 +33,7 @@ from registry.serializers import (
 from registry.types import TYPE_PATTERN
 
 _ERROR_TEXT = {
-    400: "Invalid input: `detail` summarises, `errors` names each field.",
+    400: "Invalid input: `detail` summarises, `errors` names each field (unknown query parameters too).",
     401: "Missing, malformed, unknown, revoked or expired API key.",
     403: "The API key lacks the scope this endpoint needs.",
     404: "Not found.",
@@ -84,14 +85,9 @@ class ServiceCollectionView(generics.GenericAPIView):
         responses={200: ServiceSerializer(many=True), **_errors(400, 404, *_READ_ERRORS)},
     )
     def get(self, request):
-        raw = {key: request.query_params.get(key) for key in ("type", "status", "name", "page", "page_size")}
-        raw = {key: value for key, value in raw.items() if value is not None}
-        for key in ("tag", "capability"):
-            if key in request.query_params:
-                raw[key] = request.query_params.getlist(key)
-        query = ServiceListQuerySerializer(data=raw)
-        query.is_valid(raise_exception=True)
-        queryset = service_filter(Service.objects.all(), **query.validated_data).order_by("type", "name", "id")
+        filters = query_params_validate(request, serializer_class=ServiceListQuerySerializer,
+                                        repeatable=("tag", "capability"))
+        queryset = service_filter(Service.objects.all(), **filters).order_by("type", "name", "id")
         page = self.paginate_queryset(queryset)
         return self.get_paginated_response(ServiceSerializer(page, many=True).data)
 
@@ -121,9 +117,10 @@ class ServiceDetailView(APIView):
 
     @extend_schema(
         operation_id="services_retrieve", parameters=[_PK], summary="One registered service",
-        responses={200: ServiceSerializer, **_errors(404, *_READ_ERRORS)},
+        responses={200: ServiceSerializer, **_errors(400, 404, *_READ_ERRORS)},
     )
     def get(self, request, pk: str):
+        query_params_read(request, allowed=())
         return Response(ServiceSerializer(_service_or_404(int(pk))).data)
 
     @extend_schema(
@@ -214,7 +211,7 @@ class DiscoveryView(APIView):
                 "Type must be UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM.",
                 errors={"type": ["Type must be UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM."]},
             )
-        flag = request.query_params.get("all", "").strip().lower()
+        flag = str(query_params_read(request, allowed=("all",)).get("all", "")).strip().lower()
         if flag not in _TRUE | _FALSE:
             raise InvalidInput("all must be 1/0 or true/false.", errors={"all": ["Must be 1/0 or true/false."]})
         if flag in _TRUE:

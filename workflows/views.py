@@ -6,18 +6,22 @@ Thin views: validate input with a serializer, call ``workflows.engine`` /
 
 from __future__ import annotations
 
+import binascii
+from base64 import b64decode
+from urllib import parse
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Prefetch
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound as DRFNotFound
-from rest_framework.pagination import CursorPagination
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from berrys_portal.errors import InvalidInput, NotFound
+from berrys_portal.query import query_params_read, query_params_validate
 from registry.serializers import ErrorSerializer
 from workflows import definitions, engine, services
 from workflows.models import StepAttempt, StepRun, WorkflowRun
@@ -65,12 +69,39 @@ class RunCursorPagination(CursorPagination):
     max_page_size = 500
 
     def decode_cursor(self, request):
-        # DRF answers a cursor it cannot read with 404; it is bad input: 400 naming it.
+        """DRF's decoding, made strict: anything but a cursor this class wrote is a 400 naming it.
+
+        DRF's own decoder skips characters outside base64 (``!!!`` read as no
+        cursor: page one, silently), answers 404, and passes any position through
+        to the query (``cD14`` is ``p=x``: a 500 from the datetime lookup).
+        """
+        encoded = request.query_params.get(self.cursor_query_param)
+        if encoded is None:
+            return None
         try:
-            return super().decode_cursor(request)
-        except DRFNotFound:
+            text = b64decode(encoded.encode("ascii"), validate=True).decode("ascii")
+            tokens = parse.parse_qs(text, keep_blank_values=True, strict_parsing=True)
+            if not tokens or set(tokens) - {"o", "r", "p"} or any(len(v) != 1 for v in tokens.values()):
+                raise ValueError(text)
+            offset = int(tokens.get("o", ["0"])[0])
+            reverse = tokens.get("r", ["0"])[0]
+            position = tokens.get("p", [None])[0]
+            if offset < 0 or reverse not in ("0", "1"):
+                raise ValueError(text)
+            offset = min(offset, self.offset_cutoff)  # as DRF does
+            if position is not None:
+                _position_check(position)
+        except (ValueError, UnicodeError, binascii.Error, DjangoValidationError):
             msg = "Invalid cursor: pass back the `next` or `previous` link of an earlier page."
             raise InvalidInput(msg, errors={"cursor": [msg]}) from None
+        return Cursor(offset=offset, reverse=reverse == "1", position=position)
+
+
+def _position_check(position: str) -> None:
+    """The position is the first ordering field (created_at) of a row: an aware datetime."""
+    value = WorkflowRun._meta.get_field("created_at").to_python(position)
+    if value is None or value.tzinfo is None:
+        raise ValueError(position)
 
 
 class RunPageOut(serializers.Serializer):
@@ -104,9 +135,7 @@ class RunListView(APIView):
         summary="List runs, newest first (cursor-paginated).",
     )
     def get(self, request: Request) -> Response:
-        query = RunListQuery(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        filters = query.validated_data
+        filters = query_params_validate(request, serializer_class=RunListQuery)
         runs = WorkflowRun.objects.all()
         if "workflow" in filters:
             runs = runs.filter(workflow=filters["workflow"])
@@ -146,9 +175,10 @@ class RunListView(APIView):
 class RunDetailView(APIView):
     required_scopes = SCOPES
 
-    @extend_schema(operation_id="workflow_runs_retrieve", responses={200: RunDetailOut, **_errors(401, 403, 404)},
+    @extend_schema(operation_id="workflow_runs_retrieve", responses={200: RunDetailOut, **_errors(400, 401, 403, 404)},
                    summary="A run with its steps, their attempts, and its events.")
     def get(self, request: Request, run_id) -> Response:
+        query_params_read(request, allowed=())
         return Response(RunDetailOut(_detail(run_id)).data)
 
 
@@ -194,7 +224,8 @@ class DefinitionListView(APIView):
     required_scopes = SCOPES
     pagination_class = None
 
-    @extend_schema(operation_id="workflow_definitions_list", responses={200: DefinitionOut(many=True), **_errors(401, 403)},
+    @extend_schema(operation_id="workflow_definitions_list", responses={200: DefinitionOut(many=True), **_errors(400, 401, 403)},
                    summary="Registered workflows (latest versions) with their steps and services.")
     def get(self, request: Request) -> Response:
+        query_params_read(request, allowed=())
         return Response(DefinitionOut([wf.describe() for wf in definitions.all()], many=True).data)
