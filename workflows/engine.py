@@ -154,10 +154,12 @@ def run_start(
     input: dict[str, Any],  # noqa: A002 - the API's field name
     idempotency_key: str | None = None,
     triggered_by: str,
+    owner_key=None,
 ) -> tuple[WorkflowRun, bool]:
     """Create a run (and all its steps) and enqueue its first step after commit.
 
-    Returns ``(run, created)``: with an ``idempotency_key`` already used for this
+    Returns ``(run, created)``: with an ``idempotency_key`` this caller (``owner_key``,
+    the API key starting it; None for operators and commands) already used for this
     workflow, the existing run and ``False``. Raises ``InvalidInput`` for an unknown
     workflow or missing inputs.
     """
@@ -169,28 +171,31 @@ def run_start(
     if idempotency_key and len(idempotency_key) > 200:
         msg = "Idempotency-Key must be at most 200 characters"
         raise InvalidInput(msg, errors={"Idempotency-Key": [msg]})
+    same_key = WorkflowRun.objects.filter(workflow=wf.name, idempotency_key=idempotency_key,
+                                          owner_key=owner_key)
     if idempotency_key:
-        existing = WorkflowRun.objects.filter(workflow=wf.name, idempotency_key=idempotency_key).first()
+        existing = same_key.first()
         if existing is not None:
             return existing, False
     try:
         with transaction.atomic():
-            run = _create_run(wf, input, idempotency_key, triggered_by)
+            run = _create_run(wf, input, idempotency_key, triggered_by, owner_key)
     except IntegrityError:
         # A concurrent request with the same key won the race.
-        existing = WorkflowRun.objects.filter(workflow=wf.name, idempotency_key=idempotency_key).first()
+        existing = same_key.first()
         if existing is None:
             raise
         return existing, False
     return run, True
 
 
-def _create_run(wf: Workflow, input: dict, idempotency_key: str | None, triggered_by: str) -> WorkflowRun:  # noqa: A002
+def _create_run(wf: Workflow, input: dict, idempotency_key: str | None, triggered_by: str,  # noqa: A002
+                owner_key=None) -> WorkflowRun:
     now = _now()
     run = WorkflowRun.objects.create(
         workflow=wf.name, version=wf.version, status=RunStatus.RUNNING, input=input,
         context=dict(input), idempotency_key=idempotency_key or None,
-        triggered_by=triggered_by[:200], started_at=now,
+        triggered_by=triggered_by[:200], started_at=now, owner_key=owner_key,
     )
     first_queued = wf.steps[0].kind != "human"
     steps = StepRun.objects.bulk_create([

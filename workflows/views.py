@@ -1,7 +1,10 @@
 """The workflow API: start, list, inspect, retry, cancel and signal runs; list definitions.
 
 Thin views: validate input with a serializer, call ``workflows.engine`` /
-``workflows.services``, serialize the result. Writes need the ``workflows`` scope.
+``workflows.services``, serialize the result. Starting and acting need the
+``workflows`` scope, reading ``runs:read``; a key sees and acts on the runs it
+started, unless it has ``runs:read:all`` (read) or ``workflows:operate`` (act).
+Another key's run is a 404, like a run that does not exist.
 """
 
 from __future__ import annotations
@@ -32,12 +35,12 @@ from workflows.serializers import (
     RunStartInput,
 )
 
-SCOPES = {"GET": "read", "POST": "workflows"}
+SCOPES = {"GET": "runs:read", "POST": "workflows"}
 _ERROR_TEXT = {
     400: "Invalid input: `detail` summarises, `errors` names each field (unknown fields too).",
     401: "Missing, malformed, unknown, revoked or expired API key.",
-    403: "The API key lacks the scope this endpoint needs (`read` or `workflows`).",
-    404: "No such run.",
+    403: "The API key lacks the scope this endpoint needs (`runs:read` or `workflows`).",
+    404: "No such run, or a run another API key started.",
     409: "The run is not in a state that allows this action; `detail` says why.",
     413: "Request body larger than API_MAX_BODY_BYTES.",
     429: "Too many writes for this API key.",
@@ -85,11 +88,16 @@ def _actor(request: Request) -> str:
     return getattr(request.user, "username", "") or "api"
 
 
-def _detail(run_id) -> WorkflowRun:
+def _key(request: Request):
+    return request.user.key
+
+
+def _detail(run_id, key) -> WorkflowRun:
     attempts = Prefetch("attempts", queryset=StepAttempt.objects.order_by("number"))
     steps = Prefetch("steps", queryset=StepRun.objects.order_by("index").prefetch_related(attempts))
+    runs = services.run_visible_to(WorkflowRun.objects.all(), key=key)
     try:
-        return WorkflowRun.objects.prefetch_related(steps, "events").get(pk=run_id)
+        return runs.prefetch_related(steps, "events").get(pk=run_id)
     except (WorkflowRun.DoesNotExist, ValueError, DjangoValidationError):
         raise NotFound(f"Workflow run {run_id} not found") from None
 
@@ -107,7 +115,7 @@ class RunListView(APIView):
         query = RunListQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         filters = query.validated_data
-        runs = WorkflowRun.objects.all()
+        runs = services.run_visible_to(WorkflowRun.objects.all(), key=_key(request))
         if "workflow" in filters:
             runs = runs.filter(workflow=filters["workflow"])
         if "status" in filters:
@@ -137,9 +145,9 @@ class RunListView(APIView):
         run, created = engine.run_start(
             workflow=data.validated_data["workflow"], input=data.validated_data["input"],
             idempotency_key=request.headers.get("Idempotency-Key") or None,
-            triggered_by=_actor(request),
+            triggered_by=_actor(request), owner_key=_key(request),
         )
-        return Response(RunDetailOut(_detail(run.pk)).data,
+        return Response(RunDetailOut(_detail(run.pk, _key(request))).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
@@ -149,7 +157,7 @@ class RunDetailView(APIView):
     @extend_schema(operation_id="workflow_runs_retrieve", responses={200: RunDetailOut, **_errors(401, 403, 404)},
                    summary="A run with its steps, their attempts, and its events.")
     def get(self, request: Request, run_id) -> Response:
-        return Response(RunDetailOut(_detail(run_id)).data)
+        return Response(RunDetailOut(_detail(run_id, _key(request))).data)
 
 
 class RunRetryView(APIView):
@@ -161,8 +169,8 @@ class RunRetryView(APIView):
     def post(self, request: Request, run_id) -> Response:
         data = RunRetryInput(data=request.data)
         data.is_valid(raise_exception=True)
-        services.run_retry(run_id=run_id, actor=_actor(request), **data.validated_data)
-        return Response(RunDetailOut(_detail(run_id)).data)
+        services.run_retry(run_id=run_id, actor=_actor(request), key=_key(request), **data.validated_data)
+        return Response(RunDetailOut(_detail(run_id, _key(request))).data)
 
 
 class RunCancelView(APIView):
@@ -173,8 +181,8 @@ class RunCancelView(APIView):
                    summary="Cancel a run: a running step may finish, nothing further runs.")
     def post(self, request: Request, run_id) -> Response:
         EmptyInput(data=request.data or {}).is_valid(raise_exception=True)
-        services.run_cancel(run_id=run_id, actor=_actor(request))
-        return Response(RunDetailOut(_detail(run_id)).data)
+        services.run_cancel(run_id=run_id, actor=_actor(request), key=_key(request))
+        return Response(RunDetailOut(_detail(run_id, _key(request))).data)
 
 
 class RunSignalView(APIView):
@@ -186,8 +194,8 @@ class RunSignalView(APIView):
     def post(self, request: Request, run_id) -> Response:
         data = RunSignalInput(data=request.data)
         data.is_valid(raise_exception=True)
-        services.run_answer(run_id=run_id, actor=_actor(request), **data.validated_data)
-        return Response(RunDetailOut(_detail(run_id)).data)
+        services.run_answer(run_id=run_id, actor=_actor(request), key=_key(request), **data.validated_data)
+        return Response(RunDetailOut(_detail(run_id, _key(request))).data)
 
 
 class DefinitionListView(APIView):
