@@ -217,13 +217,20 @@ class HasApiKey(permissions.BasePermission):
         if not isinstance(principal, ApiPrincipal):
             raise exceptions.NotAuthenticated("Authentication credentials were not provided.")
         scope = required_scope(view, request.method)
-        if scope and not principal.has_scope(scope):
+        if isinstance(scope, tuple):  # any one of them
+            if not any(principal.has_scope(s) for s in scope):
+                names = " or ".join(f"'{s}'" for s in scope)
+                raise exceptions.PermissionDenied(f"This API key needs the {names} scope.")
+        elif scope and not principal.has_scope(scope):
             raise exceptions.PermissionDenied(f"This API key lacks the '{scope}' scope.")
         return True
 
 
-def required_scope(view, method: str) -> str | None:
-    """The one scope a view needs for ``method`` (implied scopes satisfy it: see ``registry.scopes``)."""
+def required_scope(view, method: str) -> str | tuple[str, ...] | None:
+    """The scope a view needs for ``method``, or a tuple of which any one will do.
+
+    Implied scopes satisfy it (see ``registry.scopes``).
+    """
     scopes = getattr(view, "required_scopes", None)
     if scopes:
         return scopes.get(method, scopes.get("*"))

@@ -199,7 +199,8 @@ class RunSignalView(APIView):
 
 
 class DefinitionListView(APIView):
-    required_scopes = SCOPES
+    # Definitions say nothing about anyone's runs: registry readers may see them too.
+    required_scopes = {"GET": ("runs:read", "registry:read")}
     pagination_class = None
 
     @extend_schema(operation_id="workflow_definitions_list", responses={200: DefinitionOut(many=True), **_errors(401, 403)},
