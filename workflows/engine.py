@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -148,6 +149,10 @@ def run_input_check(*, wf, input: Any) -> None:
         raise InvalidInput(msg, errors={"input": [msg]})
 
 
+# The run whose local step is executing, if any: a run that step starts gets the same owner key.
+_parent_run: ContextVar[Any] = ContextVar("workflows_parent_run", default=None)
+
+
 def run_start(
     *,
     workflow: str,
@@ -171,15 +176,19 @@ def run_start(
     if idempotency_key and len(idempotency_key) > 200:
         msg = "Idempotency-Key must be at most 200 characters"
         raise InvalidInput(msg, errors={"Idempotency-Key": [msg]})
+    owner_id = owner_key.pk if owner_key is not None else None
+    if owner_id is None and (parent := _parent_run.get()) is not None:
+        # Started by a run's local step: the child belongs to the key that started the parent.
+        owner_id = WorkflowRun.objects.filter(pk=parent).values_list("owner_key_id", flat=True).first()
     same_key = WorkflowRun.objects.filter(workflow=wf.name, idempotency_key=idempotency_key,
-                                          owner_key=owner_key)
+                                          owner_key_id=owner_id)
     if idempotency_key:
         existing = same_key.first()
         if existing is not None:
             return existing, False
     try:
         with transaction.atomic():
-            run = _create_run(wf, input, idempotency_key, triggered_by, owner_key)
+            run = _create_run(wf, input, idempotency_key, triggered_by, owner_id)
     except IntegrityError:
         # A concurrent request with the same key won the race.
         existing = same_key.first()
@@ -190,12 +199,12 @@ def run_start(
 
 
 def _create_run(wf: Workflow, input: dict, idempotency_key: str | None, triggered_by: str,  # noqa: A002
-                owner_key=None) -> WorkflowRun:
+                owner_id: int | None = None) -> WorkflowRun:
     now = _now()
     run = WorkflowRun.objects.create(
         workflow=wf.name, version=wf.version, status=RunStatus.RUNNING, input=input,
         context=dict(input), idempotency_key=idempotency_key or None,
-        triggered_by=triggered_by[:200], started_at=now, owner_key=owner_key,
+        triggered_by=triggered_by[:200], started_at=now, owner_key_id=owner_id,
     )
     first_queued = wf.steps[0].kind != "human"
     steps = StepRun.objects.bulk_create([
@@ -363,9 +372,11 @@ def _step_execute(*, step_id: int) -> str:
         if spec.kind == "local":
             record.method = "LOCAL"
             started = time.perf_counter()
+            parent = _parent_run.set(run.id)
             try:
                 output = dict(spec.local(ctx) or {})
             finally:
+                _parent_run.reset(parent)
                 record.latency_ms = (time.perf_counter() - started) * 1000
         else:
             output = _call_http(spec, ctx, record)

@@ -105,3 +105,27 @@ def test_runs_started_without_a_key_share_one_idempotency_scope(db):
     first, created = run_start(workflow="test_human", input={}, idempotency_key="k", triggered_by="olga")
     again, created_again = run_start(workflow="test_human", input={}, idempotency_key="k", triggered_by="cmd")
     assert created and not created_again and again.pk == first.pk
+
+
+def _start_child(ctx):
+    from workflows.engine import run_start
+
+    child, _ = run_start(workflow="test_human", input={}, idempotency_key=f"child:{ctx['n']}",
+                         triggered_by="workflow:test_parent")
+    return {"child": str(child.pk)}
+
+
+def test_a_run_started_by_a_runs_step_belongs_to_the_same_key(alice):
+    from workflows import definitions
+    from workflows.definitions import Step, Workflow
+    from workflows.engine import step_execute
+
+    if "test_parent" not in {wf.name for wf in definitions.all()}:
+        definitions.register(Workflow(name="test_parent", version=1, required_inputs=("n",),
+                                      steps=[Step(name="spawn", kind="local", local=_start_child)]))
+    body = alice.post(START, {"workflow": "test_parent", "input": {"n": 1}}, format="json").json()
+    step = WorkflowRun.objects.get(pk=body["id"]).steps.get()
+    step_execute(step_id=step.pk)  # in this process: what a worker does
+    child_id = WorkflowRun.objects.get(pk=body["id"]).context["child"]
+    assert WorkflowRun.objects.get(pk=child_id).owner_key == alice.api_key
+    assert alice.get(f"{START}/{child_id}").status_code == 200
