@@ -53,7 +53,7 @@ class ServiceAdminForm(forms.ModelForm):
 class ServiceAdmin(OperateAdminMixin, HealthAdminMixin, admin.ModelAdmin):
     form = ServiceAdminForm
     list_display = (
-        "name", "type", "status_badge", "url", "last_heartbeat_at", "criticality",
+        "name", "type", "status_badge", "url", "last_heartbeat_at", "criticality", "owner", "pending_approval",
         *getattr(HealthAdminMixin, "health_list_display", ()),
     )
     list_filter = ("type", "status", "criticality", "pending_approval")

@@ -24,7 +24,13 @@ from rest_framework import authentication, exceptions, permissions, throttling
 
 from registry.audit import actor_of, audit_record
 from registry.models import ApiKey, AuditEvent
-from registry.scopes import gateway_allow_normalize, key_has_scope, scopes_normalize
+from registry.scopes import (
+    DEPRECATED_NAMES,
+    gateway_allow_normalize,
+    key_has_scope,
+    scopes_effective,
+    scopes_normalize,
+)
 from registry.types import TYPE_PATTERN
 
 logger = logging.getLogger(__name__)
@@ -161,6 +167,9 @@ class ApiPrincipal:
         return key_has_scope(self.key, scope)
 
 
+_warned_old_scopes: set[int] = set()
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     """``Authorization: Token <key>`` or ``Authorization: Bearer <key>``.
 
@@ -188,6 +197,11 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if key.expires_at is not None and key.expires_at <= now:
             raise exceptions.AuthenticationFailed("API key has expired.")
         _touch_last_used(key, now)
+        if key.pk not in _warned_old_scopes and DEPRECATED_NAMES.intersection(key.scopes):
+            _warned_old_scopes.add(key.pk)  # once per key and process: this is the hot path
+            logger.warning("API key %s (%s…) still holds deprecated scope names %s; they work as %s",
+                           key.name, key.prefix, sorted(DEPRECATED_NAMES.intersection(key.scopes)),
+                           sorted(scopes_effective(tuple(key.scopes))))
         return ApiPrincipal(key), key
 
     def authenticate_header(self, request) -> str:

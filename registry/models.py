@@ -98,7 +98,8 @@ class Service(models.Model):
     # Identity: the key that registered the instance. Only it (or a registry:admin key,
     # or an operator) may change it; ownership moves only by an operator's action.
     owner = models.ForeignKey(
-        "registry.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="services",
+        # PROTECT: deleting a key must not silently free its services (revoke keys instead).
+        "registry.ApiKey", null=True, blank=True, on_delete=models.PROTECT, related_name="services",
         help_text="The API key that registered it. Empty: only operators and registry:admin keys may change it.",
     )
     pending_approval = models.BooleanField(

@@ -74,7 +74,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='service',
             name='owner',
-            field=models.ForeignKey(blank=True, help_text='The API key that registered it. Empty: only operators and registry:admin keys may change it.', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='services', to='registry.apikey'),
+            field=models.ForeignKey(blank=True, help_text='The API key that registered it. Empty: only operators and registry:admin keys may change it.', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='services', to='registry.apikey'),
         ),
         migrations.AddField(
             model_name='service',

@@ -275,6 +275,14 @@ def test_a_key_row_still_holding_old_names_keeps_working(db):
     assert client.get("/workflows/runs").status_code == 403  # `read` no longer reads runs
 
 
+def test_a_key_cannot_be_deleted_while_it_owns_services(planner):
+    from django.db.models import ProtectedError
+
+    planner.post("/registry/services", REAL, format="json")
+    with pytest.raises(ProtectedError):
+        ApiKey.objects.filter(pk=planner.api_key.pk).delete()
+
+
 def test_the_data_migration_maps_old_scopes_to_the_nearest_new_ones(db):
     import importlib
 
@@ -345,3 +353,37 @@ def test_the_gateway_allow_list_limits_types_and_methods(db):
     assert client.post("/gateway/AGENT_ORCHESTRATOR/tasks", {}, format="json").status_code == 404
     with pytest.raises(ValueError, match="Gateway allow-list entry 'NOPE:FETCH'"):
         api_key_create(name="bad", scopes=["gateway"], gateway_allow=["NOPE:FETCH"])
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(REGISTRY_KEY_MAX_INSTANCES=3)
+def test_concurrent_registrations_by_one_key_cannot_slip_past_its_quota():
+    import threading
+
+    from django.db import connections
+
+    _, plain = api_key_create(name="racer", scopes=["registry:write"])
+    barrier = threading.Barrier(10)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def register(i: int) -> None:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {plain}")
+        try:
+            barrier.wait(timeout=30)
+            code = client.post("/registry/services", dict(REAL, name=f"planning-system-{i}"),
+                               format="json").status_code
+            with lock:
+                statuses.append(code)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=register, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(statuses) == [201] * 3 + [403] * 7
+    assert Service.objects.count() == 3
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.QUOTA_REFUSED).count() == 7
