@@ -239,6 +239,18 @@ API_WRITE_THROTTLE_RATE = env_rate("API_WRITE_THROTTLE_RATE", "6000/min")
 API_KEY_LAST_USED_INTERVAL_SECONDS = env_int("API_KEY_LAST_USED_INTERVAL_SECONDS", 60, minimum=1)
 # Valid keys are cached per process this long: a revocation reaches other processes within it.
 API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 5.0, minimum=0)
+# --- Identity and least privilege (identity issue) -------------------------------
+# Per-key quotas (an ApiKey's max_instances / max_hosts override them): service instances
+# a key may own, and distinct hosts (url and health_url) those instances may point at.
+REGISTRY_KEY_MAX_INSTANCES = env_int("REGISTRY_KEY_MAX_INSTANCES", 50, minimum=1)
+REGISTRY_KEY_MAX_HOSTS = env_int("REGISTRY_KEY_MAX_HOSTS", 10, minimum=1)
+# Service types whose NEW instances wait for an operator's approval (admin) before discovery.
+REGISTRY_APPROVAL_TYPES = [t.upper() for t in env_list("REGISTRY_APPROVAL_TYPES", [])]
+# Scopes an operator may mint in the admin; registry:admin additionally needs a superuser.
+API_KEY_ADMIN_MINTABLE_SCOPES = env_list(
+    "API_KEY_ADMIN_MINTABLE_SCOPES",
+    ["registry:read", "registry:write", "runs:read", "workflows", "gateway", "metrics"],
+)
 # /health's broker probe gives up after this many seconds.
 HEALTH_BROKER_TIMEOUT_SECONDS = env_float("HEALTH_BROKER_TIMEOUT_SECONDS", 1.0, minimum=0.05)
 

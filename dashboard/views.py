@@ -52,7 +52,7 @@ def _error(status: int, detail: str, code: str) -> JsonResponse:
 
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """Prometheus scrape endpoint: a key with scope ``read``, or an allow-listed network."""
+    """Prometheus scrape endpoint: a key with scope ``metrics``, or an allow-listed network."""
     if not client_ip_allowed(request.META.get("REMOTE_ADDR", "")):
         try:
             found = ApiKeyAuthentication().authenticate(request)
@@ -61,8 +61,8 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         if found is None:
             return _error(401, "Authentication credentials were not provided.", "not_authenticated")
         principal: ApiPrincipal = found[0]
-        if not principal.has_scope("read"):
-            return _error(403, "This API key lacks the 'read' scope.", "permission_denied")
+        if not principal.has_scope("metrics"):
+            return _error(403, "This API key lacks the 'metrics' scope.", "permission_denied")
     return HttpResponse(metrics.metrics_render(), content_type=metrics.CONTENT_TYPE)
 
 
@@ -110,7 +110,7 @@ _SD_GROUP = inline_serializer(
 class PrometheusSdView(APIView):
     """Prometheus HTTP service discovery: every registered service as a scrape target."""
 
-    required_scopes = {"GET": "read"}
+    required_scopes = {"GET": "metrics"}
 
     @extend_schema(
         operation_id="registry_prometheus_sd",
@@ -118,7 +118,7 @@ class PrometheusSdView(APIView):
         description=(
             "A JSON list of target groups, one per registered service: "
             '`[{"targets": ["host:port"], "labels": {"name", "type", "status", "version"}}]`. '
-            "Point Prometheus' `http_sd_configs` here with a `read` key."
+            "Point Prometheus' `http_sd_configs` here with a `metrics` key."
         ),
         responses={200: OpenApiResponse(_SD_GROUP),
                    400: OpenApiResponse(ErrorSerializer, description="An unknown query parameter.")},

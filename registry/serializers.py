@@ -268,7 +268,7 @@ class ServiceSerializer(serializers.ModelSerializer):
             "registered_at", "updated_at", "last_heartbeat_at", "last_checked_at",
             "check_interval_seconds", "check_timeout_seconds", "slow_threshold_ms",
             "failures_before_critical", "successes_before_passing", "ttl_seconds",
-            "deregister_after_seconds",
+            "deregister_after_seconds", "pending_approval",
         )
         read_only_fields = fields
 

@@ -167,9 +167,9 @@ class WorkflowRunAdmin(OperateAdminMixin, admin.ModelAdmin):
     actions = ("retry_runs", "cancel_runs")
     change_form_template = "admin/workflows/workflowrun/change_form.html"
     readonly_fields = ("id", "workflow", "version", "status", "error", "failed_step", "idempotency_key",
-                       "triggered_by", "created_at", "started_at", "finished_at", "input", "context")
+                       "triggered_by", "owner_key", "created_at", "started_at", "finished_at", "input", "context")
     fieldsets = (
-        (None, {"fields": ("id", ("workflow", "version"), "status", "failed_step", "triggered_by",
+        (None, {"fields": ("id", ("workflow", "version"), "status", "failed_step", ("triggered_by", "owner_key"),
                            "idempotency_key", ("created_at", "started_at", "finished_at"))}),
         ("Data", {"fields": ("input", "context"), "classes": ("collapse",)}),
     )

@@ -1,7 +1,10 @@
 """The workflow API: start, list, inspect, retry, cancel and signal runs; list definitions.
 
 Thin views: validate input with a serializer, call ``workflows.engine`` /
-``workflows.services``, serialize the result. Writes need the ``workflows`` scope.
+``workflows.services``, serialize the result. Starting and acting need the
+``workflows`` scope, reading ``runs:read``; a key sees and acts on the runs it
+started, unless it has ``runs:read:all`` (read) or ``workflows:operate`` (act).
+Another key's run is a 404, like a run that does not exist.
 """
 
 from __future__ import annotations
@@ -36,12 +39,12 @@ from workflows.serializers import (
     RunStartInput,
 )
 
-SCOPES = {"GET": "read", "POST": "workflows"}
+SCOPES = {"GET": "runs:read", "POST": "workflows"}
 _ERROR_TEXT = {
     400: "Invalid input: `detail` summarises, `errors` names each field (unknown fields too).",
     401: "Missing, malformed, unknown, revoked or expired API key.",
-    403: "The API key lacks the scope this endpoint needs (`read` or `workflows`).",
-    404: "No such run.",
+    403: "The API key lacks the scope this endpoint needs (`runs:read` or `workflows`).",
+    404: "No such run, or a run another API key started.",
     409: "The run is not in a state that allows this action; `detail` says why.",
     413: "Request body larger than API_MAX_BODY_BYTES.",
     429: "Too many writes for this API key.",
@@ -116,11 +119,16 @@ def _actor(request: Request) -> str:
     return getattr(request.user, "username", "") or "api"
 
 
-def _detail(run_id) -> WorkflowRun:
+def _key(request: Request):
+    return request.user.key
+
+
+def _detail(run_id, key) -> WorkflowRun:
     attempts = Prefetch("attempts", queryset=StepAttempt.objects.order_by("number"))
     steps = Prefetch("steps", queryset=StepRun.objects.order_by("index").prefetch_related(attempts))
+    runs = services.run_visible_to(WorkflowRun.objects.all(), key=key)
     try:
-        return WorkflowRun.objects.prefetch_related(steps, "events").get(pk=run_id)
+        return runs.prefetch_related(steps, "events").get(pk=run_id)
     except (WorkflowRun.DoesNotExist, ValueError, DjangoValidationError):
         raise NotFound(f"Workflow run {run_id} not found") from None
 
@@ -136,7 +144,7 @@ class RunListView(APIView):
     )
     def get(self, request: Request) -> Response:
         filters = query_params_validate(request, serializer_class=RunListQuery)
-        runs = WorkflowRun.objects.all()
+        runs = services.run_visible_to(WorkflowRun.objects.all(), key=_key(request))
         if "workflow" in filters:
             runs = runs.filter(workflow=filters["workflow"])
         if "status" in filters:
@@ -166,9 +174,9 @@ class RunListView(APIView):
         run, created = engine.run_start(
             workflow=data.validated_data["workflow"], input=data.validated_data["input"],
             idempotency_key=request.headers.get("Idempotency-Key") or None,
-            triggered_by=_actor(request),
+            triggered_by=_actor(request), owner_key=_key(request),
         )
-        return Response(RunDetailOut(_detail(run.pk)).data,
+        return Response(RunDetailOut(_detail(run.pk, _key(request))).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
@@ -179,7 +187,7 @@ class RunDetailView(APIView):
                    summary="A run with its steps, their attempts, and its events.")
     def get(self, request: Request, run_id) -> Response:
         query_params_read(request, allowed=())
-        return Response(RunDetailOut(_detail(run_id)).data)
+        return Response(RunDetailOut(_detail(run_id, _key(request))).data)
 
 
 class RunRetryView(APIView):
@@ -191,8 +199,8 @@ class RunRetryView(APIView):
     def post(self, request: Request, run_id) -> Response:
         data = RunRetryInput(data=request.data)
         data.is_valid(raise_exception=True)
-        services.run_retry(run_id=run_id, actor=_actor(request), **data.validated_data)
-        return Response(RunDetailOut(_detail(run_id)).data)
+        services.run_retry(run_id=run_id, actor=_actor(request), key=_key(request), **data.validated_data)
+        return Response(RunDetailOut(_detail(run_id, _key(request))).data)
 
 
 class RunCancelView(APIView):
@@ -203,8 +211,8 @@ class RunCancelView(APIView):
                    summary="Cancel a run: a running step may finish, nothing further runs.")
     def post(self, request: Request, run_id) -> Response:
         EmptyInput(data=request.data or {}).is_valid(raise_exception=True)
-        services.run_cancel(run_id=run_id, actor=_actor(request))
-        return Response(RunDetailOut(_detail(run_id)).data)
+        services.run_cancel(run_id=run_id, actor=_actor(request), key=_key(request))
+        return Response(RunDetailOut(_detail(run_id, _key(request))).data)
 
 
 class RunSignalView(APIView):
@@ -216,12 +224,13 @@ class RunSignalView(APIView):
     def post(self, request: Request, run_id) -> Response:
         data = RunSignalInput(data=request.data)
         data.is_valid(raise_exception=True)
-        services.run_answer(run_id=run_id, actor=_actor(request), **data.validated_data)
-        return Response(RunDetailOut(_detail(run_id)).data)
+        services.run_answer(run_id=run_id, actor=_actor(request), key=_key(request), **data.validated_data)
+        return Response(RunDetailOut(_detail(run_id, _key(request))).data)
 
 
 class DefinitionListView(APIView):
-    required_scopes = SCOPES
+    # Definitions say nothing about anyone's runs: registry readers may see them too.
+    required_scopes = {"GET": ("runs:read", "registry:read")}
     pagination_class = None
 
     @extend_schema(operation_id="workflow_definitions_list", responses={200: DefinitionOut(many=True), **_errors(400, 401, 403)},

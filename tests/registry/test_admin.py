@@ -96,7 +96,7 @@ def test_an_api_key_created_in_the_admin_is_shown_once_and_works(operator):
     match = re.search(r"API key for planning-system: (bp_[A-Za-z0-9_-]+)", html)
     assert match, html
     key = ApiKey.objects.get(name="planning-system")
-    assert key.scopes == ["read", "register"] and key.expires_at is not None
+    assert key.scopes == ["metrics", "registry:read", "registry:write"] and key.expires_at is not None
     assert match.group(1) not in operator.get(f"/admin/registry/apikey/{key.pk}/change/").content.decode()
     api = Client(HTTP_AUTHORIZATION=f"Token {match.group(1)}")
     assert api.get("/registry/services").status_code == 200
