@@ -72,6 +72,7 @@ def test_finished_runs_past_retention_go_with_their_steps_attempts_and_events_an
     assert deleted["runs"] == 3
     remaining = set(WorkflowRun.objects.values_list("pk", flat=True))
     assert remaining == {r.pk for r in [*active, recent]}
+    assert not WorkflowRun.objects.filter(pk__in=[r.pk for r in old]).exists()
     # Children went with their runs (nothing orphaned), and the others' are intact.
     assert set(StepRun.objects.values_list("run_id", flat=True)) == remaining
     assert set(RunEvent.objects.values_list("run_id", flat=True)) == remaining
