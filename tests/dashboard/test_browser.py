@@ -16,9 +16,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
 from dashboard.roles import OPERATORS, VIEWERS
+from registry.models import Service
 from tests.dashboard.conftest import wait_for_run
 from tests.dashboard.factories import failed_run
-from registry.models import Service
 from workflows.engine import run_start
 from workflows.models import RunEvent, RunStatus
 
