@@ -8,11 +8,14 @@ broker under ``var/``, so ``make demo`` runs anywhere. Production sets
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 from berrys_portal.env import (
+    env_bind,
     env_bool,
     env_float,
     env_int,
@@ -32,13 +35,28 @@ if DJANGO_ENV not in {"development", "production", "test"}:
     raise ImproperlyConfigured(f"DJANGO_ENV={DJANGO_ENV!r}: use development, production or test")
 PRODUCTION = DJANGO_ENV == "production"
 
-DEBUG = env_bool("DEBUG", not PRODUCTION)
+# The development profile (what `make demo` runs) is the only one with DEBUG: its technical
+# 404/500 pages show settings and code. Production refuses DEBUG=1 outright.
+DEVELOPMENT = DJANGO_ENV == "development"
+DEBUG = env_bool("DEBUG", DEVELOPMENT)
+if DEBUG and not DEVELOPMENT:
+    raise ImproperlyConfigured(
+        f"DEBUG=1 is refused under DJANGO_ENV={DJANGO_ENV}: debug pages expose settings and code "
+        "(only the development profile may use DEBUG)"
+    )
+# Public by construction (it is in this file): fine for a laptop, refused in production.
+DEVELOPMENT_SECRET_KEY = "django-insecure-development-only-key-never-use-in-production"
 if PRODUCTION:
     SECRET_KEY = env_str("SECRET_KEY", required=True)
-    if len(SECRET_KEY) < 50 or SECRET_KEY.startswith("django-insecure"):
+    if SECRET_KEY == DEVELOPMENT_SECRET_KEY or SECRET_KEY.startswith("django-insecure"):
+        raise ImproperlyConfigured(
+            "SECRET_KEY is a development key: production needs its own (e.g. "
+            "python -c 'import secrets; print(secrets.token_urlsafe(64))')"
+        )
+    if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5:
         raise ImproperlyConfigured("SECRET_KEY must be at least 50 random characters in production")
 else:
-    SECRET_KEY = env_str("SECRET_KEY", "django-insecure-development-only-key-never-use-in-production")
+    SECRET_KEY = env_str("SECRET_KEY", DEVELOPMENT_SECRET_KEY)
 
 PORTAL_PORT = env_int("PORTAL_PORT", 8090, minimum=1)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]", "testserver"])
@@ -48,7 +66,8 @@ CSRF_TRUSTED_ORIGINS = env_list(
 )
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # The admin with the portal's site (every action gated by permission, retention shown).
+    "berrys_portal.apps.PortalAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -60,6 +79,8 @@ INSTALLED_APPS = [
     "registry",
     "workflows",
     "dashboard",
+    "axes",
+    "csp",
 ]
 
 MIDDLEWARE = [
@@ -75,6 +96,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a lock-out raised during login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "berrys_portal.urls"
@@ -195,6 +219,25 @@ if PRODUCTION:
         "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
     }
 LOGIN_URL = "admin:login"
+
+# --- Admin login throttling (django-axes) --------------------------------------------
+# Axes' backend first: it refuses a locked-out (username, address) before the password is
+# even checked. force_login (the tests) goes through neither.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Lock a (username, client address) pair after this many failed logins in a row ...
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+# ... for this long (or until an operator deletes its row under Axes > Access attempts).
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 30, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# REMOTE_ADDR, or the proxy's X-Forwarded-For entry when TRUST_PROXY_HEADERS is on.
+AXES_CLIENT_IP_CALLABLE = "berrys_portal.security.client_ip"
+AXES_LOCKOUT_TEMPLATE = "admin/locked_out.html"
+# A wrong password is a normal event; axes logs every one at WARNING otherwise.
+AXES_VERBOSE = False
 
 # --- API ----------------------------------------------------------------------
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024, minimum=1024)
@@ -366,6 +409,17 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update({
     "WorkflowStepStatusEnum": "workflows.models.StepStatus",
 })
 
+# --- Retention (berrys_portal.retention) ----------------------------------------------
+# Rows older than these are deleted by the "portal: prune rows past retention" beat task.
+# Health snapshots follow HEALTH_SNAPSHOT_RETENTION_DAYS (above).
+WORKFLOW_RUN_RETENTION_DAYS = env_int("WORKFLOW_RUN_RETENTION_DAYS", 30, minimum=1)
+STATUS_CHANGE_RETENTION_DAYS = env_int("STATUS_CHANGE_RETENTION_DAYS", 180, minimum=1)
+BREAKER_EVENT_RETENTION_DAYS = env_int("BREAKER_EVENT_RETENTION_DAYS", 90, minimum=1)
+ALERT_RETENTION_DAYS = env_int("ALERT_RETENTION_DAYS", 90, minimum=1)
+# Rows (or runs, each with its children) deleted per transaction: keeps every lock short.
+RETENTION_BATCH_SIZE = env_int("RETENTION_BATCH_SIZE", 500, minimum=1)
+RETENTION_PRUNE_EVERY_SECONDS = env_int("RETENTION_PRUNE_EVERY_SECONDS", 3600, minimum=60)
+
 # --- Request adapters (demo issue) --------------------------------------------
 # Seconds a process keeps its adapter rules before re-reading them (saves also bump a
 # version in the shared cache, which every process with Redis checks on each call).
@@ -395,7 +449,8 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # axes logs every login at INFO (its AccessLog table keeps them anyway).
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }
 
 # --- Dashboard, metrics and roles (dashboard issue) ------------------------------
@@ -413,9 +468,37 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Dashboard windows.
 DASHBOARD_FAILED_RUNS_SHOWN = env_int("DASHBOARD_FAILED_RUNS_SHOWN", 10, minimum=1)
 
-# --- Production hardening -------------------------------------------------------
-if PRODUCTION:
+# --- Web hardening ------------------------------------------------------------------
+# gunicorn's listen address (berrys_portal/gunicorn_conf.py reads the same variable): loopback
+# by default, a TLS-terminating proxy in front. "0.0.0.0:8090" only on purpose.
+PORTAL_BIND = env_bind("PORTAL_BIND", f"127.0.0.1:{PORTAL_PORT}")
+# Only a proxy we run may say "this came in over HTTPS" (X-Forwarded-Proto) and who the client
+# is (X-Forwarded-For, for the login throttle): off, any client could claim either.
+TRUST_PROXY_HEADERS = env_bool("TRUST_PROXY_HEADERS", False)
+if TRUST_PROXY_HEADERS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Content-Security-Policy (django-csp 4 format). No inline or third-party script anywhere:
+# the admin, the dashboard and Swagger UI (its split view loads its init script from our
+# origin) all load scripts from 'self'. Inline styles stay allowed: the dashboard's SVG charts
+# and status badges colour elements with style attributes, which no nonce can cover.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        # Swagger UI's stylesheet draws its icons from data: URIs.
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+
+if PRODUCTION:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True

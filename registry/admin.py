@@ -15,7 +15,9 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db import models
+from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 
 from berrys_portal.json_input import CheckedJSONFormField
@@ -263,11 +265,24 @@ class ApiKeyAdmin(OperateAdminMixin, admin.ModelAdmin):
             gateway_allow=form.cleaned_data["gateway_allow"], max_instances=form.cleaned_data["max_instances"],
             max_hosts=form.cleaned_data["max_hosts"],
         )
-        obj.pk = key.pk  # so the admin's "added" message and redirect point at the new row
-        self.message_user(
-            request, f"API key for {key.name}: {plain} — copy it now, it is not shown again.",
-            messages.WARNING,
-        )
+        obj.pk = key.pk
+        # Held on this request only, for response_add: the plain key never reaches a cookie,
+        # the session, the messages framework or a log.
+        request._new_api_key = (key, plain)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        created = getattr(request, "_new_api_key", None)
+        if created is None:
+            return super().response_add(request, obj, post_url_continue)
+        key, plain = created
+        response = TemplateResponse(request, "admin/registry/apikey/created.html", {
+            **self.admin_site.each_context(request),
+            "opts": self.opts, "title": "New API key", "key": key, "plain_key": plain,
+        })
+        # The answer to the POST is the only place the key appears: no redirect, no caching.
+        add_never_cache_headers(response)
+        response["Cache-Control"] += ", no-store"
+        return response
 
     @admin.display(description="scopes")
     def scope_list(self, obj: ApiKey) -> str:

@@ -831,17 +831,11 @@ def health_oldest_overdue_seconds(*, now: datetime | None = None) -> float:
 
 def health_snapshots_prune(*, now: datetime | None = None, batch_size: int | None = None) -> int:
     """Delete snapshots older than HEALTH_SNAPSHOT_RETENTION_DAYS, in batches (short locks)."""
+    from berrys_portal.retention import rows_prune
+
     cutoff = (now or timezone.now()) - timedelta(days=settings.HEALTH_SNAPSHOT_RETENTION_DAYS)
-    batch_size = batch_size or settings.HEALTH_PRUNE_BATCH_SIZE
-    total = 0
-    while True:
-        ids = list(
-            HealthSnapshot.objects.filter(checked_at__lt=cutoff).order_by("checked_at")
-            .values_list("id", flat=True)[:batch_size]
-        )
-        if not ids:
-            return total
-        total += HealthSnapshot.objects.filter(id__in=ids).delete()[0]
+    return rows_prune(queryset=HealthSnapshot.objects.all(), age_field="checked_at", cutoff=cutoff,
+                      batch_size=batch_size or settings.HEALTH_PRUNE_BATCH_SIZE)
 
 
 # --- Uptime (admin) ------------------------------------------------------------------------------

@@ -244,7 +244,10 @@ class HealthSnapshot(models.Model):
 
 
 class StatusChange(models.Model):
-    """A service's status flip, kept forever (uptime and history come from these)."""
+    """A service's status flip (uptime and history come from these).
+
+    Kept STATUS_CHANGE_RETENTION_DAYS, except each service's latest, which is kept whatever its age.
+    """
 
     DEREGISTERED = "deregistered"
 
@@ -296,6 +299,8 @@ class BreakerEvent(models.Model):
             models.Index(fields=["service", "-at"], name="registry_breakerevent_latest"),
             # Dashboard: breaker trips in the last 24 h.
             models.Index(fields=["new_state", "-at"], name="registry_breakerevent_trips"),
+            # Retention pruning (berrys_portal.retention): oldest first.
+            models.Index(fields=["at"], name="registry_breakerevent_age"),
         ]
 
     def __str__(self) -> str:
@@ -337,6 +342,8 @@ class Alert(models.Model):
                 fields=["created_at"], name="registry_alert_undelivered",
                 condition=Q(delivered_at__isnull=True),
             ),
+            # Retention pruning (berrys_portal.retention): oldest first.
+            models.Index(fields=["created_at"], name="registry_alert_age"),
         ]
 
     def __str__(self) -> str:

@@ -102,6 +102,9 @@ class WorkflowRun(models.Model):
             # Admin filter "failed in the last 24 h".
             models.Index(fields=["-finished_at"], name="workflows_run_failed_recent",
                          condition=Q(status="failed")),
+            # Retention pruning (berrys_portal.retention): finished runs, oldest first.
+            models.Index(fields=["finished_at"], name="workflows_run_finished_age",
+                         condition=Q(status__in=["succeeded", "failed", "cancelled"])),
         ]
 
     def __str__(self) -> str:
