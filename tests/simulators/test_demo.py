@@ -91,6 +91,7 @@ class DemoOnTerminal:
     def __init__(self, clone: Path, portal_port: int, base_port: int):
         self.clone = clone
         self.lines: list[str] = []
+        self.times: list[float] = []  # when each line was read (time.monotonic())
         self.events: queue.Queue[str] = queue.Queue()
         self.stack_started = threading.Event()
         self.master, slave = os.openpty()
@@ -119,11 +120,16 @@ class DemoOnTerminal:
             *complete, pending = pending.split(b"\n")
             for raw in complete:
                 line = raw.decode(errors="replace").rstrip("\r")
+                self.times.append(time.monotonic())
                 self.lines.append(line)
                 if "DEMO READY" in line or "DEMO FAILED" in line or "What to click" in line:
                     self.events.put(line)
                 elif "Starting the demo" in line:
                     self.stack_started.set()
+
+    def seen_at(self, text: str) -> float | None:
+        """When the first line containing ``text`` was read, or None."""
+        return next((at for at, line in zip(self.times, self.lines, strict=False) if text in line), None)
 
     def output(self, last: int = 60) -> str:
         return "\n".join(self.lines[-last:])
