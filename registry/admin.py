@@ -38,12 +38,20 @@ _BADGE_COLOURS = {
 }
 
 
+def _http_url_formfield(field, **kwargs):
+    """URL form fields assume http:// for a URL typed without a scheme (see formfield_overrides)."""
+    if isinstance(field, models.URLField):
+        kwargs.setdefault("assume_scheme", "http")
+    return field.formfield(**kwargs)
+
+
 class ServiceAdminForm(forms.ModelForm):
     """Operators editing a URL get the API's rules too (no link-local, allow-list)."""
 
     class Meta:
         model = Service
         fields = ("name", "type", "url", "health_url")  # the admin passes the fieldsets' fields
+        formfield_callback = _http_url_formfield
 
     def clean_url(self):
         return validate_service_url(self.cleaned_data["url"])
@@ -57,7 +65,12 @@ class ServiceAdminForm(forms.ModelForm):
 class ServiceAdmin(OperateAdminMixin, HealthAdminMixin, admin.ModelAdmin):
     form = ServiceAdminForm
     # metadata, capabilities, endpoints, tags: the API's JSON rule (depth, no NUL, no lone surrogates).
-    formfield_overrides = {models.JSONField: {"form_class": CheckedJSONFormField}}
+    formfield_overrides = {
+        models.JSONField: {"form_class": CheckedJSONFormField},
+        # Services are mostly plain-HTTP internal addresses: a URL typed without a scheme
+        # keeps meaning http:// (and Django 6.0's change of default to https is moot).
+        models.URLField: {"assume_scheme": "http"},
+    }
     list_display = (
         "name", "type", "status_badge", "url", "last_heartbeat_at", "criticality", "owner", "pending_approval",
         *getattr(HealthAdminMixin, "health_list_display", ()),
