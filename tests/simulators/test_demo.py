@@ -227,6 +227,14 @@ def test_make_demo_starts_on_the_embedded_defaults_stops_on_ctrl_c_and_restarts_
         assert "DEMO READY" in status.stdout and "Login:  operator" in status.stdout
         assert "model-orchestration" in status.stdout
         first_ids = _run_ids(summary)
+        # Idle, the stack prints nothing per poll: no heartbeat access lines, no beat / worker
+        # INFO line per scheduled task (heartbeats every 10 s, a health sweep every 5 s).
+        ready_at = demo.seen_at("What to click")
+        time.sleep(max(0.0, ready_at + 12 - time.monotonic()))
+        idle = demo.lines[len(summary.splitlines()):]
+        routine = [line for line in idle if re.search(
+            r"/heartbeat|Sending due task|Task \S+ received|Task \S+ succeeded", line)]
+        assert routine == [], "\n".join(routine)
     except BaseException:
         demo.kill()
         raise
