@@ -3,7 +3,9 @@
 It lets the Web Dashboard reach the core services through the portal, so every
 such call gets discovery, the request adapters (the chat-bug fix), the service's
 circuit breaker and retries — the ServiceClient retries idempotent methods
-only, so a POST is never sent twice. Needs a key with the ``gateway`` scope.
+only, so a POST is never sent twice. Needs a key with the ``gateway`` scope,
+and only the types and methods on the key's ``gateway_allow`` list (403 naming
+what is missing).
 
 Answers: the service's own status and body (errors included, so callers see
 what the service said); portal-side failures in the API's one error shape —
@@ -38,8 +40,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from berrys_portal.errors import InvalidInput, PortalError, ServiceResponseError
+from berrys_portal.errors import Forbidden, InvalidInput, PortalError, ServiceResponseError
 from registry.client import service_client
+from registry.paths import gateway_path_check
+from registry.scopes import gateway_allows
 from registry.types import TYPE_PATTERN
 
 FORWARDED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -108,6 +112,7 @@ def gateway_forward(
 
 _ERRORS = {
     400: OpenApiResponse(description="Not a valid service type."),
+    403: OpenApiResponse(description="No `gateway` scope, or the key's allow-list lacks this type and method."),
     404: OpenApiResponse(description="No service of this type is registered."),
     502: OpenApiResponse(description="The instance could not be reached."),
     503: OpenApiResponse(description="No eligible instance, its circuit breaker is open, or too many "
@@ -130,6 +135,13 @@ class GatewayView(APIView):
     http_method_names = [m.lower() for m in FORWARDED_METHODS]
 
     def _forward(self, request: Request, service_type: str, path: str) -> Response:
+        gateway_path_check(path)  # registry/paths.py: no '.'/'..' segment in any encoding
+        key = request.user.key
+        if not gateway_allows(key, service_type=service_type.upper(), method=request.method):
+            raise Forbidden(
+                f"This API key's gateway allow-list does not include {service_type.upper()}:{request.method} "
+                f"(it allows: {', '.join(key.gateway_allow) or 'nothing'})."
+            )
         data = request.data if request.method in ("POST", "PUT", "PATCH") else None
         params = {key: request.query_params.getlist(key) for key in request.query_params}
         key_id = getattr(request.auth, "pk", None)

@@ -478,8 +478,9 @@ def _copy_rows(model, columns: list[str], values: list[tuple]) -> None:
                 for row in values:
                     copy.write_row([json.dumps(v) if isinstance(v, dict | list) else v for v in row])
         return
-    fields = [c.removesuffix("_id") if c.endswith("_id") else c for c in columns]
-    model.objects.bulk_create([model(**dict(zip(fields, row, strict=True))) for row in values])
+    # The model constructor takes a foreign key's column name (``service_id``) with a raw
+    # id; stripping ``_id`` would hand an int to the relation and raise ValueError.
+    model.objects.bulk_create([model(**dict(zip(columns, row, strict=True))) for row in values])
 
 
 def _write(rows: list[Row]) -> int:
@@ -830,17 +831,11 @@ def health_oldest_overdue_seconds(*, now: datetime | None = None) -> float:
 
 def health_snapshots_prune(*, now: datetime | None = None, batch_size: int | None = None) -> int:
     """Delete snapshots older than HEALTH_SNAPSHOT_RETENTION_DAYS, in batches (short locks)."""
+    from berrys_portal.retention import rows_prune
+
     cutoff = (now or timezone.now()) - timedelta(days=settings.HEALTH_SNAPSHOT_RETENTION_DAYS)
-    batch_size = batch_size or settings.HEALTH_PRUNE_BATCH_SIZE
-    total = 0
-    while True:
-        ids = list(
-            HealthSnapshot.objects.filter(checked_at__lt=cutoff).order_by("checked_at")
-            .values_list("id", flat=True)[:batch_size]
-        )
-        if not ids:
-            return total
-        total += HealthSnapshot.objects.filter(id__in=ids).delete()[0]
+    return rows_prune(queryset=HealthSnapshot.objects.all(), age_field="checked_at", cutoff=cutoff,
+                      batch_size=batch_size or settings.HEALTH_PRUNE_BATCH_SIZE)
 
 
 # --- Uptime (admin) ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from berrys_portal.json_input import json_string_problem
 from registry.models import Criticality, HealthStatus, Service
 from registry.types import TYPE_PATTERN
 from registry.validators import validate_service_url
@@ -84,12 +85,10 @@ def _check_json_value(value: Any, depth: int = 0) -> None:
     if depth > MAX_METADATA_DEPTH:
         raise serializers.ValidationError(f"Nested deeper than {MAX_METADATA_DEPTH} levels.")
     if isinstance(value, str):
-        if "\x00" in value:
-            raise serializers.ValidationError("Strings must not contain NUL characters.")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise serializers.ValidationError("Strings must be valid Unicode (no lone surrogates).") from exc
+        # The API's parser already refuses these (berrys_portal.json_input); kept for other callers.
+        problem = json_string_problem(value)
+        if problem:
+            raise serializers.ValidationError(problem)
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_json_value(key, depth + 1)
@@ -269,7 +268,7 @@ class ServiceSerializer(serializers.ModelSerializer):
             "registered_at", "updated_at", "last_heartbeat_at", "last_checked_at",
             "check_interval_seconds", "check_timeout_seconds", "slow_threshold_ms",
             "failures_before_critical", "successes_before_passing", "ttl_seconds",
-            "deregister_after_seconds",
+            "deregister_after_seconds", "pending_approval",
         )
         read_only_fields = fields
 

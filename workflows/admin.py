@@ -25,6 +25,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from berrys_portal.errors import PortalError
+from berrys_portal.json_input import CheckedJSONFormField
 from dashboard.roles import OperateAdminMixin, can_operate_runs
 from workflows import definitions, services
 from workflows.models import RunEvent, RunStatus, StepAttempt, StepRun, StepStatus, WorkflowRun
@@ -108,7 +109,7 @@ def _badge(status: str) -> str:
 
 
 class EditInputForm(forms.Form):
-    input = forms.JSONField(widget=forms.Textarea(attrs={"rows": 14, "cols": 90, "style": "font-family:monospace"}),
+    input = CheckedJSONFormField(widget=forms.Textarea(attrs={"rows": 14, "cols": 90, "style": "font-family:monospace"}),
                             help_text="The run's new input (a JSON object). The run restarts from its failed step.")
     from_step = forms.ChoiceField(required=False, help_text="Restart here instead (optional).")
 
@@ -133,7 +134,7 @@ class RerunForm(forms.Form):
 
 class AnswerForm(forms.Form):
     step = forms.ChoiceField()
-    data = forms.JSONField(initial=dict, widget=forms.Textarea(attrs={"rows": 8, "cols": 90,
+    data = CheckedJSONFormField(initial=dict, widget=forms.Textarea(attrs={"rows": 8, "cols": 90,
                                                                      "style": "font-family:monospace"}),
                            help_text="The answer (a JSON object), merged into the run's context.")
 
@@ -166,9 +167,9 @@ class WorkflowRunAdmin(OperateAdminMixin, admin.ModelAdmin):
     actions = ("retry_runs", "cancel_runs")
     change_form_template = "admin/workflows/workflowrun/change_form.html"
     readonly_fields = ("id", "workflow", "version", "status", "error", "failed_step", "idempotency_key",
-                       "triggered_by", "created_at", "started_at", "finished_at", "input", "context")
+                       "triggered_by", "owner_key", "created_at", "started_at", "finished_at", "input", "context")
     fieldsets = (
-        (None, {"fields": ("id", ("workflow", "version"), "status", "failed_step", "triggered_by",
+        (None, {"fields": ("id", ("workflow", "version"), "status", "failed_step", ("triggered_by", "owner_key"),
                            "idempotency_key", ("created_at", "started_at", "finished_at"))}),
         ("Data", {"fields": ("input", "context"), "classes": ("collapse",)}),
     )

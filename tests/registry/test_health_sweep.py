@@ -19,6 +19,9 @@ from registry.breakers import breaker_for
 from registry.models import HealthSnapshot, HealthStatus, Service, StatusChange
 from tests.registry.loopback import Reply, flapping
 
+# Runs on PostgreSQL + Redis and on the embedded default (SQLite); see tests/conftest.py.
+pytestmark = pytest.mark.both_dbs
+
 HEALTHY = Reply(200, {"status": "healthy", "database": True, "cache": True, "dependencies": True})
 UNHEALTHY = Reply(200, {"status": "unhealthy", "database": False, "cache": True, "dependencies": True})
 
