@@ -212,7 +212,7 @@ def test_the_prober_never_follows_redirects_and_shows_read_keys_only_categories(
     assert metadata.connections == 0
     assert not any(b"Authorization" in head for head in hostile.heads)
     # What a read key sees: categories, never the peer's bytes.
-    listed = read_client.get("/registry/services?limit=100").json()
+    listed = read_client.get("/registry/services?page_size=100").json()
     rows = listed["results"] if isinstance(listed, dict) else listed
     shown = " ".join(r["status_reason"] for r in rows)
     assert "SSH" not in shown and "OpenSSH" not in shown
