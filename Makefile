@@ -42,7 +42,7 @@ demo-run:
 	$(BIN)/python manage.py demo_setup
 	$(BIN)/python manage.py setup_periodic_tasks
 	@mkdir -p var/demo
-	@$(BIN)/python manage.py create_api_key --name demo --scopes registry:read,registry:write,workflows,gateway --gateway-allow AGENT_ORCHESTRATOR:POST | tail -n 1 > var/demo/api.key
+	@$(BIN)/python manage.py create_api_key --name demo --scopes registry:read,registry:write,workflows:operate,gateway,metrics --gateway-allow '*:*' | tail -n 1 > var/demo/api.key
 	@chmod 600 var/demo/api.key
 	BIN=$(BIN) PORTAL_PORT=$(PORT) SIMULATORS_BASE_PORT=$(SIMULATORS_BASE_PORT) $(BIN)/honcho -f Procfile start
 
