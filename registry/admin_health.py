@@ -8,7 +8,7 @@ by templates/admin/registry/service/change_form.html.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django import forms
 from django.contrib import admin, messages
@@ -26,6 +26,25 @@ from registry.models import Alert, BreakerEvent, HealthSnapshot, HealthStatus, S
 _STATE_COLOURS = {"closed": "#1e7e34", "half-open": "#b58100", "open": "#c82333"}
 _DOT_COLOURS = {"passing": "#1e7e34", "warning": "#b58100", "critical": "#c82333"}
 CHECK_NOW_LIMIT = 50
+
+
+def time_ago(when: datetime | None) -> str:
+    """A short relative time ("12 s ago") with the exact UTC time on hover: list columns stay narrow."""
+    if when is None:
+        return "never"
+    seconds = (timezone.now() - when).total_seconds()
+    if seconds < 0:
+        text = "just now"
+    elif seconds < 90:
+        text = f"{seconds:.0f} s ago"
+    elif seconds < 90 * 60:
+        text = f"{seconds / 60:.0f} min ago"
+    elif seconds < 36 * 3600:
+        text = f"{seconds / 3600:.0f} h ago"
+    else:
+        text = f"{seconds / 86400:.0f} d ago"
+    return format_html('<span title="{}" style="white-space:nowrap">{}</span>',
+                       when.strftime("%Y-%m-%d %H:%M:%S UTC"), text)
 
 
 class CriticalNowFilter(admin.SimpleListFilter):
@@ -92,7 +111,7 @@ def latency_svg(snapshots: list[HealthSnapshot], *, width: int = 640, height: in
 class HealthAdminMixin:
     """Health panels, breaker state, filters and actions for ServiceAdmin."""
 
-    health_list_display = ("breaker_badge", "last_checked_at")
+    health_list_display = ("breaker_badge", "last_checked")
     health_actions = ("check_now", "reset_breaker", "force_open_breaker")
     health_readonly_fields = ()
     health_fieldsets = ()
@@ -100,6 +119,10 @@ class HealthAdminMixin:
 
     def get_list_filter(self, request):
         return (*super().get_list_filter(request), CriticalNowFilter, FlappingFilter)
+
+    @admin.display(description="last checked", ordering="last_checked_at")
+    def last_checked(self, obj) -> str:
+        return time_ago(obj.last_checked_at)
 
     @admin.display(description="breaker")
     def breaker_badge(self, obj) -> str:
@@ -124,6 +147,7 @@ class HealthAdminMixin:
         service = self.get_object(request, object_id)
         if service is not None:
             extra_context.update(self.health_panels(service))
+            extra_context.setdefault("title", f"Service {service.name}")
         return super().change_view(request, object_id, form_url, extra_context)
 
     def health_panels(self, service) -> dict:
@@ -135,8 +159,10 @@ class HealthAdminMixin:
             value = health.service_uptime(service=service, window=timedelta(days=days))
             uptime[label] = "–" if value is None else f"{value * 100:.2f} %"
         return {
-            "health_snapshots": snapshots[:20],
+            "health_snapshots": snapshots[:10],
+            "health_latency_count": sum(1 for s in snapshots if s.latency_ms is not None),
             "health_latency_svg": mark_safe(latency_svg(snapshots)),  # noqa: S308 - built from numbers only
+            "status_badge": self.status_badge(service),
             "health_uptime": uptime,
             "health_changes": StatusChange.objects.filter(service=service).order_by("-at")[:30],
             "health_breaker": {
