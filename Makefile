@@ -42,12 +42,22 @@ demo-run:
 	$(BIN)/python manage.py demo_setup
 	$(BIN)/python manage.py setup_periodic_tasks
 	@mkdir -p var/demo
-	@$(BIN)/python manage.py create_api_key --name demo --scopes register,read,workflows,gateway | tail -n 1 > var/demo/api.key
+	@$(BIN)/python manage.py create_api_key --name demo --scopes registry:read,registry:write,workflows,gateway --gateway-allow AGENT_ORCHESTRATOR:POST | tail -n 1 > var/demo/api.key
 	@chmod 600 var/demo/api.key
 	BIN=$(BIN) PORTAL_PORT=$(PORT) SIMULATORS_BASE_PORT=$(SIMULATORS_BASE_PORT) $(BIN)/honcho -f Procfile start
 
+# Two passes: the whole suite on PostgreSQL + Redis (DATABASE_URL / REDIS_URL, defaults in
+# berrys_portal/settings_test.py), then the tests marked both_dbs on the embedded default
+# (SQLite + filesystem broker + database-held breakers, under var/test-sqlite). Fails if either fails.
+SQLITE_TEST_DIR := $(CURDIR)/var/test-sqlite
 test: install-test services browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@status=0; \
+	$(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
+	echo "== the embedded-default pass: SQLite + filesystem broker (tests marked both_dbs) =="; \
+	rm -rf $(SQLITE_TEST_DIR); \
+	DATABASE_URL=sqlite:///$(SQLITE_TEST_DIR)/portal.sqlite3 REDIS_URL= CELERY_BROKER_URL= BREAKER_STORE= \
+	  PORTAL_VAR_DIR=$(SQLITE_TEST_DIR) $(BIN)/python -m pytest -m both_dbs $(PYTEST_ARGS) || status=$$?; \
+	exit $$status
 
 lint: install-test
 	$(BIN)/ruff check .

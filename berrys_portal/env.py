@@ -91,6 +91,17 @@ def env_networks(name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Networ
     return networks
 
 
+_BIND = re.compile(r"^(?:unix:/\S+|(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5})$")
+
+
+def env_bind(name: str, default: str) -> str:
+    """A listen address for gunicorn: ``host:port``, ``[v6]:port`` or ``unix:/path``."""
+    raw = (os.environ.get(name) or "").strip() or default
+    if not _BIND.match(raw) or (not raw.startswith("unix:") and not 0 <= int(raw.rsplit(":", 1)[1]) < 65536):
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a listen address like 127.0.0.1:8090")
+    return raw
+
+
 _RATE = re.compile(r"^\d+/(s|sec|second|m|min|minute|h|hour|d|day)$")
 
 

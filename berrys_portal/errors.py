@@ -57,6 +57,19 @@ class NotFound(PortalError):
     code = "not_found"
 
 
+class Forbidden(PortalError):
+    """This caller may not do this (not the owner, or outside the key's limits)."""
+
+    status_code = status.HTTP_403_FORBIDDEN
+    code = "permission_denied"
+
+
+class QuotaExceeded(Forbidden):
+    """The API key reached one of its limits; the message names the limit."""
+
+    code = "quota_exceeded"
+
+
 class Conflict(PortalError):
     """The request conflicts with the current state."""
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django import forms
 from django.forms.fields import InvalidJSONInput
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
+
+from berrys_portal.json_input import CheckedJSONFormField
 
 
 def json_pretty(value: Any) -> str:
@@ -35,8 +36,9 @@ def json_block(value: Any, *, css_class: str = "bp-json") -> SafeString:
     return format_html('<pre class="{}">{}</pre>', css_class, json_pretty(value))
 
 
-class PrettyJSONField(forms.JSONField):
-    """A JSON form field whose textarea starts with indented JSON (Django's is one line)."""
+class PrettyJSONField(CheckedJSONFormField):
+    """The admin's JSON form field (the API's JSON input rule, berrys_portal.json_input) whose
+    textarea starts with indented JSON (Django's is one line)."""
 
     def prepare_value(self, value: Any) -> Any:
         if isinstance(value, InvalidJSONInput):

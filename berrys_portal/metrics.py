@@ -167,6 +167,16 @@ class PortalStateCollector(Collector):
         yield status
         yield breaker
 
+        from registry.health import health_oldest_overdue_seconds
+
+        overdue = GaugeMetricFamily(
+            "berrys_health_oldest_overdue_seconds",
+            "How late the most overdue health check is (0: every check on time). A growing "
+            "value means the sweep is not keeping up or is stuck.",
+        )
+        overdue.add_metric([], health_oldest_overdue_seconds())
+        yield overdue
+
         runs = GaugeMetricFamily(
             "berrys_workflow_runs",
             "Workflow runs currently in each status, by workflow.",

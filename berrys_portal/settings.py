@@ -8,11 +8,14 @@ broker under ``var/``, so ``make demo`` runs anywhere. Production sets
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 from berrys_portal.env import (
+    env_bind,
     env_bool,
     env_float,
     env_int,
@@ -32,13 +35,28 @@ if DJANGO_ENV not in {"development", "production", "test"}:
     raise ImproperlyConfigured(f"DJANGO_ENV={DJANGO_ENV!r}: use development, production or test")
 PRODUCTION = DJANGO_ENV == "production"
 
-DEBUG = env_bool("DEBUG", not PRODUCTION)
+# The development profile (what `make demo` runs) is the only one with DEBUG: its technical
+# 404/500 pages show settings and code. Production refuses DEBUG=1 outright.
+DEVELOPMENT = DJANGO_ENV == "development"
+DEBUG = env_bool("DEBUG", DEVELOPMENT)
+if DEBUG and not DEVELOPMENT:
+    raise ImproperlyConfigured(
+        f"DEBUG=1 is refused under DJANGO_ENV={DJANGO_ENV}: debug pages expose settings and code "
+        "(only the development profile may use DEBUG)"
+    )
+# Public by construction (it is in this file): fine for a laptop, refused in production.
+DEVELOPMENT_SECRET_KEY = "django-insecure-development-only-key-never-use-in-production"
 if PRODUCTION:
     SECRET_KEY = env_str("SECRET_KEY", required=True)
-    if len(SECRET_KEY) < 50 or SECRET_KEY.startswith("django-insecure"):
+    if SECRET_KEY == DEVELOPMENT_SECRET_KEY or SECRET_KEY.startswith("django-insecure"):
+        raise ImproperlyConfigured(
+            "SECRET_KEY is a development key: production needs its own (e.g. "
+            "python -c 'import secrets; print(secrets.token_urlsafe(64))')"
+        )
+    if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5:
         raise ImproperlyConfigured("SECRET_KEY must be at least 50 random characters in production")
 else:
-    SECRET_KEY = env_str("SECRET_KEY", "django-insecure-development-only-key-never-use-in-production")
+    SECRET_KEY = env_str("SECRET_KEY", DEVELOPMENT_SECRET_KEY)
 
 PORTAL_PORT = env_int("PORTAL_PORT", 8090, minimum=1)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]", "testserver"])
@@ -48,7 +66,8 @@ CSRF_TRUSTED_ORIGINS = env_list(
 )
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # The admin with the portal's site (every action gated by permission, retention shown).
+    "berrys_portal.apps.PortalAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -60,9 +79,12 @@ INSTALLED_APPS = [
     "registry",
     "workflows",
     "dashboard",
+    "axes",
+    "csp",
 ]
 
 MIDDLEWARE = [
+    "berrys_portal.middleware.RequestLimitsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (the admin's CSS/JS) straight from gunicorn, right after the
     # security headers and before anything that needs a session or the database.
@@ -74,6 +96,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a lock-out raised during login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "berrys_portal.urls"
@@ -144,6 +169,17 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# Health sweeps and workflow steps run on separate queues, served by separate workers
+# (Procfile: `worker` and `health`), so a step stuck on a slow service never stops
+# monitoring. Step tasks go to WORKFLOW_QUEUE (set per call by the engine).
+HEALTH_QUEUE = env_str("HEALTH_QUEUE", "health")
+CELERY_TASK_ROUTES = {"registry.*": {"queue": HEALTH_QUEUE}}
+# Celery time limits (soft: the task gets SoftTimeLimitExceeded and records it; hard: the
+# pool process is killed). A step's HTTP call has its own total deadline well inside these.
+WORKFLOW_STEP_SOFT_TIME_LIMIT = env_int("WORKFLOW_STEP_SOFT_TIME_LIMIT", 45, minimum=1)
+WORKFLOW_STEP_TIME_LIMIT = env_int("WORKFLOW_STEP_TIME_LIMIT", 55, minimum=2)
+HEALTH_TASK_SOFT_TIME_LIMIT = env_int("HEALTH_TASK_SOFT_TIME_LIMIT", 100, minimum=1)
+HEALTH_TASK_TIME_LIMIT = env_int("HEALTH_TASK_TIME_LIMIT", 115, minimum=2)
 
 if REDIS_URL:
     CACHES = {
@@ -184,26 +220,87 @@ if PRODUCTION:
     }
 LOGIN_URL = "admin:login"
 
+# --- Admin login throttling (django-axes) --------------------------------------------
+# Axes' backend first: it refuses a locked-out (username, address) before the password is
+# even checked. force_login (the tests) goes through neither.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Lock a (username, client address) pair after this many failed logins in a row ...
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+# ... for this long (or until an operator deletes its row under Axes > Access attempts).
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 30, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# REMOTE_ADDR, or the proxy's X-Forwarded-For entry when TRUST_PROXY_HEADERS is on.
+AXES_CLIENT_IP_CALLABLE = "berrys_portal.security.client_ip"
+AXES_LOCKOUT_TEMPLATE = "admin/locked_out.html"
+# A wrong password is a normal event; axes logs every one at WARNING otherwise.
+AXES_VERBOSE = False
+
 # --- API ----------------------------------------------------------------------
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
+# --- Input hardening (berrys_portal.json_input, berrys_portal.middleware) --------------
+# JSON bodies nested deeper than this are refused with 400 by the API's parser, before any view.
+# Capped well below Python's recursion limit: code walking a body recursively must never crash.
+API_MAX_JSON_DEPTH = env_int("API_MAX_JSON_DEPTH", 64, minimum=1)
+if API_MAX_JSON_DEPTH > 500:
+    raise ImproperlyConfigured(f"API_MAX_JSON_DEPTH={API_MAX_JSON_DEPTH} must be <= 500")
+# Request line (method, target, protocol) and header limits, answered by the portal with 414/431 in
+# the API's error shape. gunicorn's own limits (berrys_portal/gunicorn_conf.py) sit above these so
+# that the portal, not gunicorn's HTML page, answers; gunicorn cannot be told more than 8190 for the line.
+API_MAX_REQUEST_LINE_BYTES = env_int("API_MAX_REQUEST_LINE_BYTES", 4094, minimum=256)
+API_MAX_HEADER_BYTES = env_int("API_MAX_HEADER_BYTES", 8190, minimum=256)
+API_MAX_HEADERS = env_int("API_MAX_HEADERS", 100, minimum=10)
+for _name, _value, _gunicorn in (("API_MAX_REQUEST_LINE_BYTES", API_MAX_REQUEST_LINE_BYTES, 8190),
+                                 ("API_MAX_HEADER_BYTES", API_MAX_HEADER_BYTES, 16384),
+                                 ("API_MAX_HEADERS", API_MAX_HEADERS, 200)):
+    if _value >= _gunicorn:
+        raise ImproperlyConfigured(
+            f"{_name}={_value} must be below gunicorn's limit ({_gunicorn}, gunicorn_conf.py)"
+        )
 # --- Registry API (registry issue) -----------------------------------------------
 # Registered url/health_url hosts must be IP literals inside one of these networks
 # (or names resolving only into them) when the list is non-empty. Link-local is always refused.
 REGISTRY_ALLOWED_NETWORKS = env_networks("REGISTRY_ALLOWED_NETWORKS")
+if PRODUCTION and not REGISTRY_ALLOWED_NETWORKS:
+    raise ImproperlyConfigured(
+        "REGISTRY_ALLOWED_NETWORKS must be set in production (comma-separated CIDRs the portal "
+        "may call, e.g. 10.20.0.0/16): without it any register key could point the portal's health "
+        "probes, workflow steps and gateway at any address"
+    )
+# The egress policy (registry/egress.py): loopback is refused unless a loopback network is
+# listed above or this is on (the default outside production, so the simulators work); the
+# portal's own listening address (PORTAL_PORT on this host) only with EGRESS_ALLOW_SELF.
+EGRESS_ALLOW_LOOPBACK = env_bool("EGRESS_ALLOW_LOOPBACK", not PRODUCTION)
+EGRESS_ALLOW_SELF = env_bool("EGRESS_ALLOW_SELF", False)
 # Per API key, for POST/PUT/PATCH/DELETE; DRF rate syntax: "<n>/<sec|min|hour|day>".
 API_WRITE_THROTTLE_RATE = env_rate("API_WRITE_THROTTLE_RATE", "6000/min")
 # ApiKey.last_used_at is written at most this often per key (not on every request).
 API_KEY_LAST_USED_INTERVAL_SECONDS = env_int("API_KEY_LAST_USED_INTERVAL_SECONDS", 60, minimum=1)
 # Valid keys are cached per process this long: a revocation reaches other processes within it.
 API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 5.0, minimum=0)
+# --- Identity and least privilege (identity issue) -------------------------------
+# Per-key quotas (an ApiKey's max_instances / max_hosts override them): service instances
+# a key may own, and distinct hosts (url and health_url) those instances may point at.
+REGISTRY_KEY_MAX_INSTANCES = env_int("REGISTRY_KEY_MAX_INSTANCES", 50, minimum=1)
+REGISTRY_KEY_MAX_HOSTS = env_int("REGISTRY_KEY_MAX_HOSTS", 10, minimum=1)
+# Service types whose NEW instances wait for an operator's approval (admin) before discovery.
+REGISTRY_APPROVAL_TYPES = [t.upper() for t in env_list("REGISTRY_APPROVAL_TYPES", [])]
+# Scopes an operator may mint in the admin; registry:admin additionally needs a superuser.
+API_KEY_ADMIN_MINTABLE_SCOPES = env_list(
+    "API_KEY_ADMIN_MINTABLE_SCOPES",
+    ["registry:read", "registry:write", "runs:read", "workflows", "gateway", "metrics"],
+)
 # /health's broker probe gives up after this many seconds.
 HEALTH_BROKER_TIMEOUT_SECONDS = env_float("HEALTH_BROKER_TIMEOUT_SECONDS", 1.0, minimum=0.05)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["registry.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["registry.auth.HasApiKey"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["berrys_portal.json_input.PortalJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "berrys_portal.errors.api_exception_handler",
@@ -246,10 +343,30 @@ HEALTH_SWEEP_MAX_QUEUED = env_int("HEALTH_SWEEP_MAX_QUEUED", 20000, minimum=1)
 HEALTH_SWEEP_CONCURRENCY = env_int("HEALTH_SWEEP_CONCURRENCY", 64, minimum=1)
 HEALTH_SWEEP_SLOW_AFTER_SECONDS = env_float("HEALTH_SWEEP_SLOW_AFTER_SECONDS", 0.25, minimum=0.01)
 HEALTH_PROBE_MAX_BODY_BYTES = env_int("HEALTH_PROBE_MAX_BODY_BYTES", 65536, minimum=1024)
+# Egress bounds on the sweep (egress issue): registrations outside these are refused with a
+# 400 naming the bound, existing rows are clamped when probed; per destination (address and
+# port) at most N probes at once, M started per second, Q waiting (more are deferred).
+HEALTH_MIN_INTERVAL_SECONDS = env_int("HEALTH_MIN_INTERVAL_SECONDS", 5, minimum=1)
+HEALTH_MAX_TIMEOUT_SECONDS = env_float("HEALTH_MAX_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+HEALTH_PROBE_PER_DESTINATION_CONCURRENCY = env_int("HEALTH_PROBE_PER_DESTINATION_CONCURRENCY", 8, minimum=1)
+HEALTH_PROBE_PER_DESTINATION_RATE = env_float("HEALTH_PROBE_PER_DESTINATION_RATE", 20.0, minimum=0.1)
+# The beat sweep waits this long for slow probes once all due services are sent, then
+# leaves them to a background writer and releases the sweep lock.
+HEALTH_SWEEP_WAIT_SECONDS = env_float("HEALTH_SWEEP_WAIT_SECONDS", 3.0, minimum=0)
+# The dashboard warns when the most overdue health check is later than this.
+HEALTH_OVERDUE_WARNING_SECONDS = env_int("HEALTH_OVERDUE_WARNING_SECONDS", 60, minimum=1)
+HEALTH_PROBE_PER_DESTINATION_QUEUE = env_int("HEALTH_PROBE_PER_DESTINATION_QUEUE", 100, minimum=1)
 HEALTH_SWEEP_HELPERS = env_int("HEALTH_SWEEP_HELPERS", 0, minimum=0)
 HEALTH_SWEEP_LOCK_SECONDS = env_int("HEALTH_SWEEP_LOCK_SECONDS", 120, minimum=5)
 HEALTH_PRUNE_BATCH_SIZE = env_int("HEALTH_PRUNE_BATCH_SIZE", 5000, minimum=100)
 BREAKER_REDIS_PREFIX = env_str("BREAKER_REDIS_PREFIX", "berrys:breaker")
+# Where breaker state is shared: redis (default with REDIS_URL), database (default
+# without: one row per service), or memory (one process only; a store's outage fallback).
+BREAKER_STORE = env_str("BREAKER_STORE", "redis" if REDIS_URL else "database")
+if BREAKER_STORE not in {"redis", "database", "memory"}:
+    raise ImproperlyConfigured(f"BREAKER_STORE={BREAKER_STORE!r}: use redis, database or memory")
+if BREAKER_STORE == "redis" and not REDIS_URL:
+    raise ImproperlyConfigured("BREAKER_STORE=redis needs REDIS_URL")
 ALERT_DEDUP_SECONDS = env_int("ALERT_DEDUP_SECONDS", 3600, minimum=0)
 ALERT_WEBHOOK_ATTEMPTS = env_int("ALERT_WEBHOOK_ATTEMPTS", 4, minimum=1)
 ALERT_WEBHOOK_BACKOFF_SECONDS = env_float("ALERT_WEBHOOK_BACKOFF_SECONDS", 0.5, minimum=0)
@@ -257,8 +374,16 @@ ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0, 
 SERVICE_CLIENT_RETRIES = env_int("SERVICE_CLIENT_RETRIES", 2, minimum=0)
 SERVICE_CLIENT_BACKOFF_BASE_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_BASE_SECONDS", 0.2, minimum=0)
 SERVICE_CLIENT_BACKOFF_CAP_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_CAP_SECONDS", 5.0, minimum=0)
-SERVICE_CLIENT_TRUST_ENV = env_bool("SERVICE_CLIENT_TRUST_ENV", False)
 SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS = env_float("SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS", 1.0, minimum=0)
+# Egress bounds (egress issue): a ServiceClient answer larger than this, counted after
+# decompression, is an error; the gateway's concurrent calls per process, per API key and
+# per target service type beyond these answer 503 with Retry-After.
+SERVICE_CLIENT_MAX_BODY_BYTES = env_int("SERVICE_CLIENT_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+GATEWAY_MAX_CONCURRENT = env_int("GATEWAY_MAX_CONCURRENT", 4, minimum=1)
+GATEWAY_MAX_CONCURRENT_PER_KEY = env_int("GATEWAY_MAX_CONCURRENT_PER_KEY", 2, minimum=1)
+GATEWAY_MAX_CONCURRENT_PER_TARGET = env_int("GATEWAY_MAX_CONCURRENT_PER_TARGET", 2, minimum=1)
+GATEWAY_RETRY_AFTER_SECONDS = env_int("GATEWAY_RETRY_AFTER_SECONDS", 1, minimum=1)
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25)
@@ -283,6 +408,17 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update({
     "WorkflowRunStatusEnum": "workflows.models.RunStatus",
     "WorkflowStepStatusEnum": "workflows.models.StepStatus",
 })
+
+# --- Retention (berrys_portal.retention) ----------------------------------------------
+# Rows older than these are deleted by the "portal: prune rows past retention" beat task.
+# Health snapshots follow HEALTH_SNAPSHOT_RETENTION_DAYS (above).
+WORKFLOW_RUN_RETENTION_DAYS = env_int("WORKFLOW_RUN_RETENTION_DAYS", 30, minimum=1)
+STATUS_CHANGE_RETENTION_DAYS = env_int("STATUS_CHANGE_RETENTION_DAYS", 180, minimum=1)
+BREAKER_EVENT_RETENTION_DAYS = env_int("BREAKER_EVENT_RETENTION_DAYS", 90, minimum=1)
+ALERT_RETENTION_DAYS = env_int("ALERT_RETENTION_DAYS", 90, minimum=1)
+# Rows (or runs, each with its children) deleted per transaction: keeps every lock short.
+RETENTION_BATCH_SIZE = env_int("RETENTION_BATCH_SIZE", 500, minimum=1)
+RETENTION_PRUNE_EVERY_SECONDS = env_int("RETENTION_PRUNE_EVERY_SECONDS", 3600, minimum=60)
 
 # --- Request adapters (demo issue) --------------------------------------------
 # Seconds a process keeps its adapter rules before re-reading them (saves also bump a
@@ -313,7 +449,8 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # axes logs every login at INFO (its AccessLog table keeps them anyway).
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }
 
 # --- Dashboard, metrics and roles (dashboard issue) ------------------------------
@@ -331,9 +468,37 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Dashboard windows.
 DASHBOARD_FAILED_RUNS_SHOWN = env_int("DASHBOARD_FAILED_RUNS_SHOWN", 10, minimum=1)
 
-# --- Production hardening -------------------------------------------------------
-if PRODUCTION:
+# --- Web hardening ------------------------------------------------------------------
+# gunicorn's listen address (berrys_portal/gunicorn_conf.py reads the same variable): loopback
+# by default, a TLS-terminating proxy in front. "0.0.0.0:8090" only on purpose.
+PORTAL_BIND = env_bind("PORTAL_BIND", f"127.0.0.1:{PORTAL_PORT}")
+# Only a proxy we run may say "this came in over HTTPS" (X-Forwarded-Proto) and who the client
+# is (X-Forwarded-For, for the login throttle): off, any client could claim either.
+TRUST_PROXY_HEADERS = env_bool("TRUST_PROXY_HEADERS", False)
+if TRUST_PROXY_HEADERS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Content-Security-Policy (django-csp 4 format). No inline or third-party script anywhere:
+# the admin, the dashboard and Swagger UI (its split view loads its init script from our
+# origin) all load scripts from 'self'. Inline styles stay allowed: the dashboard's SVG charts
+# and status badges colour elements with style attributes, which no nonce can cover.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        # Swagger UI's stylesheet draws its icons from data: URIs.
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+
+if PRODUCTION:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True

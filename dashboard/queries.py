@@ -21,6 +21,7 @@ from django.utils.html import format_html_join
 
 from berrys_portal.metrics import service_states
 from dashboard import charts
+from registry.health import health_oldest_overdue_seconds
 from registry.models import (
     BreakerEvent,
     BreakerState,
@@ -102,7 +103,10 @@ def dashboard_data(*, now: datetime | None = None) -> dict:
     trip_count = BreakerEvent.objects.filter(new_state=BreakerState.OPEN, at__gte=since).count()
 
     runs = _runs_panel(now=now)
+    overdue = health_oldest_overdue_seconds(now=now)
     return {
+        "health_overdue_seconds": overdue,
+        "health_overdue_warning": overdue > settings.HEALTH_OVERDUE_WARNING_SECONDS,
         "now": now,
         "groups": groups,
         "service_total": len(states),

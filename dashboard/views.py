@@ -17,8 +17,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from berrys_portal import metrics
+from berrys_portal.query import query_params_read
 from registry.auth import ApiKeyAuthentication, ApiPrincipal
 from registry.models import Service
+from registry.serializers import ErrorSerializer
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ def _error(status: int, detail: str, code: str) -> JsonResponse:
 
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """Prometheus scrape endpoint: a key with scope ``read``, or an allow-listed network."""
+    """Prometheus scrape endpoint: a key with scope ``metrics``, or an allow-listed network."""
     if not client_ip_allowed(request.META.get("REMOTE_ADDR", "")):
         try:
             found = ApiKeyAuthentication().authenticate(request)
@@ -59,8 +61,8 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         if found is None:
             return _error(401, "Authentication credentials were not provided.", "not_authenticated")
         principal: ApiPrincipal = found[0]
-        if not principal.has_scope("read"):
-            return _error(403, "This API key lacks the 'read' scope.", "permission_denied")
+        if not principal.has_scope("metrics"):
+            return _error(403, "This API key lacks the 'metrics' scope.", "permission_denied")
     return HttpResponse(metrics.metrics_render(), content_type=metrics.CONTENT_TYPE)
 
 
@@ -108,7 +110,7 @@ _SD_GROUP = inline_serializer(
 class PrometheusSdView(APIView):
     """Prometheus HTTP service discovery: every registered service as a scrape target."""
 
-    required_scopes = {"GET": "read"}
+    required_scopes = {"GET": "metrics"}
 
     @extend_schema(
         operation_id="registry_prometheus_sd",
@@ -116,9 +118,11 @@ class PrometheusSdView(APIView):
         description=(
             "A JSON list of target groups, one per registered service: "
             '`[{"targets": ["host:port"], "labels": {"name", "type", "status", "version"}}]`. '
-            "Point Prometheus' `http_sd_configs` here with a `read` key."
+            "Point Prometheus' `http_sd_configs` here with a `metrics` key."
         ),
-        responses={200: OpenApiResponse(_SD_GROUP)},
+        responses={200: OpenApiResponse(_SD_GROUP),
+                   400: OpenApiResponse(ErrorSerializer, description="An unknown query parameter.")},
     )
     def get(self, request: Request) -> Response:
+        query_params_read(request, allowed=())
         return Response(prometheus_sd_targets())

@@ -28,7 +28,9 @@ from django.core.mail import mail_admins
 from django.db import close_old_connections, connections, transaction
 from django.utils import timezone
 
+from registry import egress
 from registry.models import Alert, HealthStatus, Service
+from registry.transport import DeadlineExceeded, ResponseTooLarge, call_send
 
 logger = logging.getLogger(__name__)
 
@@ -130,11 +132,15 @@ def _post_with_retries(url: str, payload: dict) -> str:
     error = ""
     for n in range(attempts):
         try:
-            response = requests.post(url, json=payload, timeout=timeout)
-            if response.status_code < 300:
+            # Under the egress policy like every outbound call: vetted, pinned address, no
+            # redirects followed (a 3xx is not delivered), a total deadline, a small body cap.
+            response = call_send("POST", url, json_body=payload, deadline_seconds=timeout,
+                                 max_body=65536)
+            if response.status < 300:
                 return ""
-            error = f"{url}: HTTP {response.status_code}"
-        except requests.RequestException as exc:
+            error = f"{url}: HTTP {response.status}"
+        except (requests.RequestException, egress.EgressDenied, egress.EgressLookupError,
+                DeadlineExceeded, ResponseTooLarge) as exc:
             error = f"{url}: {type(exc).__name__}: {exc}"
         if n + 1 < attempts:
             time.sleep(base * (2 ** n))

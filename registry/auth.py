@@ -2,8 +2,9 @@
 
 Keys look like ``bp_<random>``; only their SHA-256 is stored (keys are 32
 random bytes, so a slow hash adds nothing). Views declare the scope they need
-with ``required_scopes = {"GET": "read", "POST": "register", ...}`` or a single
-``required_scope``.
+with ``required_scopes = {"GET": "registry:read", "POST": "registry:write", ...}``
+or a single ``required_scope``; what each scope allows is in ``registry.scopes``.
+Ownership (a key's own services and runs) is checked by the service functions.
 """
 
 from __future__ import annotations
@@ -16,11 +17,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions, throttling
 
-from registry.models import ApiKey
+from registry.audit import actor_of, audit_record
+from registry.models import ApiKey, AuditEvent
+from registry.scopes import (
+    DEPRECATED_NAMES,
+    gateway_allow_normalize,
+    key_has_scope,
+    scopes_effective,
+    scopes_normalize,
+)
+from registry.types import TYPE_PATTERN
 
 logger = logging.getLogger(__name__)
 
@@ -32,36 +43,80 @@ def hash_key(plain: str) -> str:
 
 
 def api_key_create(
-    *, name: str, scopes: list[str], expires_at: datetime | None = None, created_by=None
+    *,
+    name: str,
+    scopes: list[str],
+    expires_at: datetime | None = None,
+    created_by=None,
+    service_types: list[str] | None = None,
+    name_patterns: list[str] | None = None,
+    gateway_allow: list[str] | None = None,
+    max_instances: int | None = None,
+    max_hosts: int | None = None,
+    actor: str = "",
 ) -> tuple[ApiKey, str]:
-    """Create a key; returns the row and the plain key (shown once, never stored)."""
+    """Create a key; returns the row and the plain key (shown once, never stored).
+
+    Old scope names are accepted and stored as their new equivalents (with a
+    deprecation warning). Raises ValueError naming a bad scope, type, pattern or
+    allow-list entry. Audited (``AuditEvent`` key_created).
+    """
     if not name or not name.strip():
         raise ValueError("A key needs a name.")
-    valid = set(ApiKey.Scope.values)
-    unknown = sorted(set(scopes) - valid)
-    if unknown:
-        raise ValueError(f"Unknown scope(s): {', '.join(unknown)}. Valid: {', '.join(sorted(valid))}")
+    scope_list = scopes_normalize(scopes, where=f"key {name!r}")
+    if not scope_list:
+        raise ValueError("A key needs at least one scope.")
+    types = sorted({t.strip().upper() for t in service_types or () if t.strip()})
+    bad = [t for t in types if not TYPE_PATTERN.match(t) or len(t) > 64]
+    if bad:
+        raise ValueError(f"Not a service type: {', '.join(bad)} (UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM).")
+    patterns = sorted({p.strip() for p in name_patterns or () if p.strip()})
+    allow = gateway_allow_normalize(list(gateway_allow or ()))
+    for label, limit in (("max_instances", max_instances), ("max_hosts", max_hosts)):
+        if limit is not None and limit < 1:
+            raise ValueError(f"{label} must be at least 1.")
     plain = KEY_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey.objects.create(
-        name=name,
-        prefix=plain[:10],
-        key_hash=hash_key(plain),
-        scopes=sorted(set(scopes)),
-        expires_at=expires_at,
-        created_by=created_by,
-    )
+    with transaction.atomic():
+        key = ApiKey.objects.create(
+            name=name,
+            prefix=plain[:10],
+            key_hash=hash_key(plain),
+            scopes=scope_list,
+            service_types=types,
+            name_patterns=patterns,
+            gateway_allow=allow,
+            max_instances=max_instances,
+            max_hosts=max_hosts,
+            expires_at=expires_at,
+            created_by=created_by,
+        )
+        details = {"scopes": scope_list}
+        for label, value in (("service_types", types), ("name_patterns", patterns), ("gateway_allow", allow),
+                             ("max_instances", max_instances), ("max_hosts", max_hosts),
+                             ("expires_at", expires_at.isoformat() if expires_at else None)):
+            if value:
+                details[label] = value
+        audit_record(
+            action=AuditEvent.Action.KEY_CREATED, actor=actor or actor_of(user=created_by),
+            target=str(key), details=details,
+        )
     return key, plain
 
 
-def api_key_revoke(*, keys) -> int:
-    """Revoke keys (a queryset). Returns how many were revoked.
+def api_key_revoke(*, keys, actor: str = "command") -> int:
+    """Revoke keys (a queryset). Returns how many were revoked; each one is audited.
 
     Effective at once in this process; other processes drop their cached copy
     within ``API_KEY_CACHE_SECONDS``.
     """
-    done = keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+    now = timezone.now()
+    with transaction.atomic():
+        revoked = list(keys.select_for_update().filter(revoked_at__isnull=True))
+        ApiKey.objects.filter(pk__in=[k.pk for k in revoked]).update(revoked_at=now)
+        for key in revoked:
+            audit_record(action=AuditEvent.Action.KEY_REVOKED, actor=actor, target=str(key))
     api_key_cache_clear()
-    return done
+    return len(revoked)
 
 
 # key_hash -> (fetched at, row). Valid keys only; unknown or revoked ones always hit the database.
@@ -105,10 +160,14 @@ class ApiPrincipal:
 
     @property
     def username(self) -> str:
-        return f"apikey:{self.key.name}"
+        return actor_of(key=self.key)
 
     def has_scope(self, scope: str) -> bool:
-        return scope in self.key.scopes
+        """Aliases and implied scopes count (``registry.scopes``)."""
+        return key_has_scope(self.key, scope)
+
+
+_warned_old_scopes: set[int] = set()
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
@@ -138,6 +197,11 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if key.expires_at is not None and key.expires_at <= now:
             raise exceptions.AuthenticationFailed("API key has expired.")
         _touch_last_used(key, now)
+        if key.pk not in _warned_old_scopes and DEPRECATED_NAMES.intersection(key.scopes):
+            _warned_old_scopes.add(key.pk)  # once per key and process: this is the hot path
+            logger.warning("API key %s (%s…) still holds deprecated scope names %s; they work as %s",
+                           key.name, key.prefix, sorted(DEPRECATED_NAMES.intersection(key.scopes)),
+                           sorted(scopes_effective(tuple(key.scopes))))
         return ApiPrincipal(key), key
 
     def authenticate_header(self, request) -> str:
@@ -167,12 +231,20 @@ class HasApiKey(permissions.BasePermission):
         if not isinstance(principal, ApiPrincipal):
             raise exceptions.NotAuthenticated("Authentication credentials were not provided.")
         scope = required_scope(view, request.method)
-        if scope and not principal.has_scope(scope):
+        if isinstance(scope, tuple):  # any one of them
+            if not any(principal.has_scope(s) for s in scope):
+                names = " or ".join(f"'{s}'" for s in scope)
+                raise exceptions.PermissionDenied(f"This API key needs the {names} scope.")
+        elif scope and not principal.has_scope(scope):
             raise exceptions.PermissionDenied(f"This API key lacks the '{scope}' scope.")
         return True
 
 
-def required_scope(view, method: str) -> str | None:
+def required_scope(view, method: str) -> str | tuple[str, ...] | None:
+    """The scope a view needs for ``method``, or a tuple of which any one will do.
+
+    Implied scopes satisfy it (see ``registry.scopes``).
+    """
     scopes = getattr(view, "required_scopes", None)
     if scopes:
         return scopes.get(method, scopes.get("*"))

@@ -1,21 +1,24 @@
-"""Circuit breakers: one per registered service, shared by every process through Redis.
+"""Circuit breakers: one per registered service, shared by every process.
 
 Each service gets a ``ServiceBreaker`` (a ``pybreaker.CircuitBreaker``) whose
-state lives in a ``SharedBreakerStorage``: one Redis hash per service id when
-``settings.REDIS_URL`` is set, process memory otherwise.
+state lives in a ``SharedBreakerStorage`` backed by the configured store
+(``settings.BREAKER_STORE``): one Redis hash per service id when ``REDIS_URL``
+is set, otherwise one database row per service (``registry.models_breaker``), so
+the embedded default's web server, workers and beat share one breaker too.
 
 We do not use pybreaker's ``call()``: it holds one process-wide lock for the
 whole guarded call, which would serialise concurrent calls to one service.
 Instead callers ask for a ``Permit`` before the HTTP call and report the outcome
-after it; every state change is one atomic step (a Lua script in Redis, a short
-lock in memory), so exactly one process records each transition.
+after it; every state change is one atomic step (a Lua script in Redis, a
+compare-and-set UPDATE in the database, a short lock in memory), so exactly one
+process records each transition.
 
 Rules:
 - closed: calls pass; ``fail_max`` consecutive failures open the breaker.
 - open: calls fail fast until ``reset_timeout`` has passed; then ONE caller,
-  across all processes, gets the half-open trial (a lease key set with NX).
+  across all processes, gets the half-open trial (a lease with an expiry).
 - half-open: the trial's success closes the breaker, its failure re-opens it.
-- Redis unreachable: log, raise an alert, and fall back to process-local state
+- Store unreachable: log, raise an alert, and fall back to process-local state
   (which starts closed) so the portal keeps working.
 
 Transitions become ``BreakerEvent`` rows written by a background thread, on its
@@ -36,9 +39,11 @@ from typing import Any
 import pybreaker
 import redis
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import DatabaseError, close_old_connections, connections, transaction
+from django.db.models import F
 
 from registry.models import BreakerEvent, BreakerState, Criticality, Service
+from registry.models_breaker import BreakerStore
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +57,10 @@ CLOSED = BreakerState.CLOSED.value
 OPEN = BreakerState.OPEN.value
 HALF_OPEN = BreakerState.HALF_OPEN.value
 
-# How long the portal keeps using process-local state after Redis failed, before
-# trying Redis again (so an outage costs one connect timeout per period, not per call).
+# How long the portal keeps using process-local state after the store failed, before
+# trying it again (so an outage costs one connect timeout per period, not per call).
 REDIS_RETRY_AFTER_SECONDS = 5.0
+STORES = ("redis", "database", "memory")
 HEALTH_TRIP_PREFIX = "health critical"
 
 
@@ -165,78 +171,182 @@ return {st, ARGV[1]}
 """
 
 
+# The rules, on one row as a dict (state, fails, opened_at, last_error, trial, trial_until).
+# The memory and database stores apply these; the Redis scripts above are their twins.
+
+
+def _fresh_row() -> dict[str, Any]:
+    return {"state": CLOSED, "fails": 0, "opened_at": None, "last_error": "", "trial": "",
+            "trial_until": 0.0}
+
+
+def _snapshot_of(r: dict[str, Any], now: float) -> Snapshot:
+    return Snapshot(r["state"], r["fails"], r["opened_at"], r["last_error"],
+                    bool(r["trial"]) and r["trial_until"] > now)
+
+
+def _rule_acquire(r, *, now, reset_timeout, token, force, lease_ms) -> tuple[str, str, bool, int]:
+    st = r["state"]
+    if st == CLOSED:
+        return st, st, False, r["fails"]
+    if not force and st == OPEN and now < (r["opened_at"] or 0) + reset_timeout:
+        return st, st, False, 0
+    if force or not (r["trial"] and r["trial_until"] > now):
+        r.update(trial=token, trial_until=now + lease_ms / 1000, state=HALF_OPEN)
+        return st, HALF_OPEN, True, 0
+    return st, st, False, 0
+
+
+def _rule_success(r, *, token) -> tuple[str, str]:
+    st = r["state"]
+    if st == HALF_OPEN and token and r["trial"] == token:
+        r.update(state=CLOSED, fails=0, trial="")
+        return st, CLOSED
+    if st == CLOSED:
+        r["fails"] = 0
+    return st, st
+
+
+def _rule_failure(r, *, fail_max, now, error, token) -> tuple[str, str]:
+    st = r["state"]
+    if st == HALF_OPEN and token and r["trial"] == token:
+        r.update(state=OPEN, opened_at=now, fails=0, last_error=error, trial="")
+        return st, OPEN
+    if st == CLOSED:
+        r["fails"] += 1
+        r["last_error"] = error
+        if r["fails"] >= fail_max:
+            r.update(state=OPEN, opened_at=now, fails=0)
+            return st, OPEN
+    return st, st
+
+
+def _rule_set(r, *, state, now, error) -> tuple[str, str]:
+    st = r["state"]
+    r.update(state=state, fails=0, opened_at=now, last_error=error, trial="")
+    return st, state
+
+
 class _MemoryBackend:
-    """Process-local breaker state; the same rules as the Redis scripts."""
+    """Process-local breaker state (the fallback when the configured store is unreachable)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rows: dict[int, dict[str, Any]] = {}
 
     def _row(self, sid: int) -> dict[str, Any]:
-        return self._rows.setdefault(
-            sid, {"state": CLOSED, "fails": 0, "opened_at": None, "last_error": "",
-                  "trial": None, "trial_until": 0.0}
-        )
+        return self._rows.setdefault(sid, _fresh_row())
 
     def snapshot(self, sids: list[int]) -> dict[int, Snapshot]:
         now = time.time()
         with self._lock:
-            out = {}
-            for sid in sids:
-                r = self._row(sid)
-                out[sid] = Snapshot(r["state"], r["fails"], r["opened_at"], r["last_error"],
-                                    bool(r["trial"]) and r["trial_until"] > now)
-            return out
+            return {sid: _snapshot_of(self._row(sid), now) for sid in sids}
 
-    def acquire(self, sid, *, now, reset_timeout, token, force, lease_ms) -> tuple[str, str, bool, int]:
+    def _apply(self, sid: int, rule, **kwargs):
         with self._lock:
-            r = self._row(sid)
-            st = r["state"]
-            if st == CLOSED:
-                return st, st, False, r["fails"]
-            if not force and st == OPEN and now < (r["opened_at"] or 0) + reset_timeout:
-                return st, st, False, 0
-            if force or not (r["trial"] and r["trial_until"] > now):
-                r["trial"], r["trial_until"], r["state"] = token, now + lease_ms / 1000, HALF_OPEN
-                return st, HALF_OPEN, True, 0
-            return st, st, False, 0
+            return rule(self._row(sid), **kwargs)
 
-    def success(self, sid, *, token) -> tuple[str, str]:
-        with self._lock:
-            r = self._row(sid)
-            st = r["state"]
-            if st == HALF_OPEN and token and r["trial"] == token:
-                r.update(state=CLOSED, fails=0, trial=None)
-                return st, CLOSED
-            if st == CLOSED:
-                r["fails"] = 0
-            return st, st
+    def acquire(self, sid, **kwargs) -> tuple[str, str, bool, int]:
+        return self._apply(sid, _rule_acquire, **kwargs)
 
-    def failure(self, sid, *, fail_max, now, error, token) -> tuple[str, str]:
-        with self._lock:
-            r = self._row(sid)
-            st = r["state"]
-            if st == HALF_OPEN and token and r["trial"] == token:
-                r.update(state=OPEN, opened_at=now, fails=0, last_error=error, trial=None)
-                return st, OPEN
-            if st == CLOSED:
-                r["fails"] += 1
-                r["last_error"] = error
-                if r["fails"] >= fail_max:
-                    r.update(state=OPEN, opened_at=now, fails=0)
-                    return st, OPEN
-            return st, st
+    def success(self, sid, **kwargs) -> tuple[str, str]:
+        return self._apply(sid, _rule_success, **kwargs)
 
-    def set_state(self, sid, *, state, now, error) -> tuple[str, str]:
-        with self._lock:
-            r = self._row(sid)
-            st = r["state"]
-            r.update(state=state, fails=0, opened_at=now, last_error=error, trial=None)
-            return st, state
+    def failure(self, sid, **kwargs) -> tuple[str, str]:
+        kwargs["error"] = kwargs["error"][:1000]
+        return self._apply(sid, _rule_failure, **kwargs)
+
+    def set_state(self, sid, **kwargs) -> tuple[str, str]:
+        kwargs["error"] = kwargs["error"][:1000]
+        return self._apply(sid, _rule_set, **kwargs)
 
     def forget(self, sid: int) -> None:
         with self._lock:
             self._rows.pop(sid, None)
+
+
+class BreakerStoreContended(DatabaseError):
+    """A row kept changing under us: treated like an unreachable store (fallback)."""
+
+
+class _DatabaseBackend:
+    """Breaker state in ``registry_breaker_store``: one row per service id.
+
+    A change reads the row, applies the rule, and writes it back with
+    ``UPDATE … WHERE version = <read version>``: of two processes racing for the
+    same transition (the half-open trial), exactly one UPDATE matches; the other
+    re-reads and sees the new state. A service with no row is closed; the row is
+    inserted the first time its state changes. The read of a closed breaker (every
+    call's ``acquire``) is one primary-key SELECT and writes nothing.
+    """
+
+    COLUMNS = ("state", "fails", "opened_at", "last_error", "trial_token", "trial_until", "version")
+    ATTEMPTS = 50
+
+    @staticmethod
+    def _as_row(values: dict[str, Any]) -> dict[str, Any]:
+        row = dict(values)
+        row["trial"] = row.pop("trial_token")
+        return row
+
+    def _read(self, sids: list[int]) -> dict[int, dict[str, Any]]:
+        rows = BreakerStore.objects.filter(service_id__in=sids).values("service_id", *self.COLUMNS)
+        return {r.pop("service_id"): self._as_row(r) for r in rows}
+
+    def snapshot(self, sids: list[int]) -> dict[int, Snapshot]:
+        now = time.time()
+        rows = self._read(list(sids))
+        return {sid: _snapshot_of(rows.get(sid) or _fresh_row(), now) for sid in sids}
+
+    def _apply(self, sid: int, rule, **kwargs):
+        if connections["default"].in_atomic_block:
+            # Inside a caller's transaction: a savepoint, so a failed statement here
+            # (the store "unreachable") does not break the caller's transaction.
+            with transaction.atomic():
+                return self._apply_now(sid, rule, **kwargs)
+        return self._apply_now(sid, rule, **kwargs)
+
+    def _apply_now(self, sid: int, rule, **kwargs):
+        for _ in range(self.ATTEMPTS):
+            row = self._read([sid]).get(sid)
+            if row is None:
+                row = _fresh_row()
+                probe = dict(row)
+                result = rule(probe, **kwargs)
+                if probe == row:
+                    return result  # a closed breaker with nothing to count: no row needed
+                BreakerStore.objects.bulk_create([BreakerStore(service_id=sid)], ignore_conflicts=True)
+                continue
+            new = dict(row)
+            result = rule(new, **kwargs)
+            changes = {key: value for key, value in new.items() if value != row[key]}
+            if not changes:
+                return result
+            if "trial" in changes:
+                changes["trial_token"] = changes.pop("trial")
+            updated = BreakerStore.objects.filter(service_id=sid, version=row["version"]).update(
+                **changes, version=F("version") + 1
+            )
+            if updated == 1:
+                return result
+        raise BreakerStoreContended(f"breaker row of service {sid} changed {self.ATTEMPTS} times in a row")
+
+    def acquire(self, sid, **kwargs) -> tuple[str, str, bool, int]:
+        return self._apply(sid, _rule_acquire, **kwargs)
+
+    def success(self, sid, **kwargs) -> tuple[str, str]:
+        return self._apply(sid, _rule_success, **kwargs)
+
+    def failure(self, sid, **kwargs) -> tuple[str, str]:
+        kwargs["error"] = kwargs["error"][:1000]
+        return self._apply(sid, _rule_failure, **kwargs)
+
+    def set_state(self, sid, **kwargs) -> tuple[str, str]:
+        kwargs["error"] = kwargs["error"][:1000]
+        return self._apply(sid, _rule_set, **kwargs)
+
+    def forget(self, sid: int) -> None:
+        BreakerStore.objects.filter(service_id=sid).delete()
 
 
 def _s(value: Any) -> str:
@@ -313,7 +423,7 @@ class SharedBreakerStorage(pybreaker.CircuitBreakerStorage):
     """
 
     def __init__(self, service_id: int) -> None:
-        super().__init__("redis" if settings.REDIS_URL else "memory")
+        super().__init__(breaker_store_name())
         self.service_id = service_id
         # pybreaker's constructor reads the state once; answering "closed" there
         # saves a Redis round trip per breaker (the live state is read per call).
@@ -348,17 +458,32 @@ class SharedBreakerStorage(pybreaker.CircuitBreakerStorage):
         pass
 
 
-# --- Backend selection with the Redis-outage fallback --------------------------------
+# --- Store selection with the outage fallback ------------------------------------------
 
 _memory = _MemoryBackend()
+_database = _DatabaseBackend()
 _redis_backends: dict[str, _RedisBackend] = {}
-_redis_down_until = 0.0
+_store_down_until = 0.0
 _backend_lock = threading.Lock()
 
 
-def _redis_backend() -> _RedisBackend | None:
+def breaker_store_name() -> str:
+    """The configured store: ``settings.BREAKER_STORE``, else redis with REDIS_URL, else database."""
+    name = getattr(settings, "BREAKER_STORE", None) or ("redis" if settings.REDIS_URL else "database")
+    if name not in STORES:
+        raise ValueError(f"BREAKER_STORE={name!r}: use one of {', '.join(STORES)}")
+    return name
+
+
+def _store() -> _RedisBackend | _DatabaseBackend | None:
+    """The configured shared store, or None while it is marked down (or memory is configured)."""
+    name = breaker_store_name()
+    if name == "memory" or time.monotonic() < _store_down_until:
+        return None
+    if name == "database":
+        return _database
     url = settings.REDIS_URL
-    if not url or time.monotonic() < _redis_down_until:
+    if not url:
         return None
     backend = _redis_backends.get(url)
     if backend is None:
@@ -367,34 +492,35 @@ def _redis_backend() -> _RedisBackend | None:
     return backend
 
 
-def _redis_failed(exc: Exception) -> None:
-    global _redis_down_until
-    _redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_SECONDS
-    logger.error("Breaker state store (Redis) unreachable, using process-local breaker state: %s", exc)
+def _store_failed(exc: Exception) -> None:
+    global _store_down_until
+    _store_down_until = time.monotonic() + REDIS_RETRY_AFTER_SECONDS
+    store = "Redis" if isinstance(exc, redis.RedisError) else "database"
+    logger.error("Breaker state store (%s) unreachable, using process-local breaker state: %s", store, exc)
     from registry.alerts import alert_raise  # late: alerts imports models that import us
 
     alert_raise(
         kind="breaker_storage_down", service=None,
-        message=f"Circuit-breaker state store (Redis) unreachable: {exc}. "
+        message=f"Circuit-breaker state store ({store}) unreachable: {exc}. "
                 "Breakers fall back to process-local state.",
     )
 
 
 def _backend_call(op: str, *args: Any, **kwargs: Any) -> Any:
-    backend = _redis_backend()
+    backend = _store()
     if backend is not None:
         try:
             return getattr(backend, op)(*args, **kwargs)
-        except redis.RedisError as exc:
-            _redis_failed(exc)
+        except (redis.RedisError, DatabaseError) as exc:
+            _store_failed(exc)
     return getattr(_memory, op)(*args, **kwargs)
 
 
 def storage_reset_for_tests() -> None:
-    """Forget process-local state and Redis connections (tests switch REDIS_URL)."""
-    global _memory, _redis_down_until
+    """Forget process-local state and Redis connections (tests switch stores)."""
+    global _memory, _store_down_until
     _memory = _MemoryBackend()
-    _redis_down_until = 0.0
+    _store_down_until = 0.0
     _redis_backends.clear()
     _breakers.clear()
 

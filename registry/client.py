@@ -21,10 +21,8 @@ Every error carries ``.call`` (the last try, or None when nothing was sent) and
 from __future__ import annotations
 
 import logging
-import os
 import random
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,10 +39,12 @@ from berrys_portal.errors import (
     ServiceNotFoundError,
     ServiceResponseError,
 )
+from registry import egress
 from registry.adapters import adapt_request
 from registry.breakers import Permit, breaker_for
 from registry.discovery import recent_instances, service_candidates, service_pick
 from registry.models import Service
+from registry.transport import DeadlineExceeded, ResponseTooLarge, call_send
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,26 @@ __all__ = [
 ]
 
 WORKER_HOSTNAME = socket.gethostname()
+# Not answers a caller can use: interim/upgrade answers and "not modified".
+UNFORWARDABLE = frozenset({100, 101, 102, 103, 304})
+
+
+class UnusableAnswerError(ServiceConnectionError):
+    """The service answered with a redirect, an interim/upgrade answer or 304 (502 in the API)."""
+
+    code = "unusable_upstream_answer"
+
+
+def _failure_kind(exc: BaseException) -> str:
+    if isinstance(exc, egress.EgressDenied):
+        return "Refused by the egress policy"
+    if isinstance(exc, egress.EgressLookupError):
+        return "Name does not resolve"
+    if isinstance(exc, DeadlineExceeded | requests.Timeout):
+        return "Timeout"
+    if isinstance(exc, ResponseTooLarge):
+        return "Answer too large"
+    return "Connection error"
 TRANSIENT_STATUSES = frozenset({502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
@@ -94,34 +114,6 @@ class CallResult:
     service: Service
     call: CallInfo
     tries: list[CallInfo]
-
-
-_thread_local = threading.local()
-
-
-def _session() -> requests.Session:
-    session = getattr(_thread_local, "session", None)
-    if session is None:
-        session = requests.Session()
-        if not settings.SERVICE_CLIENT_TRUST_ENV:
-            # Calls stay on the services' own network: no proxy variables, no ~/.netrc.
-            # (requests re-reads both from the environment on EVERY request otherwise,
-            # ~0.6 ms each here.) A CA bundle named in the environment is still honoured.
-            session.trust_env = False
-            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-            if bundle:
-                session.verify = bundle
-        _thread_local.session = session
-    return session
-
-
-def _decode(response: requests.Response) -> Any:
-    if not response.content:
-        return None
-    try:
-        return response.json()
-    except ValueError:
-        return response.text
 
 
 def _attach(error: PortalError, call: CallInfo | None, tries: list[CallInfo]) -> PortalError:
@@ -201,6 +193,7 @@ class ServiceClient:
         headers: dict | None = None,
         idempotent: bool | None = None,
         retries: int | None = None,
+        max_body: int | None = None,
     ) -> CallResult:
         method = method.upper()
         default_retries, _, _ = self._settings()
@@ -235,18 +228,21 @@ class ServiceClient:
             call_timeout = timeout or self.default_timeout or breaker.config.call_timeout
             started = time.perf_counter()
             try:
-                response = _session().request(
-                    method, url, json=body, params=params, headers=headers, timeout=call_timeout,
+                response = call_send(
+                    method, url, json_body=body, params=params, headers=headers,
+                    deadline_seconds=call_timeout, max_body=max_body or settings.SERVICE_CLIENT_MAX_BODY_BYTES,
                 )
-            except requests.RequestException as exc:
+            except (requests.RequestException, egress.EgressDenied, egress.EgressLookupError,
+                    DeadlineExceeded, ResponseTooLarge) as exc:
                 call.latency_ms = (time.perf_counter() - started) * 1000
-                kind = "Timeout" if isinstance(exc, requests.Timeout) else "Connection error"
+                kind = _failure_kind(exc)
                 call.error = f"{kind}: {type(exc).__name__}: {exc}"
                 logger.warning("%s %s failed: %s (try %d)", method, url, call.error, attempt,
                                extra={"service": instance.name})
                 breaker.failed(permit, call.error)
                 recent_instances.forget(service_type)  # a retry sees the registry as it is now
-                if may_retry and attempt <= retries:
+                transient = isinstance(exc, requests.RequestException | DeadlineExceeded)
+                if transient and may_retry and attempt <= retries:
                     self.sleep(self.backoff_delay(attempt - 1))
                     continue
                 raise _attach(
@@ -255,32 +251,45 @@ class ServiceClient:
                 ) from exc
 
             call.latency_ms = (time.perf_counter() - started) * 1000
-            call.status = response.status_code
-            call.body = _decode(response)
+            call.status = response.status
+            call.body = response.decoded()
             # extra= tags the line with the instance (run_id/step_id come from log_context).
-            logger.info("%s %s -> HTTP %s in %.0f ms (try %d)", method, url, response.status_code,
+            logger.info("%s %s -> HTTP %s in %.0f ms (try %d)", method, url, response.status,
                         call.latency_ms, attempt, extra={"service": instance.name})
-            if response.status_code < 400:
+            if response.status in UNFORWARDABLE or 300 <= response.status < 400:
+                # The service answered (it is up), but nothing a caller can use: interim and
+                # upgrade answers, "not modified" to a request that asked for nothing, and
+                # redirects — which the portal never follows.
+                breaker.succeeded(permit)
+                if 300 <= response.status < 400 and response.status != 304:
+                    what = f"a redirect (HTTP {response.status} to {response.location_host})"
+                else:
+                    what = f"HTTP {response.status}"
+                call.error = f"unusable answer: {what}"
+                raise _attach(UnusableAnswerError(
+                    f"{instance.name} answered {what} to {method} {endpoint}; the portal does not "
+                    "follow redirects or forward interim answers"), call, tries)
+            if response.status < 400:
                 breaker.succeeded(permit)
                 return CallResult(
-                    status=response.status_code, body=call.body, latency_ms=call.latency_ms,
+                    status=response.status, body=call.body, latency_ms=call.latency_ms,
                     service=instance, call=call, tries=tries,
                 )
-            call.error = f"HTTP {response.status_code}"
-            if response.status_code >= 500:
+            call.error = f"HTTP {response.status}"
+            if response.status >= 500:
                 # The service is failing: counts toward tripping its breaker.
                 breaker.failed(permit, call.error)
                 recent_instances.forget(service_type)
             else:
                 # A 4xx is the caller's problem; the service answered, so it is up.
                 breaker.succeeded(permit)
-            if response.status_code in TRANSIENT_STATUSES and may_retry and attempt <= retries:
+            if response.status in TRANSIENT_STATUSES and may_retry and attempt <= retries:
                 self.sleep(self.backoff_delay(attempt - 1))
                 continue
             raise _attach(
                 ServiceResponseError(
-                    f"{instance.name} answered HTTP {response.status_code} to {method} {endpoint}",
-                    status=response.status_code, body=call.body,
+                    f"{instance.name} answered HTTP {response.status} to {method} {endpoint}",
+                    status=response.status, body=call.body,
                 ),
                 call, tries,
             )

@@ -1,7 +1,9 @@
 """Service discovery: pick an eligible instance of a type, rotating between them.
 
 Eligible: passing, then warning; unknown (never checked) only when no checked
-healthy instance exists; never critical or in maintenance.
+healthy instance exists; never critical or in maintenance, never an instance
+waiting for an operator's approval (``Service.pending_approval``). The
+ServiceClient picks through the same functions, so it follows the same rules.
 """
 
 from __future__ import annotations
@@ -112,11 +114,13 @@ def service_eligible_list(*, service_type: str, max_age: float = 0.0) -> list[Se
         raise ServiceNotFoundError(f"No service of type {service_type} found")
     by_status: dict[str, list[Service]] = {}
     for inst in instances:
-        by_status.setdefault(inst.status, []).append(inst)
+        # Pending approval counts as registered (a 503 naming it, not a 404) but never eligible.
+        by_status.setdefault("pending approval" if inst.pending_approval else inst.status, []).append(inst)
     healthy = by_status.get(HealthStatus.PASSING, []) + by_status.get(HealthStatus.WARNING, [])
     eligible = healthy or by_status.get(HealthStatus.UNKNOWN, [])
     if not eligible:
-        states = ", ".join(f"{inst.name}: {inst.status}" for inst in instances[:MAX_STATES_LISTED])
+        states = ", ".join(f"{inst.name}: {'pending approval' if inst.pending_approval else inst.status}"
+                           for inst in instances[:MAX_STATES_LISTED])
         if len(instances) > MAX_STATES_LISTED:
             states += f", and {len(instances) - MAX_STATES_LISTED} more"
         raise NoEligibleServiceError(

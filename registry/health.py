@@ -29,12 +29,15 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
+import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.cache import cache
@@ -45,7 +48,7 @@ from django.utils import timezone
 
 from berrys_portal import metrics
 from berrys_portal.logging import log_context
-from registry import prober
+from registry import egress, prober
 from registry.alerts import alert_raise
 from registry.breakers import (
     HEALTH_TRIP_PREFIX,
@@ -83,15 +86,23 @@ def _falsy_dependency(value: Any) -> bool:
     return False
 
 
+_PLAIN_WORD = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
+
+
+def _dep_name(name: Any) -> str:
+    text = str(name)
+    return text if _PLAIN_WORD.match(text.lower()) else "?"
+
+
 def _dependencies_down(body: dict) -> list[str]:
     down = [key for key in ("database", "cache") if key in body and _falsy_dependency(body[key])]
     deps = body.get("dependencies")
     if isinstance(deps, dict):
-        down += [f"dependencies.{name}" for name, value in deps.items() if _falsy_dependency(value)]
+        down += [f"dependencies.{_dep_name(name)}" for name, value in deps.items() if _falsy_dependency(value)]
     elif isinstance(deps, list):
         for item in deps:
             if isinstance(item, dict) and _falsy_dependency(item):
-                down.append(f"dependencies.{item.get('name', '?')}")
+                down.append(f"dependencies.{_dep_name(item.get('name', '?'))}")
     elif deps is not None and _falsy_dependency(deps):
         down.append("dependencies")
     return down
@@ -124,7 +135,9 @@ def probe_verdict(
             details["down"] = down
             return HealthStatus.WARNING, f"dependency down: {', '.join(down)}", details
         if reported not in {"healthy", "ok", "pass", "passing", "up"}:
-            return HealthStatus.WARNING, f"reports status {reported!r}", details
+            # The reason is readable with a `read` key: name only a short, plain word.
+            shown = repr(reported) if _PLAIN_WORD.match(reported) else "a non-standard status"
+            return HealthStatus.WARNING, f"reports status {shown}", details
     if slow_threshold_ms is not None and latency_ms is not None and latency_ms > slow_threshold_ms:
         return HealthStatus.WARNING, f"slow: {latency_ms:.0f} ms > {slow_threshold_ms} ms", details
     return HealthStatus.PASSING, "", details
@@ -168,7 +181,28 @@ class Outcome:
     http_status: int | None = None
     latency_ms: float | None = None
     body: Any = None
-    error: str = ""
+    error: str = ""  # a category: this is what `read` keys see (status_reason)
+    detail: str = ""  # what happened, raw: kept in the staff-only snapshot row
+    deferred: bool = False  # not sent (its destination is saturated): try again later
+
+
+def _redirect_host(location: str) -> str:
+    host = urlsplit(location).hostname if location else None
+    if not host:
+        return "(same host)" if location else "(no location)"
+    return host if _HOST_SHOWN.match(host) else "(unreadable host)"
+
+
+_HOST_SHOWN = re.compile(r"^[A-Za-z0-9.:_-]{1,100}$")
+
+
+def _timeout_of(svc: Service) -> float:
+    """The probe timeout, clamped to HEALTH_MAX_TIMEOUT_SECONDS (rows older than the bound)."""
+    return min(svc.check_timeout_seconds, settings.HEALTH_MAX_TIMEOUT_SECONDS)
+
+
+def _interval_of(svc: Service) -> timedelta:
+    return timedelta(seconds=max(svc.check_interval_seconds, settings.HEALTH_MIN_INTERVAL_SECONDS))
 
 
 def _outcome(plan: Plan, response: prober.Response | None, error: BaseException | None, seconds: float) -> Outcome:
@@ -177,21 +211,29 @@ def _outcome(plan: Plan, response: prober.Response | None, error: BaseException 
     outcome = Outcome(plan=plan, checked_at=timezone.now() - timedelta(seconds=seconds), latency_ms=seconds * 1000)
     if response is not None:
         outcome.http_status = response.status
-        if response.body:
+        if 300 <= response.status < 400:
+            # Never followed: the answer is the redirect, and it fails the check.
+            outcome.error = f"redirected to {_redirect_host(response.location or '')}"
+            outcome.detail = f"HTTP {response.status} Location: {(response.location or '')[:300]}"
+        elif response.body:
             try:
                 outcome.body = json.loads(response.body)
             except ValueError:  # not JSON (or cut at the size cap): the status decides
                 outcome.body = None
+        return outcome
+    outcome.detail = f"{type(error).__name__}: {error}"[:500]
+    if isinstance(error, prober.ProbeDeferred):
+        outcome.deferred, outcome.latency_ms = True, None
     elif isinstance(error, prober.ProbeTimeout):
-        outcome.error = f"timeout after {svc.check_timeout_seconds:g} s"
-    elif isinstance(error, prober.ProbeConnectionError):
-        outcome.error = f"connection error: {error}"
-    elif isinstance(error, prober.ProbeProtocolError):
-        outcome.error = f"protocol error: {error}"
+        outcome.error = f"timed out after {_timeout_of(svc):g} s"
+    elif isinstance(error, egress.EgressDenied | egress.EgressLookupError):
+        outcome.latency_ms, outcome.error = None, error.category
+    elif isinstance(error, prober.ProbeConnectionError | prober.ProbeProtocolError):
+        outcome.error = error.category
     elif isinstance(error, ValueError):
-        outcome.latency_ms, outcome.error = None, f"probe error: bad health URL: {error}"
+        outcome.latency_ms, outcome.error = None, "bad health URL"
     else:
-        outcome.latency_ms, outcome.error = None, f"probe error: {type(error).__name__}: {error}"
+        outcome.latency_ms, outcome.error = None, "probe error"
     return outcome
 
 
@@ -204,7 +246,7 @@ def _probe_submit(plans: list[Plan], results: queue.SimpleQueue, gate: prober.Ga
 
     prober.prober().submit(
         plans, url_of=lambda plan: plan.service.health_url,
-        timeout_of=lambda plan: plan.service.check_timeout_seconds, done=done, gate=gate,
+        timeout_of=lambda plan: _timeout_of(plan.service), done=done, gate=gate,
         max_body=settings.HEALTH_PROBE_MAX_BODY_BYTES,
     )
 
@@ -262,7 +304,7 @@ def _plan(services: list[Service], *, force: bool) -> list[Plan]:
         if snap.state == "closed":
             plan.permit = Permit(breaker)
         elif force or snap.state == "half-open" or snap.reset_due(breaker.config.reset_timeout):
-            plan.permit = breaker.acquire(force=force, lease_seconds=svc.check_timeout_seconds)
+            plan.permit = breaker.acquire(force=force, lease_seconds=_timeout_of(svc))
             if plan.permit is None:
                 plan.withheld = f"{BREAKER_OPEN_REASON} (trial in progress)"
         else:
@@ -301,6 +343,7 @@ class SweepReport:
     ttl_expired: int = 0
     deregistered: int = 0
     skipped_locked: bool = False
+    deferred: int = 0
     seconds: float = 0.0
     verdicts: dict[str, int] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)  # only with keep_rows (check_health's table)
@@ -308,7 +351,7 @@ class SweepReport:
 
 def _row_for(outcome: Outcome) -> Row:
     plan, svc = outcome.plan, outcome.plan.service
-    interval = timedelta(seconds=svc.check_interval_seconds)
+    interval = _interval_of(svc)
     if plan.withheld:
         # Not sent: keep it critical until the breaker lets a trial through,
         # and come back as soon as the reset timeout has passed.
@@ -359,7 +402,8 @@ def _row_for(outcome: Outcome) -> Row:
         next_at = outcome.checked_at + min(interval, timedelta(seconds=plan.breaker.config.reset_timeout))
     snapshot = HealthSnapshot(
         service=svc, checked_at=outcome.checked_at, status=verdict, http_status=outcome.http_status,
-        latency_ms=outcome.latency_ms, error=outcome.error or (reason if verdict != HealthStatus.PASSING else ""),
+        latency_ms=outcome.latency_ms,
+        error=outcome.detail or outcome.error or (reason if verdict != HealthStatus.PASSING else ""),
         details=details,
     )
     return Row(svc, svc.status, status, reason[:500], fails, successes, outcome.checked_at,
@@ -434,8 +478,9 @@ def _copy_rows(model, columns: list[str], values: list[tuple]) -> None:
                 for row in values:
                     copy.write_row([json.dumps(v) if isinstance(v, dict | list) else v for v in row])
         return
-    fields = [c.removesuffix("_id") if c.endswith("_id") else c for c in columns]
-    model.objects.bulk_create([model(**dict(zip(fields, row, strict=True))) for row in values])
+    # The model constructor takes a foreign key's column name (``service_id``) with a raw
+    # id; stripping ``_id`` would hand an int to the relation and raise ValueError.
+    model.objects.bulk_create([model(**dict(zip(columns, row, strict=True))) for row in values])
 
 
 def _write(rows: list[Row]) -> int:
@@ -483,12 +528,20 @@ def health_sweep_run(
     max_queued: int | None = None,
     concurrency: int | None = None,
     keep_rows: bool = False,
+    detach_after: float | None = None,
 ) -> SweepReport:
     """Claim, probe and record due services until none is left (no global lock; see health_sweep).
 
     The calling thread claims and dispatches; results are evaluated and written by
-    one writer thread (its own database connection), so claiming new work never
-    waits for the database writes of earlier results. Call it outside a transaction.
+    one writer thread (its own database connection) as they arrive, so claiming new
+    work never waits for the database writes of earlier results. Call it outside a
+    transaction.
+
+    ``detach_after``: once everything due is dispatched, wait at most this many
+    seconds for the remaining results, then leave them to a background thread of
+    this process (which writes them as they arrive) and return — the beat sweep
+    uses it so that slow or black-holed destinations never hold the sweep lock.
+    The report then counts only the results seen before returning.
     """
     started = time.perf_counter()
     batch_size = batch_size or settings.HEALTH_SWEEP_BATCH_SIZE
@@ -502,25 +555,21 @@ def health_sweep_run(
     report = SweepReport()
     # Finished probes arrive on a queue from the prober's loop thread.
     results: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
-    outstanding = 0  # sent to the prober, result not back yet
-    # Every probe ends within its timeout once it has a slot, so results keep coming
-    # while probes are out. Silence for longer than the longest timeout (plus a margin)
-    # means the prober is gone: fail this sweep visibly (its claims expire with the lease).
-    longest_timeout = 0.0
-    last_result = time.monotonic()
-    ready: list[Outcome] = []
-    exhausted = False
-    last_flush = time.monotonic()
-    # The claim lease outlives any probe and the queue, so nobody re-claims a
-    # service while it waits or is probed.
+    # The claim lease outlives any probe and the per-destination queue, so nobody
+    # re-claims a service while it waits or is probed.
     lease = timedelta(seconds=300)
     max_queued = max_queued or settings.HEALTH_SWEEP_MAX_QUEUED
     write_batch = 1000
     pending_ids = list(service_ids) if service_ids is not None else None
+    state = {"outstanding": 0, "longest": 0.0, "last_result": time.monotonic(),
+             "last_flush": time.monotonic(), "ready": []}
 
     def write(outcomes: list[Outcome]) -> None:
-        rows = []
+        rows, deferred = [], []
         for outcome in outcomes:
+            if outcome.deferred:
+                deferred.append(outcome.plan.service.pk)
+                continue
             # Lines written while judging a probe (breaker, alerts) name the service.
             with log_context(service=outcome.plan.service.name):
                 try:
@@ -528,10 +577,15 @@ def health_sweep_run(
                 except Exception:  # noqa: BLE001 - one bad row must not lose the batch
                     logger.exception("health: could not evaluate service %s", outcome.plan.service.pk)
         report.changes += _write(rows)
+        if deferred:
+            # Not probed (destination saturated): due again soon, status untouched.
+            later = timezone.now() + timedelta(seconds=settings.HEALTH_MIN_INTERVAL_SECONDS)
+            Service.objects.filter(pk__in=deferred).update(next_check_at=later)
+        report.deferred += len(deferred)
         for outcome in outcomes:
             if outcome.plan.withheld:
                 report.withheld += 1
-            else:
+            elif not outcome.deferred:
                 report.probed += 1
                 report.trials += bool(outcome.plan.permit and outcome.plan.permit.trial)
         for r in rows:
@@ -540,16 +594,61 @@ def health_sweep_run(
             report.rows.extend(rows)
 
     def flush() -> None:
-        nonlocal ready, last_flush
-        if ready:
-            writes.append(writer.submit(write, ready))
-        ready, last_flush = [], time.monotonic()
+        if state["ready"]:
+            writes.append(writer.submit(write, state["ready"]))
+        state["ready"], state["last_flush"] = [], time.monotonic()
 
+    def collect_once() -> None:
+        """Take what came back (waiting up to 0.2 s); hand a batch to the writer when due."""
+        try:
+            got = [results.get(timeout=0.2)]
+        except queue.Empty:
+            got = []
+        while True:
+            try:
+                got.append(results.get_nowait())
+            except queue.Empty:
+                break
+        state["outstanding"] -= len(got)
+        now = time.monotonic()
+        if got:
+            state["last_result"] = now
+        elif now - state["last_result"] > state["longest"] + PROBER_STALL_MARGIN_SECONDS:
+            flush()  # what did come back is kept
+            raise RuntimeError(
+                f"health sweep: no probe result for {now - state['last_result']:.0f} s with "
+                f"{state['outstanding']} probe(s) out (longest timeout {state['longest']:g} s): "
+                "the prober stalled"
+            )
+        state["ready"].extend(got)
+        if len(state["ready"]) >= write_batch or now - state["last_flush"] > 1.0:
+            flush()
+
+    def finish() -> None:
+        flush()
+        try:
+            for fut in writes:
+                fut.result()  # re-raise a failed write here
+        finally:
+            writer.submit(connections.close_all).result()  # the writer's own connection
+            writer.shutdown(wait=True)
+
+    def drain_in_background() -> None:
+        try:
+            while state["outstanding"] > 0:
+                collect_once()
+            finish()
+        except Exception:  # noqa: BLE001 - a background thread: log, the leases expire
+            logger.exception("health: writing the detached results of a sweep failed")
+
+    exhausted = False
+    detached = False
+    dispatched_at: float | None = None
     try:
         while True:
             # Claim while the prober has room: each batch is sent as soon as it is
             # claimed, so probing starts after the first claim, not the last.
-            while not exhausted and outstanding < max_queued:
+            while not exhausted and state["outstanding"] < max_queued:
                 if pending_ids is not None:
                     chunk, pending_ids = pending_ids[:batch_size], pending_ids[batch_size:]
                     batch = _claim(now=timezone.now(), batch_size=batch_size, service_ids=chunk, lease=lease)
@@ -561,44 +660,30 @@ def health_sweep_run(
                 send = []
                 for plan in _plan(batch, force=force):
                     if plan.withheld:
-                        ready.append(Outcome(plan=plan, checked_at=timezone.now()))
+                        state["ready"].append(Outcome(plan=plan, checked_at=timezone.now()))
                     else:
                         send.append(plan)
                 if send:
-                    longest_timeout = max(longest_timeout, *(p.service.check_timeout_seconds for p in send))
+                    state["longest"] = max(state["longest"], *(_timeout_of(p.service) for p in send))
                     _probe_submit(send, results, gate)
-                    outstanding += len(send)
-            if not outstanding:
+                    state["outstanding"] += len(send)
+            if not state["outstanding"]:
                 if exhausted:
                     break
                 continue
-            try:
-                got = [results.get(timeout=0.2)]
-            except queue.Empty:
-                got = []
-            while True:
-                try:
-                    got.append(results.get_nowait())
-                except queue.Empty:
+            if exhausted and detach_after is not None:
+                dispatched_at = dispatched_at or time.monotonic()
+                if time.monotonic() - dispatched_at > detach_after:
+                    flush()
+                    logger.info("health: %d slow probe(s) left to a background writer",
+                                state["outstanding"])
+                    threading.Thread(target=drain_in_background, name="sweep-drain", daemon=True).start()
+                    detached = True
                     break
-            outstanding -= len(got)
-            if got:
-                last_result = time.monotonic()
-            elif time.monotonic() - last_result > longest_timeout + PROBER_STALL_MARGIN_SECONDS:
-                flush()  # what did come back is kept
-                raise RuntimeError(
-                    f"health sweep: no probe result for {time.monotonic() - last_result:.0f} s with "
-                    f"{outstanding} probe(s) out (longest timeout {longest_timeout:g} s): the prober stalled"
-                )
-            ready.extend(got)
-            if len(ready) >= write_batch or time.monotonic() - last_flush > 1.0:
-                flush()
-        flush()
-        for fut in writes:
-            fut.result()  # re-raise a failed write here
+            collect_once()
     finally:
-        writer.submit(connections.close_all).result()  # the writer's own connection
-        writer.shutdown(wait=True)
+        if not detached:
+            finish()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -699,7 +784,8 @@ def health_sweep(*, keep_rows: bool = False) -> SweepReport:
         return SweepReport(skipped_locked=True)
     try:
         ttl_expired = health_ttl_expire()
-        report = health_sweep_run(keep_rows=keep_rows)
+        # Slow probes are left to a background writer: the lock is never held waiting for them.
+        report = health_sweep_run(keep_rows=keep_rows, detach_after=settings.HEALTH_SWEEP_WAIT_SECONDS)
         report.ttl_expired = ttl_expired
         report.deregistered = health_deregister_expired()
         return report
@@ -718,19 +804,38 @@ def health_check_now(*, service_ids: list[int] | None = None, keep_rows: bool = 
     return report
 
 
+def health_oldest_overdue_seconds(*, now: datetime | None = None) -> float:
+    """How late the most overdue check is (0 when none is): the sweep's own health.
+
+    Overdue = last probe (or registration) + interval is past. A service whose probe is
+    queued, deferred or hanging keeps getting older here, so a frozen sweep shows.
+    """
+    now = now or timezone.now()
+    seen = Coalesce("last_checked_at", "registered_at")
+    probed = Service.objects.filter(_probed())
+    if connection.vendor == "postgresql":
+        due = ExpressionWrapper(
+            seen + ExpressionWrapper(F("check_interval_seconds") * Value(timedelta(seconds=1)),
+                                     output_field=DurationField()),
+            output_field=DateTimeField(),
+        )
+        oldest = probed.annotate(due=due).order_by("due").values_list("due", flat=True).first()
+    else:  # SQLite (the demo's default) cannot multiply an integer by an interval
+        rows = probed.values_list("last_checked_at", "registered_at", "check_interval_seconds")
+        dues = [(c or r) + timedelta(seconds=i) for c, r, i in rows if (c or r)]
+        oldest = min(dues, default=None)
+    if oldest is None:
+        return 0.0
+    return max(0.0, (now - oldest).total_seconds())
+
+
 def health_snapshots_prune(*, now: datetime | None = None, batch_size: int | None = None) -> int:
     """Delete snapshots older than HEALTH_SNAPSHOT_RETENTION_DAYS, in batches (short locks)."""
+    from berrys_portal.retention import rows_prune
+
     cutoff = (now or timezone.now()) - timedelta(days=settings.HEALTH_SNAPSHOT_RETENTION_DAYS)
-    batch_size = batch_size or settings.HEALTH_PRUNE_BATCH_SIZE
-    total = 0
-    while True:
-        ids = list(
-            HealthSnapshot.objects.filter(checked_at__lt=cutoff).order_by("checked_at")
-            .values_list("id", flat=True)[:batch_size]
-        )
-        if not ids:
-            return total
-        total += HealthSnapshot.objects.filter(id__in=ids).delete()[0]
+    return rows_prune(queryset=HealthSnapshot.objects.all(), age_field="checked_at", cutoff=cutoff,
+                      batch_size=batch_size or settings.HEALTH_PRUNE_BATCH_SIZE)
 
 
 # --- Uptime (admin) ------------------------------------------------------------------------------

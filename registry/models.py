@@ -95,6 +95,18 @@ class Service(models.Model):
     breaker_reset_timeout_seconds = models.FloatField(null=True, blank=True)
     breaker_call_timeout_seconds = models.FloatField(null=True, blank=True)
 
+    # Identity: the key that registered the instance. Only it (or a registry:admin key,
+    # or an operator) may change it; ownership moves only by an operator's action.
+    owner = models.ForeignKey(
+        # PROTECT: deleting a key must not silently free its services (revoke keys instead).
+        "registry.ApiKey", null=True, blank=True, on_delete=models.PROTECT, related_name="services",
+        help_text="The API key that registered it. Empty: only operators and registry:admin keys may change it.",
+    )
+    pending_approval = models.BooleanField(
+        default=False,
+        help_text="A new instance of a type in REGISTRY_APPROVAL_TYPES: not discovered until an operator approves it.",
+    )
+
     class Meta:
         ordering = ["type", "name"]
         constraints = [
@@ -117,18 +129,48 @@ class Service(models.Model):
 
 
 class ApiKey(models.Model):
-    """A hashed API key with scopes. The plain key is shown once, at creation."""
+    """A hashed API key with scopes and limits. The plain key is shown once, at creation.
+
+    Scopes and what they allow are described in ``registry.scopes`` (and the
+    README's scopes table); the old names (read, register, workflows, gateway)
+    are accepted as aliases when a key is created.
+    """
 
     class Scope(models.TextChoices):
-        READ = "read", "read"
-        REGISTER = "register", "register"
-        WORKFLOWS = "workflows", "workflows"
-        GATEWAY = "gateway", "gateway"
+        REGISTRY_READ = "registry:read", "registry:read — list services, discover"
+        REGISTRY_WRITE = "registry:write", "registry:write — register and manage its own services"
+        REGISTRY_ADMIN = "registry:admin", "registry:admin — manage every service"
+        RUNS_READ = "runs:read", "runs:read — read its own runs"
+        RUNS_READ_ALL = "runs:read:all", "runs:read:all — read every run"
+        WORKFLOWS = "workflows", "workflows — start runs and act on its own"
+        WORKFLOWS_OPERATE = "workflows:operate", "workflows:operate — act on every run"
+        GATEWAY = "gateway", "gateway — call services through the gateway (allow-list)"
+        METRICS = "metrics", "metrics — Prometheus scrape and HTTP service discovery"
 
     name = models.CharField(max_length=100, help_text="Who uses this key, e.g. planning-system.")
     prefix = models.CharField(max_length=12, editable=False, help_text="First characters, to recognise a key.")
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
-    scopes = models.JSONField(default=list, help_text="Subset of: read, register, workflows, gateway.")
+    scopes = models.JSONField(default=list, help_text="See the README's scopes table.")
+    service_types = models.JSONField(
+        default=list, blank=True,
+        help_text="Service types this key may register, e.g. [\"PLANNING_SYSTEM\"]. Empty: any type.",
+    )
+    name_patterns = models.JSONField(
+        default=list, blank=True,
+        help_text="Glob patterns the names it registers must match, e.g. [\"planning-*\"]. Empty: any name.",
+    )
+    gateway_allow = models.JSONField(
+        default=list, blank=True,
+        help_text="Gateway allow-list: TYPE:METHOD entries, * for any, e.g. "
+        "[\"AGENT_ORCHESTRATOR:POST\", \"PROJECT_COORDINATOR:*\"]. Empty: no gateway call.",
+    )
+    max_instances = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Services this key may own. Empty: REGISTRY_KEY_MAX_INSTANCES."
+    )
+    max_hosts = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Distinct hosts its services may point at. Empty: REGISTRY_KEY_MAX_HOSTS.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -143,6 +185,38 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class AuditEvent(models.Model):
+    """Who did what to which key or service, and when (read-only in the admin).
+
+    Written by the service functions themselves (``registry.audit.audit_record``),
+    so every way in — API, admin, management command — leaves the same trace.
+    """
+
+    class Action(models.TextChoices):
+        KEY_CREATED = "key_created", "API key created"
+        KEY_REVOKED = "key_revoked", "API key revoked"
+        OWNER_CHANGED = "owner_changed", "Service owner changed"
+        SERVICE_APPROVED = "service_approved", "Service approved"
+        QUOTA_REFUSED = "quota_refused", "Quota refusal"
+
+    at = models.DateTimeField()
+    actor = models.CharField(max_length=200, help_text="Operator, API key (apikey:name) or command.")
+    action = models.CharField(max_length=32, choices=Action.choices)
+    target = models.CharField(max_length=300, help_text="The key or service acted on.")
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            # Admin list: newest first, optionally filtered by action.
+            models.Index(fields=["-at"], name="registry_audit_at"),
+            models.Index(fields=["action", "-at"], name="registry_audit_action"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()}: {self.target}"
 
 
 class HealthSnapshot(models.Model):
@@ -170,7 +244,10 @@ class HealthSnapshot(models.Model):
 
 
 class StatusChange(models.Model):
-    """A service's status flip, kept forever (uptime and history come from these)."""
+    """A service's status flip (uptime and history come from these).
+
+    Kept STATUS_CHANGE_RETENTION_DAYS, except each service's latest, which is kept whatever its age.
+    """
 
     DEREGISTERED = "deregistered"
 
@@ -222,6 +299,8 @@ class BreakerEvent(models.Model):
             models.Index(fields=["service", "-at"], name="registry_breakerevent_latest"),
             # Dashboard: breaker trips in the last 24 h.
             models.Index(fields=["new_state", "-at"], name="registry_breakerevent_trips"),
+            # Retention pruning (berrys_portal.retention): oldest first.
+            models.Index(fields=["at"], name="registry_breakerevent_age"),
         ]
 
     def __str__(self) -> str:
@@ -263,6 +342,8 @@ class Alert(models.Model):
                 fields=["created_at"], name="registry_alert_undelivered",
                 condition=Q(delivered_at__isnull=True),
             ),
+            # Retention pruning (berrys_portal.retention): oldest first.
+            models.Index(fields=["created_at"], name="registry_alert_age"),
         ]
 
     def __str__(self) -> str:
@@ -334,18 +415,25 @@ class RequestAdapterRule(models.Model):
         from django.core.exceptions import ValidationError
 
         errors: dict[str, str] = {}
-        if self.pattern_type == self.PatternType.REGEX:
-            import re
+        from registry.patterns import PatternError, pattern_compile
 
-            try:
-                re.compile(self.endpoint_pattern)
-            except re.error as exc:
-                errors["endpoint_pattern"] = f"Not a valid regular expression: {exc}"
-        elif not self.endpoint_pattern.startswith(("/", "*")):
+        is_glob = self.pattern_type != self.PatternType.REGEX
+        if is_glob and not self.endpoint_pattern.startswith(("/", "*")):
             errors["endpoint_pattern"] = "A glob pattern starts with / (or *)."
+        else:
+            try:
+                pattern_compile(self.endpoint_pattern, glob=is_glob)
+            except PatternError as exc:
+                errors["endpoint_pattern"] = (
+                    f"Not a pattern RE2 can match in linear time ({exc}). Use RE2 syntax: "
+                    "backreferences and lookaround are not supported."
+                )
         if self.action == self.Action.RENAME and not (isinstance(self.value, str) and self.value.strip()):
             errors["value"] = "rename needs the new field name as a JSON string, e.g. \"project_status\"."
         elif self.action == self.Action.MAP and not isinstance(self.value, dict):
             errors["value"] = 'map needs a JSON object, e.g. {"PLANNING": "DRAFT"}.'
         if errors:
             raise ValidationError(errors)
+
+# The breakers' database store (used when REDIS_URL is unset); its own module to keep this one short.
+from registry.models_breaker import BreakerStore  # noqa: E402,F401

@@ -1,66 +1,94 @@
-"""The health sweep's HTTP prober: plain HTTP/1.1 GETs on one asyncio event loop.
+"""The health sweep's HTTP prober: aiohttp GETs on one asyncio event loop per process.
 
-Why not ``requests`` here: a health probe is one GET whose status and small JSON body
-are all the sweep reads, and the sweep sends thousands of them. Measured by
-bench/probe_clients.py on the 2-core CI machine against keep-alive loopback servers,
-client CPU per GET: requests ``Session.get`` ~1,160 µs, ``http.client`` on threads
-~275 µs, this prober ~125 µs (and 7× the requests pool's GETs per second). An event loop also keeps hundreds of hanging probes in flight without
-a thread each. The ServiceClient (workflow and gateway calls) keeps using requests.
+Why aiohttp, not ``requests`` (which the ServiceClient uses): a health probe is one
+GET whose status and small JSON body are all the sweep reads, and the sweep sends
+thousands of them, hundreds hanging at a time. Client CPU per GET measured by
+bench/probe_clients.py: aiohttp ≈ 117 µs, urllib3 ≈ 404 µs, requests ≈ 991 µs; an
+event loop also keeps hundreds of hanging probes in flight without a thread each.
+The sweep is bound by its database writes, not the client. (This module used to be
+a hand-written HTTP/1.1 client; its redirect and credential handling were defects,
+and ~400 lines of HTTP parsing are better owned by a well-kept library.)
 
-What it does, and what it deliberately does not:
+Why ONE loop thread per process: aiohttp sessions and connection pools belong to
+one loop; a single loop shares the keep-alive pool and the per-destination limits
+across every sweep the process runs (the beat sweep, helper shares, "check now"),
+which a loop per sweep or per thread could not; and the sweep's own thread stays
+free to claim and write while probes are out. The thread is re-created after a fork
+(threads do not survive one).
 
-- one daemon thread per process runs the loop (re-created after a fork);
-- keep-alive connections pooled per (scheme, host, port), with a global cap on idle
-  sockets; a reused connection that the server closed meanwhile is retried once on a
-  fresh one (a GET is safe to resend);
-- ``Content-Length``, ``chunked`` and close-delimited bodies, interim 1xx responses,
-  bodies capped at ``max_body`` bytes (a larger body is cut there and the
-  connection dropped);
-- https with certificate verification against the bundle requests would use
-  (``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``, else certifi's);
-- up to ``MAX_REDIRECTS`` redirects followed, as requests does for a GET;
-- the service's timeout bounds the WHOLE probe (connect, send, headers, body),
-  stricter than requests' per-read timeout: a server that drips bytes cannot
-  hold a probe past its timeout;
-- no proxies (health URLs are on the services' own network) and no cookies.
+Under the egress policy (``registry.egress``):
 
-Bounds: at most ``max_in_flight`` probes at once, and at most ``concurrency`` of them
-younger than ``slow_after`` seconds: a probe that is still running after
-``slow_after`` stops counting against ``concurrency``, so hanging services do not
-hold back the fast ones, while fast probes do not open hundreds of sockets at once.
+- the URL's host is vetted (resolved through the policy's seam when it is a name)
+  and the GET goes to the vetted address, with the original name as ``Host`` and as
+  the TLS server name: no second lookup a rebinding DNS server could answer;
+- the connector's resolver is the policy too (a defence in depth: only addresses
+  reach it, and a name that slipped through would be vetted again);
+- redirects are never followed (a 3xx is the probe's answer), credentials in a URL
+  are refused, no proxies, no cookies;
+- the service's timeout bounds the WHOLE probe (aiohttp's total timeout): a
+  dripping server cannot hold a probe past it; bodies are read up to ``max_body``
+  bytes after decompression, then the connection is dropped.
+
+Limits: per destination (address and port) at most
+``HEALTH_PROBE_PER_DESTINATION_CONCURRENCY`` probes at once and
+``HEALTH_PROBE_PER_DESTINATION_RATE`` started per second; probes waiting for their
+destination hold no global slot, so a slow or black-holed destination only delays
+itself (fair across destinations), and beyond ``HEALTH_PROBE_PER_DESTINATION_QUEUE``
+waiting probes a destination's further probes are deferred to a later sweep
+rather than queued. Globally, at most ``max_in_flight`` probes at once and at most
+``concurrency`` of them younger than ``slow_after`` seconds (hanging probes stop
+counting against ``concurrency`` so they do not hold back the fast ones).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import functools
 import os
+import socket
 import ssl
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import urlsplit
 
-MAX_REDIRECTS = 5
-MAX_HEADER_LINES = 100
-IDLE_SECONDS = 30.0  # idle keep-alive sockets older than this are dropped, not reused
-USER_AGENT = b"berrys-portal-health/1"
+import aiohttp
+import yarl
+from aiohttp.abc import AbstractResolver, ResolveResult
+from django.conf import settings
+
+from registry import egress
+
+USER_AGENT = "berrys-portal-health/2"
+IDLE_SECONDS = 30.0  # keep-alive sockets idle longer than this are closed
 
 
 class ProbeTimeout(Exception):
-    pass
+    category = "timed out"
 
 
 class ProbeConnectionError(Exception):
     """Could not connect, or the peer closed / reset the connection."""
 
+    category = "connection failed"
+
+    def __init__(self, message: str, *, category: str | None = None) -> None:
+        super().__init__(message)
+        if category:
+            self.category = category
+
 
 class ProbeProtocolError(Exception):
-    """The peer answered something that is not HTTP/1.x."""
+    """The peer answered something that is not HTTP."""
+
+    category = "not HTTP"
+
+
+class ProbeDeferred(Exception):
+    """Not sent: too many probes already wait for this destination."""
+
+    category = "deferred"
 
 
 @dataclass
@@ -68,78 +96,77 @@ class Response:
     status: int
     body: bytes
     truncated: bool = False
-    location: str | None = None  # of a redirect
+    location: str | None = None  # of a redirect (never followed)
+
+
+class EgressResolver(AbstractResolver):
+    """aiohttp's resolver under the egress policy: only vetted addresses come out."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
+        loop = asyncio.get_running_loop()
+        addresses = await loop.run_in_executor(None, egress.host_resolve, host, port)
+        return [
+            ResolveResult(hostname=host, host=str(a), port=port,
+                          family=socket.AF_INET6 if a.version == 6 else socket.AF_INET,
+                          proto=0, flags=socket.AI_NUMERICHOST)
+            for a in addresses
+        ]
+
+    async def close(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
 class Target:
+    """A health URL parsed once: where to connect is decided per probe (the policy runs every time)."""
+
     scheme: str
-    host: str  # for connecting (no brackets around IPv6)
+    host: str
     port: int
-    request_line: bytes
-    host_header: bytes
-    auth: bytes  # an Authorization header line, or b""
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return self.scheme, self.host, self.port
+    path: str  # path and query, already quoted
 
 
-@functools.lru_cache(maxsize=20_000)
 def target_for(url: str) -> Target:
-    """Parse a health URL once (ValueError names what is wrong)."""
+    scheme, host, port = egress.url_parts(url)  # ValueError / EgressDenied (credentials)
     parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise ValueError(f"unsupported scheme {parts.scheme!r}")
-    host = parts.hostname
-    if not host:
-        raise ValueError("no host in URL")
-    port = parts.port or (443 if scheme == "https" else 80)
-    default_port = port == (443 if scheme == "https" else 80)
-    try:
-        host_ascii = host.encode("idna").decode("ascii") if ":" not in host else host
-    except UnicodeError as exc:
-        raise ValueError(f"bad host name {host!r}") from exc
-    shown = f"[{host_ascii}]" if ":" in host_ascii else host_ascii
-    host_header = shown if default_port else f"{shown}:{port}"
-    path = parts.path or "/"
-    if parts.query:
-        path = f"{path}?{parts.query}"
-    # requests re-quotes unsafe characters the same way: spaces and non-ASCII become %XX.
-    from requests.utils import requote_uri
+    from requests.utils import requote_uri  # quotes unsafe characters as requests would
 
-    path = requote_uri(path)
-    auth = b""
-    if parts.username is not None:
-        raw = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-        auth = b"Authorization: Basic " + base64.b64encode(raw) + b"\r\n"
-    request_line = f"GET {path} HTTP/1.1\r\n".encode("ascii")
-    return Target(scheme, host_ascii, port, request_line, host_header.encode("ascii"), auth)
+    path = requote_uri((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+    return Target(scheme, host, port, path)
 
 
-class _Conn:
-    __slots__ = ("reader", "writer", "used_at")
+class _DestinationLimit:
+    """Concurrency and a token-bucket rate for one (address, port)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer, self.used_at = reader, writer, time.monotonic()
+    __slots__ = ("sem", "rate", "tokens", "stamp", "waiting")
 
-    def close(self) -> None:
-        try:
-            self.writer.close()
-        except Exception:  # noqa: BLE001 - closing a dead socket
-            pass
+    def __init__(self, concurrency: int, rate: float) -> None:
+        self.sem = asyncio.Semaphore(concurrency)
+        self.rate = rate
+        self.tokens = rate  # a full bucket: a burst of one second's worth
+        self.stamp = time.monotonic()
+        self.waiting = 0
+
+    async def acquire(self) -> None:
+        await self.sem.acquire()
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            await asyncio.sleep((1 - self.tokens) / self.rate)
 
 
 class Prober:
     """An event loop on its own thread; ``submit`` hands it probes from any thread."""
 
-    def __init__(self, *, max_idle: int = 256) -> None:
+    def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        self._idle: OrderedDict[tuple, list[_Conn]] = OrderedDict()
-        self._idle_count = 0
-        self._max_idle = max_idle
+        self._session: aiohttp.ClientSession | None = None
+        self._limits: dict[tuple[str, int], _DestinationLimit] = {}
         self._ssl: ssl.SSLContext | None = None
         ready = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(ready,), name="health-prober", daemon=True)
@@ -152,24 +179,24 @@ class Prober:
         self.loop.run_forever()
 
     def close(self) -> None:
-        """Stop the loop and drop idle sockets (tests; a process's prober lives as long as it)."""
+        """Close the session and stop the loop (tests; a process's prober lives as long as it)."""
 
-        def stop() -> None:
-            for conns in self._idle.values():
-                for conn in conns:
-                    conn.close()
-            self._idle.clear()
-            self._idle_count = 0
-            self.loop.stop()
+        async def shut() -> None:
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
 
-        self.loop.call_soon_threadsafe(stop)
-        self.thread.join(5)
+        try:
+            self.run(shut(), timeout=5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
 
     def run(self, coro, timeout: float | None = None):
         """Run a coroutine on the loop from another thread and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    # --- connections ---------------------------------------------------------------------------
+    # --- the client ---------------------------------------------------------------------------
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -182,158 +209,91 @@ class Prober:
             self._ssl = ssl.create_default_context(cafile=cafile)
         return self._ssl
 
-    def _checkout(self, key: tuple) -> _Conn | None:
-        conns = self._idle.get(key)
-        now = time.monotonic()
-        while conns:
-            conn = conns.pop()
-            self._idle_count -= 1
-            if now - conn.used_at < IDLE_SECONDS and not conn.reader.at_eof():
-                return conn
-            conn.close()
-        return None
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                resolver=EgressResolver(), use_dns_cache=False, ssl=self._ssl_context(),
+                limit=0,  # the Gate bounds probes in flight
+                limit_per_host=settings.HEALTH_PROBE_PER_DESTINATION_CONCURRENCY,
+                keepalive_timeout=IDLE_SECONDS,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"User-Agent": USER_AGENT, "Accept": "application/json, */*"},
+                auto_decompress=True,
+            )
+        return self._session
 
-    def _checkin(self, key: tuple, conn: _Conn) -> None:
-        conn.used_at = time.monotonic()
-        self._idle.setdefault(key, []).append(conn)
-        self._idle.move_to_end(key)
-        self._idle_count += 1
-        while self._idle_count > self._max_idle:
-            oldest_key, oldest = next(iter(self._idle.items()))
-            if oldest:
-                oldest.pop(0).close()
-                self._idle_count -= 1
-            if not oldest:
-                del self._idle[oldest_key]
+    def _limit(self, key: tuple[str, int]) -> _DestinationLimit:
+        limit = self._limits.get(key)
+        if limit is None:
+            limit = self._limits[key] = _DestinationLimit(
+                settings.HEALTH_PROBE_PER_DESTINATION_CONCURRENCY, settings.HEALTH_PROBE_PER_DESTINATION_RATE,
+            )
+        return limit
 
-    async def _connect(self, target: Target) -> _Conn:
+    async def destination(self, url: str) -> egress.Destination:
+        """Vet the URL's host now (names are resolved off the loop, through the policy's seam)."""
+        target = target_for(url)
+        literal = egress.literal_address(target.host)
+        if literal is not None:
+            egress.address_check(literal, port=target.port)
+            return egress.Destination(target.scheme, target.host, target.port, literal)
+        addresses = await self.loop.run_in_executor(None, egress.host_resolve, target.host, target.port)
+        return egress.Destination(target.scheme, target.host, target.port, addresses[0])
+
+    async def fetch(self, url: str, dest: egress.Destination, *, max_body: int, timeout: float) -> Response:
+        """GET ``url`` at the vetted ``dest`` (no redirect followed); raises Probe* errors."""
+        target = target_for(url)
+        addr = str(dest.address)
+        shown = f"[{addr}]" if ":" in addr else addr
+        pinned = yarl.URL(f"{dest.scheme}://{shown}:{dest.port}{target.path}", encoded=True)
+        kwargs: dict[str, Any] = {}
+        if dest.scheme == "https":
+            kwargs["server_hostname"] = dest.tls_name  # SNI, and the certificate is checked against it
         try:
-            if target.scheme == "https":
-                reader, writer = await asyncio.open_connection(
-                    target.host, target.port, ssl=self._ssl_context(), server_hostname=target.host,
-                )
-            else:
-                reader, writer = await asyncio.open_connection(target.host, target.port)
-        except ssl.SSLError as exc:
-            raise ProbeConnectionError(f"TLS error: {exc.reason or exc}") from exc
-        except OSError as exc:
-            raise ProbeConnectionError(exc.strerror or type(exc).__name__) from exc
-        return _Conn(reader, writer)
+            async with asyncio.timeout(timeout):  # the whole probe, whatever aiohttp's phases do
+                async with self._client().get(
+                    pinned, headers={"Host": dest.host_header}, allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=timeout), **kwargs,
+                ) as resp:
+                    if 300 <= resp.status < 400:
+                        return Response(resp.status, b"", location=resp.headers.get("Location", ""))
+                    chunks, size, truncated = [], 0, False
+                    while True:
+                        chunk = await resp.content.read(65536)
+                        if not chunk:
+                            break
+                        size += len(chunk)
+                        if size > max_body:
+                            chunks.append(chunk[: max_body - (size - len(chunk))])
+                            truncated = True
+                            resp.close()  # drop the connection rather than read the rest
+                            break
+                        chunks.append(chunk)
+                    return Response(resp.status, b"".join(chunks), truncated=truncated)
+        except TimeoutError as exc:
+            raise ProbeTimeout(f"{timeout:g}") from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise ProbeConnectionError(f"TLS error: {exc}", category="TLS error") from exc
+        except aiohttp.ClientConnectorSSLError as exc:
+            raise ProbeConnectionError(f"TLS error: {exc}", category="TLS error") from exc
+        except aiohttp.ClientConnectorError as exc:
+            refused = isinstance(exc.os_error, ConnectionRefusedError)
+            raise ProbeConnectionError(
+                exc.strerror or str(exc), category="connection refused" if refused else "connection failed",
+            ) from exc
+        except aiohttp.ClientResponseError as exc:
+            raise ProbeProtocolError(f"not an HTTP answer: {exc.message}"[:300]) from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
+                aiohttp.ClientOSError, ConnectionError) as exc:
+            raise ProbeConnectionError(f"connection closed: {exc}"[:300],
+                                       category="connection closed") from exc
 
-    # --- one exchange ------------------------------------------------------------------------
-
-    async def _exchange(self, conn: _Conn, target: Target, max_body: int) -> tuple[Response, bool]:
-        """Send the GET, read the response; returns it and whether the socket can be reused."""
-        conn.writer.write(
-            target.request_line + b"Host: " + target.host_header + b"\r\nUser-Agent: " + USER_AGENT
-            + b"\r\nAccept: application/json, */*\r\nConnection: keep-alive\r\n" + target.auth + b"\r\n"
-        )
-        reader = conn.reader
-        while True:
-            line = await reader.readuntil(b"\r\n")
-            parts = line.split(None, 2)
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-                raise ProbeProtocolError(f"not an HTTP/1.x status line: {line[:60]!r}")
-            version, status = parts[0], int(parts[1])
-            headers: dict[bytes, bytes] = {}
-            for _ in range(MAX_HEADER_LINES + 1):
-                hline = await reader.readuntil(b"\r\n")
-                if hline == b"\r\n":
-                    break
-                name, _, value = hline.partition(b":")
-                headers[name.strip().lower()] = value.strip()
-            else:
-                raise ProbeProtocolError("too many header lines")
-            if 100 <= status < 200 and status != 101:
-                continue  # interim response; the real one follows
-            break
-        keep = version == b"HTTP/1.1" and headers.get(b"connection", b"").lower() != b"close"
-        if status in (301, 302, 303, 307, 308) and b"location" in headers:
-            # The redirect's own body is not needed: drop the socket rather than read it.
-            return Response(status, b"", location=headers[b"location"].decode("latin-1")), False
-        if status in (204, 304) or 100 <= status < 200:
-            return Response(status, b""), keep
-        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-            body, complete = await self._read_chunked(reader, max_body)
-            return Response(status, body, truncated=not complete), keep and complete
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                n = int(length)
-            except ValueError as exc:
-                raise ProbeProtocolError(f"bad Content-Length {length[:20]!r}") from exc
-            if n > max_body:
-                return Response(status, await reader.readexactly(max_body), truncated=True), False
-            return Response(status, await reader.readexactly(n)), keep
-        # Delimited by the connection closing.
-        body = await reader.read(max_body + 1)
-        chunks = [body]
-        size = len(body)
-        while body and size <= max_body:
-            body = await reader.read(max_body + 1 - size)
-            chunks.append(body)
-            size += len(body)
-        data = b"".join(chunks)
-        return Response(status, data[:max_body], truncated=size > max_body), False
-
-    @staticmethod
-    async def _read_chunked(reader: asyncio.StreamReader, max_body: int) -> tuple[bytes, bool]:
-        chunks, size = [], 0
-        while True:
-            head = await reader.readuntil(b"\r\n")
-            try:
-                n = int(head.split(b";", 1)[0].strip(), 16)
-            except ValueError as exc:
-                raise ProbeProtocolError(f"bad chunk size {head[:20]!r}") from exc
-            if n == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
-                    pass
-                return b"".join(chunks), True
-            if size + n > max_body:
-                chunks.append(await reader.readexactly(max_body - size))
-                return b"".join(chunks), False
-            chunks.append(await reader.readexactly(n))
-            size += n
-            await reader.readexactly(2)
-
-    async def get(self, url: str, *, max_body: int = 65536) -> Response:
-        """GET a URL (following redirects); raises Probe* errors or ValueError for a bad URL."""
-        for _ in range(MAX_REDIRECTS + 1):
-            response = await self._get_once(target_for(url), max_body)
-            if not response.location:
-                return response
-            url = urljoin(url, response.location)
-        raise ProbeProtocolError(f"more than {MAX_REDIRECTS} redirects")
-
-    async def _get_once(self, target: Target, max_body: int) -> Response:
-        for attempt in (0, 1):
-            conn = self._checkout(target.key) if attempt == 0 else None
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect(target)
-            try:
-                response, keep = await self._exchange(conn, target, max_body)
-            except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError) as exc:
-                conn.close()
-                started = isinstance(exc, asyncio.IncompleteReadError) and exc.partial
-                if reused and not started:
-                    continue  # the server closed an idle keep-alive socket: resend on a fresh one
-                raise ProbeConnectionError(
-                    "connection closed by the server" if isinstance(exc, asyncio.IncompleteReadError)
-                    else type(exc).__name__
-                ) from exc
-            except asyncio.LimitOverrunError as exc:
-                conn.close()
-                raise ProbeProtocolError("response header line too long") from exc
-            except BaseException:
-                conn.close()  # timeout (cancellation) or protocol error: the socket state is unknown
-                raise
-            if keep:
-                self._checkin(target.key, conn)
-            else:
-                conn.close()
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
+    async def get(self, url: str, *, max_body: int = 65536, timeout: float = 10.0) -> Response:
+        """Vet, then GET (tests and tools; the sweep goes through ``submit``)."""
+        dest = await self.destination(url)
+        return await self.fetch(url, dest, max_body=max_body, timeout=timeout)
 
     # --- batches from other threads ------------------------------------------------------------
 
@@ -356,31 +316,44 @@ class Prober:
             self.loop.create_task(self._one(job, url_of, timeout_of, done, gate, max_body))
 
     async def _one(self, job, url_of, timeout_of, done, gate: Gate, max_body: int) -> None:
-        await gate.enter()
-        released = False
-
-        def release_fast() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                gate.fast.release()
-
-        aging = self.loop.call_later(gate.slow_after, release_fast)
-        started = time.perf_counter()
-        response = error = None
         try:
-            timeout = timeout_of(job)
-            try:
-                async with asyncio.timeout(timeout):
-                    response = await self.get(url_of(job), max_body=max_body)
-            except TimeoutError:
-                error = ProbeTimeout(f"{timeout:g}")
-        except Exception as exc:  # noqa: BLE001 - reported to the caller, never raised on the loop
-            error = exc
+            url, timeout = url_of(job), timeout_of(job)
+            dest = await self.destination(url)
+        except Exception as exc:  # noqa: BLE001 - refused by the policy, bad URL: the probe's result
+            done(job, None, exc, 0.0)
+            return
+        limit = self._limit(dest.key)
+        if limit.waiting >= settings.HEALTH_PROBE_PER_DESTINATION_QUEUE:
+            done(job, None, ProbeDeferred(f"{limit.waiting} probes already wait for {dest.key}"), 0.0)
+            return
+        limit.waiting += 1
+        try:
+            await limit.acquire()  # holds no global slot while it waits
         finally:
-            aging.cancel()
-            release_fast()
-            gate.in_flight.release()
+            limit.waiting -= 1
+        try:
+            await gate.enter()
+            released = False
+
+            def release_fast() -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    gate.fast.release()
+
+            aging = self.loop.call_later(gate.slow_after, release_fast)
+            started = time.perf_counter()
+            response = error = None
+            try:
+                response = await self.fetch(url, dest, max_body=max_body, timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, never raised on the loop
+                error = exc
+            finally:
+                aging.cancel()
+                release_fast()
+                gate.in_flight.release()
+        finally:
+            limit.sem.release()
         done(job, response, error, time.perf_counter() - started)
 
 

@@ -13,10 +13,12 @@ import json
 import math
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from berrys_portal.json_input import json_string_problem
 from registry.models import Criticality, HealthStatus, Service
 from registry.types import TYPE_PATTERN
 from registry.validators import validate_service_url
@@ -83,12 +85,10 @@ def _check_json_value(value: Any, depth: int = 0) -> None:
     if depth > MAX_METADATA_DEPTH:
         raise serializers.ValidationError(f"Nested deeper than {MAX_METADATA_DEPTH} levels.")
     if isinstance(value, str):
-        if "\x00" in value:
-            raise serializers.ValidationError("Strings must not contain NUL characters.")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise serializers.ValidationError("Strings must be valid Unicode (no lone surrogates).") from exc
+        # The API's parser already refuses these (berrys_portal.json_input); kept for other callers.
+        problem = json_string_problem(value)
+        if problem:
+            raise serializers.ValidationError(problem)
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_json_value(key, depth + 1)
@@ -144,8 +144,14 @@ class ServiceConfigFields(StrictSerializer):
     criticality = serializers.ChoiceField(
         choices=Criticality.choices, required=False, help_text="Selects the circuit-breaker preset."
     )
-    check_interval_seconds = serializers.IntegerField(min_value=1, max_value=86_400, required=False)
-    check_timeout_seconds = serializers.FloatField(min_value=0.1, max_value=300, required=False)
+    check_interval_seconds = serializers.IntegerField(
+        min_value=1, max_value=86_400, required=False,
+        help_text="Seconds between probes; at least HEALTH_MIN_INTERVAL_SECONDS (default 5).",
+    )
+    check_timeout_seconds = serializers.FloatField(
+        min_value=0.1, max_value=300, required=False,
+        help_text="Probe timeout in seconds; at most HEALTH_MAX_TIMEOUT_SECONDS (default 10).",
+    )
     slow_threshold_ms = serializers.IntegerField(
         min_value=1, max_value=INT_MAX, required=False, allow_null=True
     )
@@ -159,6 +165,22 @@ class ServiceConfigFields(StrictSerializer):
         min_value=1, max_value=INT_MAX, required=False, allow_null=True,
         help_text="Deregister after this long critical. Empty: never.",
     )
+
+    # The bounds are settings (read per request, so an operator's change needs no code): a
+    # registration probing every second with a 300 s timeout could freeze the sweep.
+    def validate_check_interval_seconds(self, value):
+        bound = settings.HEALTH_MIN_INTERVAL_SECONDS
+        if value is not None and value < bound:
+            raise serializers.ValidationError(
+                f"Must be at least {bound} seconds (HEALTH_MIN_INTERVAL_SECONDS).")
+        return value
+
+    def validate_check_timeout_seconds(self, value):
+        bound = settings.HEALTH_MAX_TIMEOUT_SECONDS
+        if value is not None and value > bound:
+            raise serializers.ValidationError(
+                f"Must be at most {bound:g} seconds (HEALTH_MAX_TIMEOUT_SECONDS).")
+        return value
 
     def validate_capabilities(self, value):
         return _unique(value)
@@ -246,7 +268,7 @@ class ServiceSerializer(serializers.ModelSerializer):
             "registered_at", "updated_at", "last_heartbeat_at", "last_checked_at",
             "check_interval_seconds", "check_timeout_seconds", "slow_threshold_ms",
             "failures_before_critical", "successes_before_passing", "ttl_seconds",
-            "deregister_after_seconds",
+            "deregister_after_seconds", "pending_approval",
         )
         read_only_fields = fields
 

@@ -13,7 +13,11 @@ from registry.alerts import alerts_redeliver
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="registry.health_sweep", ignore_result=True)
+# Time limits below the sweep lock's TTL (HEALTH_SWEEP_LOCK_SECONDS): a sweep never outlives its lock.
+_LIMITS = {"soft_time_limit": settings.HEALTH_TASK_SOFT_TIME_LIMIT, "time_limit": settings.HEALTH_TASK_TIME_LIMIT}
+
+
+@shared_task(name="registry.health_sweep", ignore_result=True, **_LIMITS)
 def health_sweep_task() -> dict:
     """Beat, every few seconds: probe the due services (one sweep at a time)."""
     for _ in range(settings.HEALTH_SWEEP_HELPERS):
@@ -22,18 +26,18 @@ def health_sweep_task() -> dict:
     return {"claimed": report.claimed, "changes": report.changes, "skipped": report.skipped_locked}
 
 
-@shared_task(name="registry.health_sweep_share", ignore_result=True, expires=30)
+@shared_task(name="registry.health_sweep_share", ignore_result=True, expires=30, **_LIMITS)
 def health_sweep_share_task() -> int:
     """Another worker's share of the running sweep: skip-locked claiming, no overlap."""
     return health.health_sweep_run().claimed
 
 
-@shared_task(name="registry.health_check_now", ignore_result=True)
+@shared_task(name="registry.health_check_now", ignore_result=True, **_LIMITS)
 def health_check_now_task(service_ids: list[int]) -> int:
     return health.health_check_now(service_ids=service_ids, keep_rows=False).probed
 
 
-@shared_task(name="registry.health_prune", ignore_result=True)
+@shared_task(name="registry.health_prune", ignore_result=True, **_LIMITS)
 def health_prune_task() -> int:
     """Hourly: drop snapshots past retention, re-send alerts that were not delivered."""
     alerts_redeliver()

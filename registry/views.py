@@ -14,10 +14,11 @@ from rest_framework.views import APIView
 
 from berrys_portal.errors import InvalidInput, NotFound
 from berrys_portal.pagination import PortalPagination
+from berrys_portal.query import query_params_read, query_params_validate
 from registry import services
 from registry.discovery import service_eligible_list, service_pick
 from registry.filters import service_filter
-from registry.models import Service
+from registry.models import ApiKey, Service
 from registry.portal_health import portal_health
 from registry.serializers import (
     DiscoveryListSerializer,
@@ -32,9 +33,11 @@ from registry.serializers import (
 from registry.types import TYPE_PATTERN
 
 _ERROR_TEXT = {
-    400: "Invalid input: `detail` summarises, `errors` names each field.",
+    400: "Invalid input: `detail` summarises, `errors` names each field (unknown query parameters too).",
     401: "Missing, malformed, unknown, revoked or expired API key.",
-    403: "The API key lacks the scope this endpoint needs.",
+    403: "The API key lacks the scope this endpoint needs, or (writes) the service belongs to another key, "
+         "or the key's type/name limits or quotas refuse it (`code`: quota_exceeded).",
+    409: "A registration or PATCH would change the service's type.",
     404: "Not found.",
     413: "Request body larger than API_MAX_BODY_BYTES.",
     429: "Too many writes for this API key (API_WRITE_THROTTLE_RATE).",
@@ -47,7 +50,7 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
 
 
 _READ_ERRORS = (401, 403)
-_WRITE_ERRORS = (400, 401, 403, 413, 429)
+_WRITE_ERRORS = (400, 401, 403, 409, 413, 429)
 
 
 _PK = OpenApiParameter("id", int, OpenApiParameter.PATH, description="The service's id.")
@@ -64,10 +67,14 @@ def _actor(request) -> str:
     return getattr(request.user, "username", "")
 
 
+def _key(request) -> ApiKey:
+    return request.user.key
+
+
 class ServiceCollectionView(generics.GenericAPIView):
     """``/registry/services``: register (POST) and list (GET)."""
 
-    required_scopes = {"GET": "read", "POST": "register"}
+    required_scopes = {"GET": "registry:read", "POST": "registry:write"}
     pagination_class = PortalPagination
     serializer_class = ServiceSerializer
 
@@ -84,14 +91,9 @@ class ServiceCollectionView(generics.GenericAPIView):
         responses={200: ServiceSerializer(many=True), **_errors(400, 404, *_READ_ERRORS)},
     )
     def get(self, request):
-        raw = {key: request.query_params.get(key) for key in ("type", "status", "name", "page", "page_size")}
-        raw = {key: value for key, value in raw.items() if value is not None}
-        for key in ("tag", "capability"):
-            if key in request.query_params:
-                raw[key] = request.query_params.getlist(key)
-        query = ServiceListQuerySerializer(data=raw)
-        query.is_valid(raise_exception=True)
-        queryset = service_filter(Service.objects.all(), **query.validated_data).order_by("type", "name", "id")
+        filters = query_params_validate(request, serializer_class=ServiceListQuerySerializer,
+                                        repeatable=("tag", "capability"))
+        queryset = service_filter(Service.objects.all(), **filters).order_by("type", "name", "id")
         page = self.paginate_queryset(queryset)
         return self.get_paginated_response(ServiceSerializer(page, many=True).data)
 
@@ -108,7 +110,7 @@ class ServiceCollectionView(generics.GenericAPIView):
     def post(self, request):
         data = ServiceRegisterSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        service, created = services.service_register(data=data.validated_data)
+        service, created = services.service_register(data=data.validated_data, key=_key(request))
         return Response(
             ServiceSerializer(service).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
@@ -117,13 +119,14 @@ class ServiceCollectionView(generics.GenericAPIView):
 class ServiceDetailView(APIView):
     """``/registry/services/{id}``: read, change, deregister one instance."""
 
-    required_scopes = {"GET": "read", "PATCH": "register", "DELETE": "register"}
+    required_scopes = {"GET": "registry:read", "PATCH": "registry:write", "DELETE": "registry:write"}
 
     @extend_schema(
         operation_id="services_retrieve", parameters=[_PK], summary="One registered service",
-        responses={200: ServiceSerializer, **_errors(404, *_READ_ERRORS)},
+        responses={200: ServiceSerializer, **_errors(400, 404, *_READ_ERRORS)},
     )
     def get(self, request, pk: str):
+        query_params_read(request, allowed=())
         return Response(ServiceSerializer(_service_or_404(int(pk))).data)
 
     @extend_schema(
@@ -135,7 +138,7 @@ class ServiceDetailView(APIView):
         service = _service_or_404(int(pk))
         data = ServiceUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        service = services.service_update(service=service, data=data.validated_data)
+        service = services.service_update(service=service, data=data.validated_data, key=_key(request))
         return Response(ServiceSerializer(service).data)
 
     @extend_schema(
@@ -143,7 +146,8 @@ class ServiceDetailView(APIView):
         responses={204: OpenApiResponse(description="Deregistered."), **_errors(404, 401, 403, 429)},
     )
     def delete(self, request, pk: str):
-        if not services.service_deregister(service=int(pk), actor=_actor(request), reason="API request"):
+        if not services.service_deregister(service=int(pk), actor=_actor(request), reason="API request",
+                                            key=_key(request)):
             raise NotFound(f"No registered service with id {pk}.")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -151,7 +155,7 @@ class ServiceDetailView(APIView):
 class ServiceHeartbeatView(APIView):
     """``PUT /registry/services/{id}/heartbeat``."""
 
-    required_scopes = {"PUT": "register"}
+    required_scopes = {"PUT": "registry:write"}
 
     @extend_schema(
         operation_id="services_heartbeat", parameters=[_PK], summary="Record a heartbeat", request=None,
@@ -159,13 +163,13 @@ class ServiceHeartbeatView(APIView):
     )
     def put(self, request, pk: str):
         _service_or_404(int(pk))
-        return Response(ServiceSerializer(services.service_heartbeat(service=int(pk))).data)
+        return Response(ServiceSerializer(services.service_heartbeat(service=int(pk), key=_key(request))).data)
 
 
 class ServiceMaintenanceView(APIView):
     """``POST /registry/services/{id}/maintenance`` with ``{"enabled": bool, "reason": str}``."""
 
-    required_scopes = {"POST": "register"}
+    required_scopes = {"POST": "registry:write"}
 
     @extend_schema(
         operation_id="services_maintenance", parameters=[_PK], summary="Enter or leave maintenance",
@@ -178,7 +182,7 @@ class ServiceMaintenanceView(APIView):
         data.is_valid(raise_exception=True)
         service = services.service_set_maintenance(
             service=int(pk), on=data.validated_data["enabled"], reason=data.validated_data["reason"],
-            actor=_actor(request),
+            actor=_actor(request), key=_key(request),
         )
         return Response(ServiceSerializer(service).data)
 
@@ -190,7 +194,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 class DiscoveryView(APIView):
     """``GET /discovery/{type}``: one eligible instance (rotating), or all with ``?all=1``."""
 
-    required_scopes = {"GET": "read"}
+    required_scopes = {"GET": "registry:read"}
 
     @extend_schema(
         operation_id="discovery_get",
@@ -214,7 +218,7 @@ class DiscoveryView(APIView):
                 "Type must be UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM.",
                 errors={"type": ["Type must be UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM."]},
             )
-        flag = request.query_params.get("all", "").strip().lower()
+        flag = str(query_params_read(request, allowed=("all",)).get("all", "")).strip().lower()
         if flag not in _TRUE | _FALSE:
             raise InvalidInput("all must be 1/0 or true/false.", errors={"all": ["Must be 1/0 or true/false."]})
         if flag in _TRUE:

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--portal", default=os.environ.get("PORTAL_URL"),
                         help="Portal base URL, e.g. http://127.0.0.1:8090 (env PORTAL_URL).")
     parser.add_argument("--api-key", default=os.environ.get("SIMULATORS_API_KEY"),
-                        help="API key with the 'register' scope (env SIMULATORS_API_KEY).")
+                        help="API key with the 'registry:write' scope (env SIMULATORS_API_KEY).")
     parser.add_argument("--api-key-file", type=Path,
                         help="Read the API key from this file (e.g. written by `make demo`).")
     parser.add_argument("--base-port", type=int, default=int(os.environ.get("SIMULATORS_BASE_PORT", 0)),
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             parser.error(f"--api-key-file {args.api_key_file}: {exc}")
     if args.portal and not api_key:
-        parser.error("--portal needs --api-key or --api-key-file (scope 'register')")
+        parser.error("--portal needs --api-key or --api-key-file (scope 'registry:write')")
 
     stack = SimulatorStack(portal_url=args.portal, api_key=api_key, base_port=args.base_port,
                            types=args.only, heartbeat_seconds=args.heartbeat)

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulators.demo_driver", description=__doc__.split("\n")[0])
     parser.add_argument("--portal", default=os.environ.get("PORTAL_URL", "http://127.0.0.1:8090"))
     parser.add_argument("--api-key-file", type=Path, required=True,
-                        help="Key with scopes read, workflows, gateway (written by `make demo`).")
+                        help="Key with scopes registry:read, workflows, gateway (written by `make demo`).")
     parser.add_argument("--control", required=True, help="The simulators' control URL (base port + 5).")
     parser.add_argument("--timeout", type=float, default=float(os.environ.get("DEMO_TIMEOUT", 180)))
     parser.add_argument("--username", default=os.environ.get("DEMO_USERNAME", "operator"))

@@ -9,11 +9,12 @@ from registry.auth import api_key_create
 from simulators.process import SimulatorProcess
 
 
-def _client_with(scopes: list[str], name: str) -> APIClient:
-    _, plain = api_key_create(name=name, scopes=scopes)
+def _client_with(scopes: list[str], name: str, **limits) -> APIClient:
+    key, plain = api_key_create(name=name, scopes=scopes, **limits)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {plain}")
     client.plain_key = plain
+    client.api_key = key
     return client
 
 
@@ -24,22 +25,43 @@ def anon_client() -> APIClient:
 
 @pytest.fixture
 def read_client(db) -> APIClient:
-    return _client_with(["read"], "reader")
+    return _client_with(["registry:read", "metrics"], "reader")
 
 
 @pytest.fixture
 def register_client(db) -> APIClient:
-    return _client_with(["read", "register"], "registrar")
+    return _client_with(["registry:read", "registry:write"], "registrar")
 
 
 @pytest.fixture
 def workflows_client(db) -> APIClient:
-    return _client_with(["read", "workflows"], "workflow-caller")
+    return _client_with(["registry:read", "workflows"], "workflow-caller")
+
+
+@pytest.fixture
+def operate_client(db) -> APIClient:
+    """A key that may act on every run (workflows:operate), like an operator's tooling."""
+    return _client_with(["registry:read", "workflows:operate"], "run-operator")
 
 
 @pytest.fixture
 def full_client(db) -> APIClient:
-    return _client_with(["read", "register", "workflows", "gateway"], "everything")
+    return _client_with(["registry:read", "registry:write", "workflows", "gateway", "metrics"], "everything",
+                        gateway_allow=["*:*"])
+
+
+def pytest_collection_modifyitems(config, items):
+    """On the embedded default (DATABASE_URL=sqlite:///…, no REDIS_URL) run only the tests
+    marked ``both_dbs``: the rest rely on PostgreSQL- or Redis-only behaviour."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        return
+    keep = [item for item in items if item.get_closest_marker("both_dbs")]
+    dropped = [item for item in items if not item.get_closest_marker("both_dbs")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -62,3 +84,21 @@ def sims():
     stack = SimulatorProcess.start()
     yield stack
     stack.stop()
+
+
+def loopback_only_resolve(host: str, port: int) -> list[str]:
+    """The suite's resolver: ``localhost`` only. Nothing in the tests may ask the machine's DNS
+    server (it is not on loopback); tests that need a name use ``egress.resolver_use``."""
+    import socket
+
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return ["127.0.0.1"]
+    raise socket.gaierror(socket.EAI_NONAME, f"{host}: not resolved in tests")
+
+
+@pytest.fixture(autouse=True)
+def _no_dns_in_tests():
+    from registry import egress
+
+    with egress.resolver_use(loopback_only_resolve):
+        yield

@@ -196,9 +196,10 @@ class WorkflowRunAdmin(OperateAdminMixin, admin.ModelAdmin):
     actions = ("retry_runs", "cancel_runs")
     change_form_template = "admin/workflows/workflowrun/change_form.html"
     readonly_fields = ("id", "workflow", "version", "status", "error", "failed_step", "idempotency_key",
-                       "triggered_by", "created_at", "started_at", "finished_at", "input_json", "context_json")
+                       "triggered_by", "owner_key", "created_at", "started_at", "finished_at", "input_json",
+                       "context_json")
     fieldsets = (
-        (None, {"fields": ("id", ("workflow", "version"), "status", "failed_step", "triggered_by",
+        (None, {"fields": ("id", ("workflow", "version"), "status", "failed_step", ("triggered_by", "owner_key"),
                            "idempotency_key", ("created_at", "started_at", "finished_at"))}),
         ("Data", {"fields": ("input_json", "context_json"), "classes": ("collapse",)}),
     )

@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -148,16 +149,22 @@ def run_input_check(*, wf, input: Any) -> None:
         raise InvalidInput(msg, errors={"input": [msg]})
 
 
+# The run whose local step is executing, if any: a run that step starts gets the same owner key.
+_parent_run: ContextVar[Any] = ContextVar("workflows_parent_run", default=None)
+
+
 def run_start(
     *,
     workflow: str,
     input: dict[str, Any],  # noqa: A002 - the API's field name
     idempotency_key: str | None = None,
     triggered_by: str,
+    owner_key=None,
 ) -> tuple[WorkflowRun, bool]:
     """Create a run (and all its steps) and enqueue its first step after commit.
 
-    Returns ``(run, created)``: with an ``idempotency_key`` already used for this
+    Returns ``(run, created)``: with an ``idempotency_key`` this caller (``owner_key``,
+    the API key starting it; None for operators and commands) already used for this
     workflow, the existing run and ``False``. Raises ``InvalidInput`` for an unknown
     workflow or missing inputs.
     """
@@ -169,28 +176,35 @@ def run_start(
     if idempotency_key and len(idempotency_key) > 200:
         msg = "Idempotency-Key must be at most 200 characters"
         raise InvalidInput(msg, errors={"Idempotency-Key": [msg]})
+    owner_id = owner_key.pk if owner_key is not None else None
+    if owner_id is None and (parent := _parent_run.get()) is not None:
+        # Started by a run's local step: the child belongs to the key that started the parent.
+        owner_id = WorkflowRun.objects.filter(pk=parent).values_list("owner_key_id", flat=True).first()
+    same_key = WorkflowRun.objects.filter(workflow=wf.name, idempotency_key=idempotency_key,
+                                          owner_key_id=owner_id)
     if idempotency_key:
-        existing = WorkflowRun.objects.filter(workflow=wf.name, idempotency_key=idempotency_key).first()
+        existing = same_key.first()
         if existing is not None:
             return existing, False
     try:
         with transaction.atomic():
-            run = _create_run(wf, input, idempotency_key, triggered_by)
+            run = _create_run(wf, input, idempotency_key, triggered_by, owner_id)
     except IntegrityError:
         # A concurrent request with the same key won the race.
-        existing = WorkflowRun.objects.filter(workflow=wf.name, idempotency_key=idempotency_key).first()
+        existing = same_key.first()
         if existing is None:
             raise
         return existing, False
     return run, True
 
 
-def _create_run(wf: Workflow, input: dict, idempotency_key: str | None, triggered_by: str) -> WorkflowRun:  # noqa: A002
+def _create_run(wf: Workflow, input: dict, idempotency_key: str | None, triggered_by: str,  # noqa: A002
+                owner_id: int | None = None) -> WorkflowRun:
     now = _now()
     run = WorkflowRun.objects.create(
         workflow=wf.name, version=wf.version, status=RunStatus.RUNNING, input=input,
         context=dict(input), idempotency_key=idempotency_key or None,
-        triggered_by=triggered_by[:200], started_at=now,
+        triggered_by=triggered_by[:200], started_at=now, owner_key_id=owner_id,
     )
     first_queued = wf.steps[0].kind != "human"
     steps = StepRun.objects.bulk_create([
@@ -358,9 +372,11 @@ def _step_execute(*, step_id: int) -> str:
         if spec.kind == "local":
             record.method = "LOCAL"
             started = time.perf_counter()
+            parent = _parent_run.set(run.id)
             try:
                 output = dict(spec.local(ctx) or {})
             finally:
+                _parent_run.reset(parent)
                 record.latency_ms = (time.perf_counter() - started) * 1000
         else:
             output = _call_http(spec, ctx, record)

@@ -64,6 +64,12 @@ class WorkflowRun(models.Model):
         help_text="Idempotency-Key header: the same key and workflow return the same run.",
     )
     triggered_by = models.CharField(max_length=200, blank=True, help_text="API key, operator or command.")
+    # The API key that started the run (empty: an operator or a command). Through the API only
+    # that key, or one with workflows:operate / runs:read:all, sees or acts on the run.
+    owner_key = models.ForeignKey(
+        "registry.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        db_index=False, verbose_name="started by key",
+    )
     cancel_requested = models.BooleanField(default=False, help_text="Set by cancel: nothing further runs.")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -72,9 +78,15 @@ class WorkflowRun(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
+            # The Idempotency-Key is scoped per API key: two keys sending the same one get two runs.
             models.UniqueConstraint(
-                fields=["workflow", "idempotency_key"], name="workflows_run_idempotency",
-                condition=Q(idempotency_key__isnull=False),
+                fields=["owner_key", "workflow", "idempotency_key"], name="workflows_run_idempotency_key",
+                condition=Q(idempotency_key__isnull=False, owner_key__isnull=False),
+            ),
+            # Runs started without a key (operators, commands) share one scope.
+            models.UniqueConstraint(
+                fields=["workflow", "idempotency_key"], name="workflows_run_idempotency_nokey",
+                condition=Q(idempotency_key__isnull=False, owner_key__isnull=True),
             ),
         ]
         indexes = [
@@ -82,11 +94,17 @@ class WorkflowRun(models.Model):
             models.Index(fields=["-created_at"], name="workflows_run_created"),
             # Admin/API filter by status (and "failed in the last 24 h": status=failed, finished_at range).
             models.Index(fields=["status", "-created_at"], name="workflows_run_status"),
+            # GET /workflows/runs for a key that sees only its own runs, newest first.
+            models.Index(fields=["owner_key", "-created_at"], name="workflows_run_owner",
+                         condition=Q(owner_key__isnull=False)),
             # Admin/API filter by workflow name.
             models.Index(fields=["workflow", "-created_at"], name="workflows_run_workflow"),
             # Admin filter "failed in the last 24 h".
             models.Index(fields=["-finished_at"], name="workflows_run_failed_recent",
                          condition=Q(status="failed")),
+            # Retention pruning (berrys_portal.retention): finished runs, oldest first.
+            models.Index(fields=["finished_at"], name="workflows_run_finished_age",
+                         condition=Q(status__in=["succeeded", "failed", "cancelled"])),
         ]
 
     def __str__(self) -> str:

@@ -69,7 +69,7 @@ class RunListQuery(StrictSerializer):
     status = serializers.ChoiceField(choices=RunStatus.choices, required=False)
     created_after = serializers.DateTimeField(required=False)
     created_before = serializers.DateTimeField(required=False)
-    cursor = serializers.CharField(required=False)
+    cursor = serializers.CharField(required=False, allow_blank=True)  # read by RunCursorPagination
     page_size = serializers.IntegerField(required=False, min_value=1, max_value=500)
 
 

@@ -2,6 +2,10 @@
 
 The admin and the API call these; each locks the run, changes state, records a
 RunEvent with the operator's name, and enqueues work only after commit.
+
+Through the API (a ``key``) a run is acted on only by the key that started it or
+a key with ``workflows:operate``; any other key is told the run does not exist
+(404: a run's id reveals nothing to a stranger). Operators (no key) act on all.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from berrys_portal.errors import Conflict, InvalidInput, NotFound
+from registry.scopes import Scope, key_has_scope
 from workflows import definitions, engine
 from workflows.models import (
     RUN_ACTIVE,
@@ -26,9 +31,16 @@ from workflows.models import (
 )
 
 
-def _locked_run(run_id: UUID | str) -> WorkflowRun:
+def run_visible_to(runs, *, key, act: bool = False):
+    """``runs`` narrowed to what ``key`` may read (``act``: act on); no key (an operator): all of them."""
+    if key is None or key_has_scope(key, Scope.WORKFLOWS_OPERATE if act else Scope.RUNS_READ_ALL):
+        return runs
+    return runs.filter(owner_key=key)
+
+
+def _locked_run(run_id: UUID | str, key=None) -> WorkflowRun:
     try:
-        return WorkflowRun.objects.select_for_update().get(pk=run_id)
+        return run_visible_to(WorkflowRun.objects.select_for_update(), key=key, act=True).get(pk=run_id)
     except (WorkflowRun.DoesNotExist, ValueError, DjangoValidationError):
         raise NotFound(f"Workflow run {run_id} not found") from None
 
@@ -37,6 +49,7 @@ def run_retry(
     *,
     run_id: UUID | str,
     actor: str,
+    key=None,
     from_step: str | None = None,
     input: dict[str, Any] | None = None,  # noqa: A002 - the API's field name
 ) -> WorkflowRun:
@@ -47,7 +60,7 @@ def run_retry(
     restart point.
     """
     with transaction.atomic():
-        run = _locked_run(run_id)
+        run = _locked_run(run_id, key)
         if run.status in RUN_ACTIVE:
             raise Conflict(f"Run {run.pk} is {run.status}; cancel it before retrying it")
         wf = definitions.get(run.workflow, run.version)
@@ -100,11 +113,11 @@ def run_retry(
     return run
 
 
-def run_cancel(*, run_id: UUID | str, actor: str) -> WorkflowRun:
+def run_cancel(*, run_id: UUID | str, actor: str, key=None) -> WorkflowRun:
     """Cancel a run: a step already running may finish, nothing further runs."""
     now = timezone.now()
     with transaction.atomic():
-        run = _locked_run(run_id)
+        run = _locked_run(run_id, key)
         if run.status not in RUN_ACTIVE:
             raise Conflict(f"Run {run.pk} is already {run.status}")
         StepRun.objects.filter(
@@ -120,13 +133,13 @@ def run_cancel(*, run_id: UUID | str, actor: str) -> WorkflowRun:
 
 
 def run_answer(
-    *, run_id: UUID | str, actor: str, data: dict[str, Any], step: str | None = None
+    *, run_id: UUID | str, actor: str, data: dict[str, Any], step: str | None = None, key=None
 ) -> WorkflowRun:
     """Answer the run's waiting human step (or the named one) with ``data``; the run goes on."""
     if not isinstance(data, dict):
         raise InvalidInput("data must be a JSON object", errors={"data": ["Must be a JSON object."]})
     with transaction.atomic():
-        run = _locked_run(run_id)
+        run = _locked_run(run_id, key)
         waiting = run.steps.select_for_update().filter(status=StepStatus.WAITING)
         if step:
             waiting = waiting.filter(name=step)

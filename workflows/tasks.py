@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from celery import shared_task
+from django.conf import settings
 
 from workflows import engine
 
 
-@shared_task(name="workflows.run_step", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@shared_task(name="workflows.run_step", acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+             soft_time_limit=settings.WORKFLOW_STEP_SOFT_TIME_LIMIT, time_limit=settings.WORKFLOW_STEP_TIME_LIMIT)
 def run_step(step_id: int) -> str:
     """Try one step of a run once (claiming it first, so duplicates are harmless)."""
     return engine.step_execute(step_id=step_id)

@@ -1,23 +1,30 @@
 """The workflow API: start, list, inspect, retry, cancel and signal runs; list definitions.
 
 Thin views: validate input with a serializer, call ``workflows.engine`` /
-``workflows.services``, serialize the result. Writes need the ``workflows`` scope.
+``workflows.services``, serialize the result. Starting and acting need the
+``workflows`` scope, reading ``runs:read``; a key sees and acts on the runs it
+started, unless it has ``runs:read:all`` (read) or ``workflows:operate`` (act).
+Another key's run is a 404, like a run that does not exist.
 """
 
 from __future__ import annotations
+
+import binascii
+from base64 import b64decode
+from urllib import parse
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Prefetch
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound as DRFNotFound
-from rest_framework.pagination import CursorPagination
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from berrys_portal.errors import InvalidInput, NotFound
+from berrys_portal.query import query_params_read, query_params_validate
 from registry.serializers import ErrorSerializer
 from workflows import definitions, engine, services
 from workflows.models import StepAttempt, StepRun, WorkflowRun
@@ -32,12 +39,12 @@ from workflows.serializers import (
     RunStartInput,
 )
 
-SCOPES = {"GET": "read", "POST": "workflows"}
+SCOPES = {"GET": "runs:read", "POST": "workflows"}
 _ERROR_TEXT = {
     400: "Invalid input: `detail` summarises, `errors` names each field (unknown fields too).",
     401: "Missing, malformed, unknown, revoked or expired API key.",
-    403: "The API key lacks the scope this endpoint needs (`read` or `workflows`).",
-    404: "No such run.",
+    403: "The API key lacks the scope this endpoint needs (`runs:read` or `workflows`).",
+    404: "No such run, or a run another API key started.",
     409: "The run is not in a state that allows this action; `detail` says why.",
     413: "Request body larger than API_MAX_BODY_BYTES.",
     429: "Too many writes for this API key.",
@@ -65,12 +72,39 @@ class RunCursorPagination(CursorPagination):
     max_page_size = 500
 
     def decode_cursor(self, request):
-        # DRF answers a cursor it cannot read with 404; it is bad input: 400 naming it.
+        """DRF's decoding, made strict: anything but a cursor this class wrote is a 400 naming it.
+
+        DRF's own decoder skips characters outside base64 (``!!!`` read as no
+        cursor: page one, silently), answers 404, and passes any position through
+        to the query (``cD14`` is ``p=x``: a 500 from the datetime lookup).
+        """
+        encoded = request.query_params.get(self.cursor_query_param)
+        if encoded is None:
+            return None
         try:
-            return super().decode_cursor(request)
-        except DRFNotFound:
+            text = b64decode(encoded.encode("ascii"), validate=True).decode("ascii")
+            tokens = parse.parse_qs(text, keep_blank_values=True, strict_parsing=True)
+            if not tokens or set(tokens) - {"o", "r", "p"} or any(len(v) != 1 for v in tokens.values()):
+                raise ValueError(text)
+            offset = int(tokens.get("o", ["0"])[0])
+            reverse = tokens.get("r", ["0"])[0]
+            position = tokens.get("p", [None])[0]
+            if offset < 0 or reverse not in ("0", "1"):
+                raise ValueError(text)
+            offset = min(offset, self.offset_cutoff)  # as DRF does
+            if position is not None:
+                _position_check(position)
+        except (ValueError, UnicodeError, binascii.Error, DjangoValidationError):
             msg = "Invalid cursor: pass back the `next` or `previous` link of an earlier page."
             raise InvalidInput(msg, errors={"cursor": [msg]}) from None
+        return Cursor(offset=offset, reverse=reverse == "1", position=position)
+
+
+def _position_check(position: str) -> None:
+    """The position is the first ordering field (created_at) of a row: an aware datetime."""
+    value = WorkflowRun._meta.get_field("created_at").to_python(position)
+    if value is None or value.tzinfo is None:
+        raise ValueError(position)
 
 
 class RunPageOut(serializers.Serializer):
@@ -85,11 +119,16 @@ def _actor(request: Request) -> str:
     return getattr(request.user, "username", "") or "api"
 
 
-def _detail(run_id) -> WorkflowRun:
+def _key(request: Request):
+    return request.user.key
+
+
+def _detail(run_id, key) -> WorkflowRun:
     attempts = Prefetch("attempts", queryset=StepAttempt.objects.order_by("number"))
     steps = Prefetch("steps", queryset=StepRun.objects.order_by("index").prefetch_related(attempts))
+    runs = services.run_visible_to(WorkflowRun.objects.all(), key=key)
     try:
-        return WorkflowRun.objects.prefetch_related(steps, "events").get(pk=run_id)
+        return runs.prefetch_related(steps, "events").get(pk=run_id)
     except (WorkflowRun.DoesNotExist, ValueError, DjangoValidationError):
         raise NotFound(f"Workflow run {run_id} not found") from None
 
@@ -104,10 +143,8 @@ class RunListView(APIView):
         summary="List runs, newest first (cursor-paginated).",
     )
     def get(self, request: Request) -> Response:
-        query = RunListQuery(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        filters = query.validated_data
-        runs = WorkflowRun.objects.all()
+        filters = query_params_validate(request, serializer_class=RunListQuery)
+        runs = services.run_visible_to(WorkflowRun.objects.all(), key=_key(request))
         if "workflow" in filters:
             runs = runs.filter(workflow=filters["workflow"])
         if "status" in filters:
@@ -137,19 +174,20 @@ class RunListView(APIView):
         run, created = engine.run_start(
             workflow=data.validated_data["workflow"], input=data.validated_data["input"],
             idempotency_key=request.headers.get("Idempotency-Key") or None,
-            triggered_by=_actor(request),
+            triggered_by=_actor(request), owner_key=_key(request),
         )
-        return Response(RunDetailOut(_detail(run.pk)).data,
+        return Response(RunDetailOut(_detail(run.pk, _key(request))).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class RunDetailView(APIView):
     required_scopes = SCOPES
 
-    @extend_schema(operation_id="workflow_runs_retrieve", responses={200: RunDetailOut, **_errors(401, 403, 404)},
+    @extend_schema(operation_id="workflow_runs_retrieve", responses={200: RunDetailOut, **_errors(400, 401, 403, 404)},
                    summary="A run with its steps, their attempts, and its events.")
     def get(self, request: Request, run_id) -> Response:
-        return Response(RunDetailOut(_detail(run_id)).data)
+        query_params_read(request, allowed=())
+        return Response(RunDetailOut(_detail(run_id, _key(request))).data)
 
 
 class RunRetryView(APIView):
@@ -161,8 +199,8 @@ class RunRetryView(APIView):
     def post(self, request: Request, run_id) -> Response:
         data = RunRetryInput(data=request.data)
         data.is_valid(raise_exception=True)
-        services.run_retry(run_id=run_id, actor=_actor(request), **data.validated_data)
-        return Response(RunDetailOut(_detail(run_id)).data)
+        services.run_retry(run_id=run_id, actor=_actor(request), key=_key(request), **data.validated_data)
+        return Response(RunDetailOut(_detail(run_id, _key(request))).data)
 
 
 class RunCancelView(APIView):
@@ -173,8 +211,8 @@ class RunCancelView(APIView):
                    summary="Cancel a run: a running step may finish, nothing further runs.")
     def post(self, request: Request, run_id) -> Response:
         EmptyInput(data=request.data or {}).is_valid(raise_exception=True)
-        services.run_cancel(run_id=run_id, actor=_actor(request))
-        return Response(RunDetailOut(_detail(run_id)).data)
+        services.run_cancel(run_id=run_id, actor=_actor(request), key=_key(request))
+        return Response(RunDetailOut(_detail(run_id, _key(request))).data)
 
 
 class RunSignalView(APIView):
@@ -186,15 +224,17 @@ class RunSignalView(APIView):
     def post(self, request: Request, run_id) -> Response:
         data = RunSignalInput(data=request.data)
         data.is_valid(raise_exception=True)
-        services.run_answer(run_id=run_id, actor=_actor(request), **data.validated_data)
-        return Response(RunDetailOut(_detail(run_id)).data)
+        services.run_answer(run_id=run_id, actor=_actor(request), key=_key(request), **data.validated_data)
+        return Response(RunDetailOut(_detail(run_id, _key(request))).data)
 
 
 class DefinitionListView(APIView):
-    required_scopes = SCOPES
+    # Definitions say nothing about anyone's runs: registry readers may see them too.
+    required_scopes = {"GET": ("runs:read", "registry:read")}
     pagination_class = None
 
-    @extend_schema(operation_id="workflow_definitions_list", responses={200: DefinitionOut(many=True), **_errors(401, 403)},
+    @extend_schema(operation_id="workflow_definitions_list", responses={200: DefinitionOut(many=True), **_errors(400, 401, 403)},
                    summary="Registered workflows (latest versions) with their steps and services.")
     def get(self, request: Request) -> Response:
+        query_params_read(request, allowed=())
         return Response(DefinitionOut([wf.describe() for wf in definitions.all()], many=True).data)

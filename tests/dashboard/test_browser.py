@@ -8,6 +8,7 @@ it these tests are skipped with a message saying so. Screenshots go to
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
 from dashboard.roles import OPERATORS, VIEWERS
+from registry.models import Service
 from tests.dashboard.conftest import wait_for_run
 from tests.dashboard.factories import failed_run
 from workflows.engine import run_start
@@ -75,8 +77,14 @@ def _user(username: str, group: str, password: str):
 
 def _login(browser, live_server, username: str, password: str):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    # Loopback only: anything else (a CDN, say) is aborted before it leaves the browser.
+    context.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/]|localhost[:/])"), lambda route: route.abort())
     page = context.new_page()
     page.set_default_timeout(15_000)
+    # Console errors and uncaught exceptions, CSP violations included ("Refused to load ...").
+    page.console_errors = []
+    page.on("console", lambda msg: msg.type == "error" and page.console_errors.append(msg.text))
+    page.on("pageerror", lambda exc: page.console_errors.append(str(exc)))
     page.goto(f"{live_server.url}/admin/login/?next=/admin/")
     page.fill("#id_username", username)
     page.fill("#id_password", password)
@@ -125,6 +133,7 @@ def test_an_operator_retries_a_failed_run_from_the_dashboard_and_watches_it_succ
         page.goto(f"{live_server.url}/admin/")
         expect(page.locator("#bp-runs svg rect").first).to_be_visible()
         expect(page.locator(f'#bp-failed button[data-run="{run.pk}"]')).to_have_count(0)
+        assert page.console_errors == []
     finally:
         context.close()
 
@@ -156,5 +165,31 @@ def test_a_viewer_sees_no_retry_button_and_a_forged_post_is_refused(browser, liv
             assert response.status == 403, (url, response.status)
         run.refresh_from_db()
         assert run.status == RunStatus.FAILED
+        assert page.console_errors == []
+    finally:
+        context.close()
+
+
+def test_the_admin_and_the_dashboard_render_under_the_csp_with_no_violations(
+    browser, live_server, transactional_db
+):
+    _user("cspo", OPERATORS, "cspo-pass-123")
+    run = failed_run()
+    service = Service.objects.create(name="planner", type="PLANNING_SYSTEM", url="http://127.0.0.1:9501",
+                                     status="passing")
+    context, page = _login(browser, live_server, "cspo", "cspo-pass-123")
+    try:
+        policy = page.request.get(f"{live_server.url}/admin/").headers["content-security-policy"]
+        assert "script-src 'self'" in policy
+        expect(page.locator("#bp-runs svg rect").first).to_be_visible()  # the dashboard's SVG charts
+        page.goto(f"{live_server.url}/admin/workflows/workflowrun/{run.pk}/change/")
+        expect(page.locator("g.bp-highlight")).to_have_attribute("data-status", "failed")
+        page.goto(f"{live_server.url}/admin/registry/service/{service.pk}/change/")
+        expect(page.locator("#id_name")).to_have_value("planner")
+        # The admin's own scripts: the action bar's "select all" checkbox works.
+        page.goto(f"{live_server.url}/admin/registry/service/")
+        page.locator("#action-toggle").check()
+        expect(page.locator(".action-counter")).to_contain_text("1 of 1 selected")
+        assert page.console_errors == []
     finally:
         context.close()

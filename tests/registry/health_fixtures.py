@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 from django.conf import settings
-from django.db import connection
 
 from registry import alerts, breakers
 from registry.models import Service
+from tests.dbenv import broker_env, test_database_url
 from tests.registry.loopback import Loopback
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,9 +39,11 @@ def loopback():
 @pytest.fixture
 def clean_state(transactional_db):
     """Empty breaker state (our own Redis db only) before and after; wait for background writers."""
+    url = settings.REDIS_URL  # the suite's own db, even if the test points REDIS_URL elsewhere
+
     def wipe():
-        if settings.REDIS_URL:
-            redis_lib.Redis.from_url(settings.REDIS_URL).flushdb()
+        if url:
+            redis_lib.Redis.from_url(url).flushdb()
         breakers.storage_reset_for_tests()
 
     wipe()
@@ -49,6 +51,19 @@ def clean_state(transactional_db):
     breakers.events_flush()
     alerts.alerts_flush()
     wipe()
+
+
+# The Redis store needs REDIS_URL: the embedded-default pass (SQLite, no Redis) runs the database store.
+BREAKER_STORES = ["redis", "database"] if settings.REDIS_URL else ["database"]
+
+
+@pytest.fixture(params=BREAKER_STORES)
+def breaker_store(request, settings):
+    """Run a breaker test once per shared store."""
+    settings.BREAKER_STORE = request.param
+    breakers.storage_reset_for_tests()
+    yield request.param
+    breakers.storage_reset_for_tests()
 
 
 @pytest.fixture
@@ -98,10 +113,10 @@ def private_redis(tmp_path):
 
 def subprocess_env() -> dict[str, str]:
     """The test process's environment pointed at the test database, for child processes."""
-    db = connection.settings_dict
     env = dict(os.environ)
-    env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    env["REDIS_URL"] = settings.REDIS_URL or ""
+    env["DATABASE_URL"] = test_database_url()
+    env.update(broker_env())
+    env["BREAKER_STORE"] = settings.BREAKER_STORE
     env["DJANGO_SETTINGS_MODULE"] = "berrys_portal.settings_test"
     env["PYTHONPATH"] = str(ROOT)
     return env

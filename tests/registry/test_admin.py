@@ -8,12 +8,15 @@ import re
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import Client
 
 from registry.auth import api_key_create
 from registry.models import ApiKey, HealthStatus, Service, StatusChange
 from tests.personas import logged_in, staff_user
+
+# Runs on PostgreSQL + Redis and on the embedded default (SQLite); see tests/conftest.py.
+pytestmark = pytest.mark.both_dbs
 
 
 @pytest.fixture
@@ -82,20 +85,26 @@ def test_viewers_can_look_but_not_act(viewer, services):
     assert viewer.post(f"/admin/registry/service/{services[0].pk}/delete/", {"post": "yes"}).status_code == 403
 
 
-def test_an_api_key_created_in_the_admin_is_shown_once_and_works(operator):
+def test_an_api_key_created_in_the_admin_is_shown_once_on_its_own_page_and_works(operator):
     response = operator.post(
         "/admin/registry/apikey/add/",
         {"name": "planning-system", "scopes": ["read", "register"], "expires_in_days": "30"},
-        follow=True,
     )
+    # The answer to the POST itself shows the key: no redirect, nothing cached.
     assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
     html = response.content.decode()
-    match = re.search(r"API key for planning-system: (bp_[A-Za-z0-9_-]+)", html)
+    match = re.search(r'id="bp-new-api-key"[^>]*>(bp_[A-Za-z0-9_-]+)<', html)
     assert match, html
+    plain = match.group(1)
+    # Never in a cookie (the messages framework keeps its messages in one) nor in the session.
+    assert all(plain not in morsel.value for morsel in response.cookies.values())
+    assert all(plain not in str(value) for value in operator.session.values())
     key = ApiKey.objects.get(name="planning-system")
-    assert key.scopes == ["read", "register"] and key.expires_at is not None
-    assert match.group(1) not in operator.get(f"/admin/registry/apikey/{key.pk}/change/").content.decode()
-    api = Client(HTTP_AUTHORIZATION=f"Token {match.group(1)}")
+    assert key.scopes == ["metrics", "registry:read", "registry:write"] and key.expires_at is not None
+    for page in ("/admin/registry/apikey/", f"/admin/registry/apikey/{key.pk}/change/", "/admin/"):
+        assert plain not in operator.get(page).content.decode()
+    api = Client(HTTP_AUTHORIZATION=f"Token {plain}")
     assert api.get("/registry/services").status_code == 200
 
 
@@ -128,6 +137,13 @@ def test_groups_grant_operators_everything_and_viewers_view_only(db):
     assert any(label == "workflows" for label, _ in every)
     assert every <= operators
     assert {p for p in every if p[1].startswith("view_")} == viewers
+
+
+def test_demo_setup_refuses_to_run_under_the_production_profile(db, settings):
+    settings.PRODUCTION = True
+    with pytest.raises(CommandError, match="refuses to run under DJANGO_ENV=production"):
+        call_command("demo_setup", "--username", "demo", "--password", "demo-pass-123", stdout=io.StringIO())
+    assert not get_user_model().objects.filter(username="demo").exists()
 
 
 def test_demo_setup_creates_an_operator_in_the_operators_group(db):

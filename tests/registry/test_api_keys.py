@@ -30,7 +30,7 @@ def test_create_api_key_prints_the_key_alone_on_the_last_line(db):
     assert plain.startswith("bp_") and " " not in plain
     key = ApiKey.objects.get(name="planner")
     assert key.key_hash == hash_key(plain) and plain not in (key.key_hash, key.prefix)
-    assert key.scopes == ["read", "register"]
+    assert key.scopes == ["metrics", "registry:read", "registry:write"]  # the old names' new equivalents
     assert timedelta(days=29) < key.expires_at - timezone.now() <= timedelta(days=30)
     assert _client(plain).get("/registry/services").status_code == 200
 
@@ -128,7 +128,7 @@ def test_writes_are_throttled_per_key_and_reads_are_not(db):
     assert response.json()["code"] == "throttled"
     assert "Request was throttled" in response.json()["detail"]
     assert client_a.get("/registry/services").status_code == 200
-    assert _client(plain_b).post("/registry/services", payload, format="json").status_code == 200
+    assert _client(plain_b).post("/registry/services", dict(payload, name="s-b"), format="json").status_code == 201
     cache.delete_many(counters)
 
 

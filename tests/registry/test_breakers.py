@@ -8,14 +8,19 @@ import threading
 import time
 
 import pytest
+from django.db import connection
 
 from berrys_portal.errors import CircuitOpenError, ServiceResponseError
 from registry import alerts, breakers
-from registry.breakers import breaker_config, breaker_for, events_flush
+from registry.breakers import breaker_config, breaker_for, breaker_forget, events_flush
 from registry.client import ServiceClient
 from registry.models import Alert, BreakerEvent, Criticality
-from tests.registry.health_fixtures import run_python
+from registry.models_breaker import BreakerStore
+from tests.registry.health_fixtures import BREAKER_STORES, run_python
 from tests.registry.loopback import Reply
+
+# Every test here runs once per shared store (Redis, the database); see breaker_store.
+pytestmark = [pytest.mark.both_dbs, pytest.mark.usefixtures("breaker_store")]
 
 
 @pytest.fixture
@@ -161,6 +166,8 @@ def test_only_one_half_open_trial_runs_at_a_time_across_processes(loopback, make
     assert client.get(service=svc, endpoint="/x").status == 200
 
 
+@pytest.mark.skipif("redis" not in BREAKER_STORES, reason="the Redis store runs in the PostgreSQL + Redis pass")
+@pytest.mark.parametrize("breaker_store", ["redis"], indirect=True)
 def test_redis_going_away_leaves_breakers_usable_and_raises_an_alert(
     loopback, make_service, client, private_redis, settings
 ):
@@ -187,3 +194,62 @@ def test_redis_going_away_leaves_breakers_usable_and_raises_an_alert(
     breakers.events_flush()
     alerts.alerts_flush()
     assert Alert.objects.filter(kind="breaker_storage_down").count() == 1
+
+
+@pytest.mark.parametrize("breaker_store", ["database"], indirect=True)
+def test_the_database_store_going_away_leaves_breakers_usable_and_raises_an_alert(
+    loopback, make_service, client
+):
+    server = loopback({"/x": Reply(200), "/bad": Reply(500)})
+    svc = make_service(url=server.url)
+    breaker_for(svc).force_open(reason="before the outage")
+    assert BreakerStore.objects.get(service_id=svc.pk).state == "open"  # really in the table
+    breaker_for(svc).reset()
+
+    # The store's table gone stands for a store that cannot answer (every statement fails).
+    with connection.schema_editor() as editor:
+        editor.delete_model(BreakerStore)
+    try:
+        assert client.get(service=svc, endpoint="/x").status == 200  # reads as closed, keeps working
+        for _ in range(3):
+            with pytest.raises(ServiceResponseError):
+                client.get(service=svc, endpoint="/bad", retries=0)
+        with pytest.raises(CircuitOpenError):  # process-local state still protects the service
+            client.get(service=svc, endpoint="/x")
+    finally:
+        with connection.schema_editor() as editor:
+            editor.create_model(BreakerStore)
+    breakers.events_flush()
+    alerts.alerts_flush()
+    assert Alert.objects.filter(kind="breaker_storage_down").count() == 1
+
+
+@pytest.mark.parametrize("breaker_store", ["database"], indirect=True)
+def test_the_database_store_keeps_one_row_per_service_changed_by_compare_and_set(make_service):
+    svc = make_service(breaker_fail_max=2, breaker_reset_timeout_seconds=0.1)
+    breaker = breaker_for(svc)
+    assert breaker.succeeded(breaker.acquire()) == "closed"
+    assert not BreakerStore.objects.exists()  # a clean closed breaker writes nothing
+    assert breaker.failed(breaker.acquire(), "boom 1") == "closed"
+    assert breaker.failed(breaker.acquire(), "boom 2") == "open"
+    row = BreakerStore.objects.get(service_id=svc.pk)
+    assert (row.state, row.fails, row.last_error) == ("open", 0, "boom 2")
+    time.sleep(0.15)
+    # Two processes' worth of racing for the trial: the compare-and-set lets exactly one win.
+    permits = []
+    barrier = threading.Barrier(4)
+
+    def race():
+        barrier.wait()
+        permits.append(breaker_for(svc).acquire())
+        connection.close()
+
+    threads = [threading.Thread(target=race) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join(10) for t in threads]
+    trials = [p for p in permits if p is not None]
+    assert len(permits) == 4 and len(trials) == 1 and trials[0].trial
+    assert BreakerStore.objects.get(service_id=svc.pk).state == "half-open"
+    assert breaker.succeeded(trials[0]) == "closed"
+    breaker_forget(service_id=svc.pk)
+    assert not BreakerStore.objects.exists()

@@ -23,6 +23,7 @@ def test_check_deploy_is_clean_under_the_production_profile():
     result = _manage(
         "check", "--deploy", "--fail-level", "WARNING",
         SECRET_KEY=secrets.token_urlsafe(64), ALLOWED_HOSTS="portal.example.com",
+        REGISTRY_ALLOWED_NETWORKS="10.20.0.0/16",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues (0 silenced)." in result.stdout
@@ -30,6 +31,13 @@ def test_check_deploy_is_clean_under_the_production_profile():
 
 
 def test_production_refuses_a_short_secret_key():
-    result = _manage("check", SECRET_KEY="too-short", ALLOWED_HOSTS="portal.example.com")
+    result = _manage("check", SECRET_KEY="too-short", ALLOWED_HOSTS="portal.example.com",
+                     REGISTRY_ALLOWED_NETWORKS="10.20.0.0/16")
     assert result.returncode != 0
     assert "SECRET_KEY must be at least 50 random characters" in result.stderr
+
+
+def test_production_refuses_to_start_without_an_egress_allow_list():
+    result = _manage("check", SECRET_KEY=secrets.token_urlsafe(64), ALLOWED_HOSTS="portal.example.com")
+    assert result.returncode != 0
+    assert "REGISTRY_ALLOWED_NETWORKS must be set in production" in result.stderr

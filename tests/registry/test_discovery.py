@@ -62,6 +62,7 @@ def test_maintenance_and_critical_instances_are_never_discovered(read_client):
 def test_putting_an_instance_in_maintenance_removes_it_from_discovery(register_client):
     a = _svc("a", HealthStatus.PASSING)
     _svc("b", HealthStatus.PASSING)
+    Service.objects.filter(pk=a.pk).update(owner=register_client.api_key)  # only its owner may
     response = register_client.post(
         f"/registry/services/{a.pk}/maintenance", {"enabled": True, "reason": "upgrade"}, format="json"
     )

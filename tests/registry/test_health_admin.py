@@ -15,6 +15,9 @@ from registry.models import BreakerEvent, HealthSnapshot, HealthStatus, StatusCh
 from tests.personas import logged_in, staff_user
 from tests.registry.loopback import Reply
 
+# Runs on PostgreSQL + Redis and on the embedded default (SQLite); see tests/conftest.py.
+pytestmark = pytest.mark.both_dbs
+
 
 @pytest.fixture
 def operator(clean_state) -> Client:

@@ -17,6 +17,8 @@ from registry.models import BreakerEvent, HealthStatus, Service
 from tests.registry.loopback import Reply
 
 HEALTHY = Reply(200, {"status": "healthy"})
+# Every test here runs once per shared breaker store (Redis, the database).
+pytestmark = [pytest.mark.both_dbs, pytest.mark.usefixtures("breaker_store")]
 
 
 def _sweep_now():

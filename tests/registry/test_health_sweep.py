@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 import time_machine
+from django.conf import settings
 from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connections
@@ -17,6 +18,9 @@ from registry import health
 from registry.breakers import breaker_for
 from registry.models import HealthSnapshot, HealthStatus, Service, StatusChange
 from tests.registry.loopback import Reply, flapping
+
+# Runs on PostgreSQL + Redis and on the embedded default (SQLite); see tests/conftest.py.
+pytestmark = pytest.mark.both_dbs
 
 HEALTHY = Reply(200, {"status": "healthy", "database": True, "cache": True, "dependencies": True})
 UNHEALTHY = Reply(200, {"status": "unhealthy", "database": False, "cache": True, "dependencies": True})
@@ -121,7 +125,7 @@ def test_hanging_services_do_not_delay_the_others(loopback, make_service):
     assert elapsed < 2.0  # the hanging probes time out together, in parallel with the rest
     assert all(s.status == "passing" for s in Service.objects.filter(pk__in=[s.pk for s in healthy]))
     hung = Service.objects.filter(pk__in=[s.pk for s in hanging])
-    assert all(s.status == "critical" and "timeout" in s.status_reason for s in hung)
+    assert all(s.status == "critical" and "timed out" in s.status_reason for s in hung)
 
 
 def test_two_sweepers_share_the_due_services_without_overlap(loopback, make_service):
@@ -240,7 +244,7 @@ def test_the_beat_task_sweeps_through_a_real_celery_worker(loopback, make_servic
     svc = make_service(url=server.url, health_path="/h")
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "solo", "--loglevel", "WARNING",
-         "--without-heartbeat", "--without-mingle", "--without-gossip"],
+         "-Q", settings.HEALTH_QUEUE, "--without-heartbeat", "--without-mingle", "--without-gossip"],
         env=subprocess_env(), cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

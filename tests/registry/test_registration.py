@@ -43,15 +43,26 @@ def test_it_accepts_a_trailing_slash_without_redirecting(register_client):
 
 def test_re_registration_updates_in_place_and_answers_200(register_client):
     first = register_client.post("/registry/services", GUIDE_PAYLOAD, format="json").json()
-    again = dict(GUIDE_PAYLOAD, metadata={"version": "1.1.0"}, tags=["eu"], type="PLANNING_SYSTEM")
+    again = dict(GUIDE_PAYLOAD, metadata={"version": "1.1.0"}, tags=["eu"])
     response = register_client.post("/registry/services", again, format="json")
     assert response.status_code == 200
     body = response.json()
     assert body["id"] == first["id"]
     assert body["metadata"] == {"version": "1.1.0"}
-    assert body["type"] == "PLANNING_SYSTEM"
+    assert body["type"] == "MY_SERVICE_TYPE"
     assert body["tags"] == ["eu"]
     assert Service.objects.count() == 1
+
+
+def test_re_registration_never_changes_the_type(register_client):
+    first = register_client.post("/registry/services", GUIDE_PAYLOAD, format="json").json()
+    response = register_client.post(
+        "/registry/services", dict(GUIDE_PAYLOAD, type="PLANNING_SYSTEM"), format="json"
+    )
+    assert response.status_code == 409
+    assert response.json()["code"] == "conflict"
+    assert "cannot change its type to PLANNING_SYSTEM" in response.json()["detail"]
+    assert Service.objects.get(pk=first["id"]).type == "MY_SERVICE_TYPE"
 
 
 def test_re_registration_keeps_fields_it_omits(register_client):

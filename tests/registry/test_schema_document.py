@@ -34,7 +34,7 @@ def test_it_declares_the_api_key_scheme_and_health_needs_none(schema):
 
 def test_errors_are_documented_with_the_one_error_shape(schema):
     responses = schema["paths"]["/registry/services"]["post"]["responses"]
-    assert set(responses) == {"200", "201", "400", "401", "403", "413", "429"}
+    assert set(responses) == {"200", "201", "400", "401", "403", "409", "413", "429"}
     ref = responses["400"]["content"]["application/json"]["schema"]["$ref"]
     assert ref == "#/components/schemas/Error"
     assert set(schema["components"]["schemas"]["Error"]["properties"]) == {"detail", "code", "errors"}
@@ -49,6 +49,6 @@ def test_trailing_slash_variants_answer_without_redirect(register_client, path):
     from registry.models import HealthStatus, Service
 
     svc = Service.objects.create(name="a", type="PLANNING_SYSTEM", url="http://127.0.0.1:1",
-                                 status=HealthStatus.PASSING)
+                                 status=HealthStatus.PASSING, owner=register_client.api_key)
     method = register_client.put if "heartbeat" in path else register_client.get
     assert method(path.format(id=svc.pk)).status_code == 200

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time_machine
 from django.utils import timezone
 
-from registry.models import HealthStatus, Service, StatusChange
+from registry.models import ApiKey, HealthStatus, Service, StatusChange
 
 
 def _svc(name, type_="PLANNING_SYSTEM", **fields) -> Service:
+    # Owned by the register_client persona's key when the test uses it (only the owner may change it).
+    fields.setdefault("owner", ApiKey.objects.filter(name="registrar").first())
     return Service.objects.create(name=name, type=type_, url=f"http://127.0.0.1/{name}", **fields)
 
 

@@ -62,6 +62,9 @@ def _post(client, payload):
         ({"check_interval_seconds": 0}, "check_interval_seconds", "greater than or equal to 1"),
         ({"ttl_seconds": 10**12}, "ttl_seconds", "less than or equal to"),
         ({"check_timeout_seconds": "soon"}, "check_timeout_seconds", "A valid number is required"),
+        # The sweep's bounds (a black hole probed every second for 300 s froze monitoring).
+        ({"check_interval_seconds": 1}, "check_interval_seconds", "at least 5 seconds (HEALTH_MIN_INTERVAL_SECONDS)"),
+        ({"check_timeout_seconds": 300}, "check_timeout_seconds", "at most 10 seconds (HEALTH_MAX_TIMEOUT_SECONDS)"),
     ],
 )
 def test_it_rejects_bad_registrations_naming_the_field(register_client, change, field, message):

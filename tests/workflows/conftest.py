@@ -22,6 +22,7 @@ from django.db import connection
 import tests.workflows.definitions  # noqa: F401 - registers the test-only workflows here too
 from registry.models import HealthStatus, Service
 from simulators.core import send_json
+from tests.dbenv import broker_env, test_database_url
 from workflows.models import RUN_FINISHED, WorkflowRun
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,13 +47,11 @@ class Worker:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        db = settings.DATABASES["default"]
         env.update(WORKER_ENV)
+        env.update(broker_env())
         env.update({
             "DJANGO_SETTINGS_MODULE": "berrys_portal.settings_test",
-            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{self.db_name}",
-            "REDIS_URL": settings.REDIS_URL,
-            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+            "DATABASE_URL": test_database_url(self.db_name),
             "WORKFLOW_QUEUE": self.queue,
             "WORKFLOW_DEFINITION_MODULES": "tests.workflows.definitions",
             "PYTHONPATH": str(ROOT),

@@ -78,8 +78,10 @@ def test_every_path_works_with_and_without_a_trailing_slash(workflows_client):
 
 @pytest.mark.django_db
 def test_the_run_list_filters_by_workflow_status_and_creation_time(workflows_client):
-    demo, _ = run_start(workflow="test_demo", input={"name": "A"}, triggered_by="t")
-    human, _ = run_start(workflow="test_human", input={}, triggered_by="t")
+    mine = {"triggered_by": "t", "owner_key": workflows_client.api_key}
+    demo, _ = run_start(workflow="test_demo", input={"name": "A"}, **mine)
+    human, _ = run_start(workflow="test_human", input={}, **mine)
+    run_start(workflow="test_demo", input={"name": "not mine"}, triggered_by="operator")  # not listed
     WorkflowRun.objects.filter(pk=human.pk).update(status=RunStatus.FAILED,
                                                    created_at=timezone.now() - dt.timedelta(days=2))
 
@@ -181,13 +183,13 @@ def test_a_malformed_run_id_is_a_json_404_on_every_run_path(workflows_client, ru
 
 
 @pytest.mark.django_db
-def test_the_run_list_is_a_page_and_a_bad_cursor_is_a_400_naming_it(workflows_client, read_client):
+def test_the_run_list_is_a_page_and_a_bad_cursor_is_a_400_naming_it(workflows_client):
     for name in ("A", "B", "C"):
         _start(workflows_client, input={"name": name})
-    page = read_client.get(f"{START}?page_size=2").json()
+    page = workflows_client.get(f"{START}?page_size=2").json()
     assert set(page) == {"next", "previous", "results"} and len(page["results"]) == 2
-    rest = read_client.get(page["next"]).json()
+    rest = workflows_client.get(page["next"]).json()
     assert len(rest["results"]) == 1 and rest["next"] is None
-    bad = read_client.get(f"{START}?cursor=0")
+    bad = workflows_client.get(f"{START}?cursor=0")
     assert bad.status_code == 400
     assert "cursor" in bad.json()["errors"] and "Invalid cursor" in bad.json()["detail"]

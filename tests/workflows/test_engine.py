@@ -10,7 +10,8 @@ from tests.workflows.conftest import wait_for_run
 from workflows.engine import run_start
 from workflows.models import RunStatus, StepStatus
 
-pytestmark = pytest.mark.slow
+# Runs on PostgreSQL + Redis and on the embedded default (SQLite); see tests/conftest.py.
+pytestmark = [pytest.mark.both_dbs, pytest.mark.slow]
 
 
 def test_a_three_step_run_succeeds_and_records_every_attempt(engine_env, demo_services):

@@ -159,7 +159,7 @@ def test_tool_integration_down_means_the_task_runs_without_tools(berrys, sims):
 
 
 def test_a_failing_agent_orchestrator_trips_its_breaker_and_an_operator_retry_recovers(
-    berrys, sims, workflows_client
+    berrys, sims, operate_client
 ):
     services = berrys(**{AO: {"breaker_fail_max": 3, "breaker_reset_timeout_seconds": 2.0}})
     task = new_task(sims)
@@ -178,7 +178,7 @@ def test_a_failing_agent_orchestrator_trips_its_breaker_and_an_operator_retry_re
 
     sims.reset(AO)
     time.sleep(2.2)  # the breaker's reset timeout: the retry's first call is the half-open trial
-    response = workflows_client.post(f"/workflows/runs/{second.pk}/retry", {}, format="json")
+    response = operate_client.post(f"/workflows/runs/{second.pk}/retry", {}, format="json")
     assert response.status_code == 200, response.content
     retried = wait_for_run(second.pk, timeout=RUN_TIMEOUT)
     assert retried.status == RunStatus.SUCCEEDED, retried.error
@@ -186,7 +186,7 @@ def test_a_failing_agent_orchestrator_trips_its_breaker_and_an_operator_retry_re
     assert services[AO].breaker_reset_timeout_seconds == 2.0
 
 
-def test_human_interaction_waits_for_an_answer_given_through_the_api(berrys, sims, workflows_client):
+def test_human_interaction_waits_for_an_answer_given_through_the_api(berrys, sims, operate_client):
     berrys()
     project = requests.post(f"{sims.urls[PC]}/projects", json={"name": "Ask me"}, timeout=5).json()
     run = start("human_interaction", agent_id="agent-7", project_id=project["id"],
@@ -196,7 +196,7 @@ def test_human_interaction_waits_for_an_answer_given_through_the_api(berrys, sim
     question_id = WorkflowRun.objects.get(pk=run.pk).context["question_id"]
     assert sims.state(AO)["questions"][question_id]["status"] == "OPEN"
 
-    response = workflows_client.post(f"/workflows/runs/{run.pk}/signal",
+    response = operate_client.post(f"/workflows/runs/{run.pk}/signal",
                                      {"data": {"answer": "PostgreSQL"}}, format="json")
     assert response.status_code == 200, response.content
     done = wait_for_run(run.pk, timeout=RUN_TIMEOUT)

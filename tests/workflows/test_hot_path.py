@@ -14,6 +14,9 @@ from workflows import engine
 from workflows.engine import run_start, step_execute
 from workflows.models import RunStatus, StepAttempt, StepStatus
 
+# Runs on PostgreSQL + Redis and on the embedded default (SQLite); see tests/conftest.py.
+pytestmark = pytest.mark.both_dbs
+
 
 @pytest.fixture
 def unconsumed_queue(wf_settings):

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from registry.paths import PathValueError, path_segment, query_value
 from registry.types import TYPE_PATTERN
 
 #: The run's context: the run input, then each finished step's output merged in order.
@@ -106,6 +107,18 @@ def _default_read_response(step_name: str) -> Callable[[Context, Any], Output]:
     return read
 
 
+def _fill(template: str, ctx: Context, encode: Callable[[Any], str]) -> str:
+    formatter = string.Formatter()
+    out: list[str] = []
+    for literal, field_name, spec, conversion in formatter.parse(template):
+        out.append(literal)
+        if field_name is not None:
+            value, _ = formatter.get_field(field_name, (), ctx)
+            value = formatter.convert_field(value, conversion)
+            out.append(encode(formatter.format_field(value, spec or "")))
+    return "".join(out)
+
+
 @dataclass(frozen=True)
 class Step:
     """One step of a workflow. See the package docstring for the meaning of each field."""
@@ -158,11 +171,21 @@ class Step:
         return [f for _, f, _, _ in string.Formatter().parse(self.path) if f]
 
     def render_path(self, ctx: Context) -> str:
-        """The path with ``{placeholders}`` filled from the context."""
+        """The path with ``{placeholders}`` filled from the context.
+
+        Context values come from run input, i.e. from callers: each is percent-encoded
+        as one path segment (or one query value after ``?``), so a value cannot add
+        segments, a query or a fragment; ``.``, ``..`` and empty values are refused
+        (``PathValueError``). See registry/paths.py.
+        """
         missing = [f for f in self.path_fields if f not in ctx]
         if missing:
             raise KeyError(f"path {self.path!r} needs {', '.join(missing)} in the context")
-        return self.path.format_map(ctx)
+        base, question, query = self.path.partition("?")
+        rendered = _fill(base, ctx, path_segment)
+        if any(seg in (".", "..") for seg in rendered.split("/")):
+            raise PathValueError(f"path {self.path!r} rendered to {rendered!r}: a '.' or '..' segment")
+        return rendered + question + _fill(query, ctx, query_value)
 
     def request_body(self, ctx: Context) -> Any:
         """The request body: ``build_request(ctx)``, or nothing."""

@@ -1,12 +1,13 @@
-"""Create (or reset) the demo operator and print its login."""
+"""Create (or reset) the demo operator and print its login (never under the production profile)."""
 
 from __future__ import annotations
 
 import os
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
@@ -17,6 +18,12 @@ class Command(BaseCommand):
         parser.add_argument("--password", default=os.environ.get("DEMO_PASSWORD", "berrys-demo"))
 
     def handle(self, *args, username: str, password: str, **options):
+        if settings.PRODUCTION:
+            # A staff account whose password is in the README is a way in for anyone.
+            raise CommandError(
+                "demo_setup refuses to run under DJANGO_ENV=production: it creates a staff account "
+                "with a known password. Create operators with `manage.py createsuperuser` or in the admin."
+            )
         user, created = get_user_model().objects.get_or_create(username=username)
         user.is_staff = True
         user.is_superuser = False

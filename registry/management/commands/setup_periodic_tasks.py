@@ -21,6 +21,7 @@ def periodic_tasks() -> list[tuple[str, str, int]]:
     rows = [
         ("registry: health sweep", "registry.health_sweep", settings.HEALTH_SWEEP_EVERY_SECONDS),
         ("registry: prune health snapshots", "registry.health_prune", 3600),
+        ("portal: prune rows past retention", "portal.retention_prune", settings.RETENTION_PRUNE_EVERY_SECONDS),
         *workflow_periodic_tasks(),
     ]
     try:

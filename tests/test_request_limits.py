@@ -1,0 +1,127 @@
+"""Over-long request lines and headers are answered in the API's JSON error shape (414 / 431),
+under Django's test client and under the real gunicorn configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import runpy
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test import Client
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gunicorns_limits_sit_above_the_portals():
+    conf = runpy.run_path(str(ROOT / "berrys_portal" / "gunicorn_conf.py"))
+    assert conf["limit_request_line"] > settings.API_MAX_REQUEST_LINE_BYTES
+    assert conf["limit_request_field_size"] > settings.API_MAX_HEADER_BYTES
+    assert conf["limit_request_fields"] > settings.API_MAX_HEADERS
+
+
+@pytest.mark.django_db
+def test_a_long_request_line_is_a_json_414():
+    response = Client().get("/registry/services", {"name": "x" * 5000})
+    assert response.status_code == 414
+    body = response.json()
+    assert body["code"] == "request_line_too_long" and "API_MAX_REQUEST_LINE_BYTES" in body["detail"]
+
+
+@pytest.mark.django_db
+def test_a_long_header_or_too_many_headers_is_a_json_431():
+    big = Client().get("/health", HTTP_X_PADDING="y" * 9000)
+    assert big.status_code == 431 and "X-Padding" in big.json()["errors"]
+    many = Client().get("/health", **{f"HTTP_X_H{i}": "1" for i in range(120)})
+    assert many.status_code == 431 and many.json()["code"] == "too_many_headers"
+    assert Client().get("/health", HTTP_X_PADDING="y" * 1000).status_code in (200, 503)
+
+
+# ----------------------------------------------------------------------------- under gunicorn
+
+
+@pytest.fixture
+def gunicorn(transactional_db, tmp_path):
+    db = settings.DATABASES["default"]
+    prom_dir = tmp_path / "prom"  # emptied by gunicorn's on_starting: not where the log goes
+    prom_dir.mkdir()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "berrys_portal.settings_test",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}",
+        "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
+        "PYTHONPATH": str(ROOT),
+        "WEB_CONCURRENCY": "1",
+    }
+    log_path = tmp_path / "gunicorn.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "berrys_portal/gunicorn_conf.py", "--bind", "127.0.0.1:0",
+             "berrys_portal.wsgi:application"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            text = log_path.read_text(errors="replace")
+            port = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", text)
+            if port and "Booting worker" in text:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not start:\n{text[-3000:]}")
+            time.sleep(0.2)
+        yield int(port.group(1))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _raw(port: int, target: str, headers: list[str] = ()) -> tuple[int, str, str]:
+    """Send one request as bytes (no client library normalising it); (status, content type, body).
+    HTTP/1.0, so the answer is not chunked."""
+    lines = [f"GET {target} HTTP/1.0", "Host: 127.0.0.1", "Connection: close", *headers, "", ""]
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall("\r\n".join(lines).encode("latin-1"))
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    ctype = re.search(rb"(?im)^content-type:\s*([^\r\n;]+)", head)
+    return status, (ctype.group(1).decode() if ctype else ""), body.decode("latin-1")
+
+
+@pytest.mark.slow
+def test_under_gunicorn_oversize_requests_get_the_api_error_shape(gunicorn):
+    # A 4.5 KB request line used to get gunicorn's HTML 400.
+    status, ctype, body = _raw(gunicorn, "/registry/services?name=" + "x" * 4500)
+    assert (status, ctype) == (414, "application/json"), body[:300]
+    assert json.loads(body)["code"] == "request_line_too_long"
+
+    status, ctype, body = _raw(gunicorn, "/health", [f"X-Padding: {'y' * 12000}"])
+    assert (status, ctype) == (431, "application/json"), body[:300]
+    assert "X-Padding" in json.loads(body)["errors"]
+
+    status, ctype, body = _raw(gunicorn, "/health", [f"X-H{i}: 1" for i in range(150)])
+    assert (status, ctype) == (431, "application/json"), body[:300]
+
+    # Just under the portal's limits: answered normally (401: no key).
+    status, ctype, body = _raw(gunicorn, "/registry/services?name=" + "x" * 4000, ["X-Padding: " + "y" * 8000])
+    assert (status, ctype) == (401, "application/json"), body[:300]
+
+    # Beyond gunicorn's own ceiling (8190 for the line, its maximum): still gunicorn's plain 400.
+    status, _, body = _raw(gunicorn, "/registry/services?name=" + "x" * 9000)
+    assert status == 400 and "Request Line is too large" in body
