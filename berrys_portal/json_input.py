@@ -140,6 +140,21 @@ def json_loads_checked(text: str | bytes) -> Any:
     return value
 
 
+def json_loads_bounded(text: str | bytes) -> Any:
+    """``json.loads`` for JSON the portal did not get from its own callers (a service's answer):
+    ``ValueError`` if it nests deeper than ``API_MAX_JSON_DEPTH``, so the caller treats it as
+    text instead of crashing in the decoder (RecursionError) or later, walking it. Strings are
+    not checked: an answer may carry NUL; whoever stores it must check."""
+    if isinstance(text, bytes):
+        text = text.decode(json.detect_encoding(text), "surrogatepass")  # as json.loads does
+    if _too_deep(text, json_depth_limit()):
+        raise ValueError(f"JSON nested deeper than {json_depth_limit()} levels")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 class PortalJSONParser(JSONParser):
     """DRF's JSON parser with the portal's rule: depth limit, no NUL, no lone surrogates.
 

@@ -270,3 +270,17 @@ def test_globs_keep_their_meaning_under_re2(fresh_rules):
     assert adapt("/plans/xb/c") == {"x": 1}
     assert adapt("/plans/abc/d") == {"x": 1}
     assert adapt("/plans/ab/") == {}
+
+
+@pytest.mark.django_db
+def test_a_service_answering_json_nested_5000_deep_is_passed_on_as_text_not_a_500(full_client, loopback):
+    from tests.registry.loopback import Reply
+
+    deep = "[" * 5000 + "]" * 5000
+    upstream = loopback({"/x": Reply(200, deep)})
+    service = Service.objects.create(name="pc", type="PROJECT_COORDINATOR", url=upstream.url,
+                                     status=HealthStatus.PASSING)
+    breaker_forget(service_id=service.pk)
+    response = full_client.get("/gateway/PROJECT_COORDINATOR/x")
+    assert response.status_code == 200
+    assert response.json() == deep  # the service's bytes, as a string: never decoded
