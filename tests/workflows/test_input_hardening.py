@@ -214,3 +214,17 @@ def test_a_dot_dot_project_id_fails_the_step_without_a_request(engine_env, stub)
     run = wait_for_run(run.pk)
     assert run.status == RunStatus.FAILED and "segment" in run.error
     assert server.requests == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("text", "words"), [('{"name": "a\\u0000"}', "name: Must not contain NUL"),
+                                             ('{"name": ' + "[" * 2000 + "]" * 2000 + "}", "API_MAX_JSON_DEPTH"),
+                                             ("{", "not valid JSON")])
+def test_the_start_workflow_command_applies_the_same_rule(text, words):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match=words):
+        call_command("start_workflow", "test_demo", "--input", text, stdout=StringIO())
+    assert not WorkflowRun.objects.exists()
