@@ -284,3 +284,19 @@ def test_a_service_answering_json_nested_5000_deep_is_passed_on_as_text_not_a_50
     response = full_client.get("/gateway/PROJECT_COORDINATOR/x")
     assert response.status_code == 200
     assert response.json() == deep  # the service's bytes, as a string: never decoded
+
+
+@pytest.mark.django_db
+def test_literal_globs_and_rules_sharing_a_pattern_still_apply_each_rule(fresh_rules):
+    for order, field in enumerate(("a", "b", "c")):
+        RequestAdapterRule.objects.create(service_type="PLANNING_SYSTEM", method="POST", endpoint_pattern="/plans",
+                                          order=order, action="drop", field=field)
+    RequestAdapterRule.objects.create(service_type="PLANNING_SYSTEM", method="*", endpoint_pattern="/plans/*",
+                                      order=9, action="drop", field="d")
+    body = {"a": 1, "b": 2, "c": 3, "d": 4}
+    adapt = lambda path, method="POST": adapt_request(  # noqa: E731
+        service_type="PLANNING_SYSTEM", method=method, endpoint=path, data=body)
+    assert adapt("/plans") == {"d": 4}
+    assert adapt("/plans/") == {"a": 1, "b": 2, "c": 3}
+    assert adapt("/plans/x", method="GET") == {"a": 1, "b": 2, "c": 3}
+    assert adapt("/plansx") == body and adapt("/Plans") == body
