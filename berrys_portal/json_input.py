@@ -94,6 +94,21 @@ def json_value_check(value: Any, *, max_depth: int | None = None, root: tuple[An
             stack.extend((item, depth + 1, path + (index,)) for index, item in enumerate(node))
 
 
+def json_value_storable_check(value: Any) -> None:
+    """``json_value_check`` for a decoded value of any size, e.g. a service's answer about to be
+    stored: one C-level ``json.dumps`` and a regex pass decide; the walk (which names the place)
+    only runs when something is wrong."""
+    text = json.dumps(value, default=str)  # ensure_ascii: NUL and surrogates become \u escapes
+    if _SUSPECT_ESCAPE.search(text) is None or _escapes_clean(text):
+        return
+    json_value_check(value, max_depth=10**6)
+
+
+def text_scrub(text: str) -> str:
+    """``text`` with NUL and lone surrogates replaced by U+FFFD, for storing what a peer sent."""
+    return _BAD_CHAR.sub("\ufffd", text)
+
+
 def _invalid(path: tuple[Any, ...], message: str) -> Exception:
     # Imported here: berrys_portal.errors imports DRF's views, which load this parser.
     from berrys_portal.errors import InvalidInput

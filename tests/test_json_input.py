@@ -97,3 +97,13 @@ def test_escape_sequences_are_read_as_the_decoder_reads_them(text, refused):
             json_loads_checked(text)
     else:
         assert json_loads_checked(text) == json.loads(text)
+
+
+def test_peer_text_is_scrubbed_for_storage_and_answers_are_checked_fast():
+    from berrys_portal.json_input import json_value_storable_check, text_scrub
+
+    assert text_scrub("a\x00b\ud800c\U0001f600") == "a\ufffdb\ufffdc\U0001f600"
+    json_value_storable_check({"ok": ["\U0001f600", "a\\u0000"], "n": 1})  # a pair; a literal backslash-u
+    with pytest.raises(InvalidInput) as caught:
+        json_value_storable_check({"items": [{"id": "x\x00"}]})
+    assert list(caught.value.errors) == ["items[0].id"]
