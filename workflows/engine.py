@@ -421,7 +421,8 @@ def _call_http(spec: Step, ctx: dict, record: AttemptRecord) -> dict[str, Any]:
         # every delivery of this step when its output is stored. It is the service's error.
         json_value_storable_check(result.body)
     except InvalidInput as exc:
-        raise WorkflowError(f"The service's answer cannot be stored: {exc.message}") from None
+        where = "; ".join(f"{place}: {' '.join(msgs)}" for place, msgs in (exc.errors or {}).items())
+        raise WorkflowError(f"The service's answer cannot be stored ({where})") from None
     try:
         return spec.output_from_response(ctx, result.body)
     except Exception as exc:
