@@ -398,3 +398,15 @@ def test_a_typo_in_the_mintable_scopes_setting_is_a_system_check_error():
         errors = check_scope_settings()
     assert [e.id for e in errors] == ["registry.E101"] and "metric" in errors[0].msg
     assert check_scope_settings() == []
+
+
+def test_keys_are_revoked_in_the_admin_never_deleted(db):
+    key, _ = api_key_create(name="svc", scopes=["registry:read"])
+    operator = logged_in(staff_user("olga", "Operators"))
+    assert operator.post(f"/admin/registry/apikey/{key.pk}/delete/", {"post": "yes"}).status_code == 403
+    response = operator.post("/admin/registry/apikey/", {"action": "delete_selected", "_selected_action": [key.pk]})
+    assert response.status_code == 403
+    assert ApiKey.objects.filter(pk=key.pk).exists()
+    operator.post("/admin/registry/apikey/", {"action": "revoke", "_selected_action": [key.pk]}, follow=True)
+    assert ApiKey.objects.get(pk=key.pk).revoked_at is not None
+    assert AuditEvent.objects.filter(action="key_revoked", actor="olga").count() == 1
