@@ -53,7 +53,7 @@ def test_the_service_list_shows_the_columns_and_a_status_badge(operator, service
     assert response.status_code == 200
     html = response.content.decode()
     for column in ("column-name", "column-type", "column-status_badge", "column-url",
-                   "column-last_heartbeat_at", "column-criticality"):
+                   "column-last_heartbeat", "column-criticality", "column-breaker_badge", "column-last_checked"):
         assert column in html
     assert "Passing</span>" in html
     assert operator.get(f"/admin/registry/service/{services[0].pk}/change/").status_code == 200
@@ -162,7 +162,7 @@ def test_the_admin_refuses_link_local_urls(operator, services):
         "failures_before_critical": 2, "successes_before_passing": 1,
     })
     assert response.status_code == 200  # the form again, with the error
-    assert "link-local addresses are refused" in response.content.decode()
+    assert "is link-local (169.254.0.0/16), which is always refused" in response.content.decode()
     svc.refresh_from_db()
     assert svc.url == "http://127.0.0.1:9000"
 
