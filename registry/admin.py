@@ -316,6 +316,11 @@ class ApiKeyAdmin(OperateAdminMixin, admin.ModelAdmin):
         response["Cache-Control"] += ", no-store"
         return response
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Keys are revoked (audited), never deleted: a deleted key would leave no trace
+        # and its runs no owner.
+        return False
+
     @admin.display(description="scopes")
     def scope_list(self, obj: ApiKey) -> str:
         return ", ".join(obj.scopes)
