@@ -127,7 +127,7 @@ def main() -> None:
 
     sims = SimulatorProcess.start(only=[TI])
     Service.objects.create(name="tool-integration", type=TI, url=sims.urls[TI], status=HealthStatus.PASSING)
-    _, key = api_key_create(name="bench", scopes=["gateway"])
+    _, key = api_key_create(name="bench", scopes=["gateway"], gateway_allow=[f"{TI}:*"])
     port = _free_port()
     gunicorn = subprocess.Popen(
         [str(Path(sys.executable).parent / "gunicorn"), "berrys_portal.wsgi:application",

@@ -20,10 +20,10 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 
-from berrys_portal.json_input import CheckedJSONFormField
+from berrys_portal.formatting import PrettyJSONField
 from dashboard.roles import OperateAdminMixin
 from registry import services
-from registry.admin_health import HealthAdminMixin
+from registry.admin_health import HealthAdminMixin, time_ago
 from registry.auth import api_key_create, api_key_revoke
 from registry.models import ApiKey, AuditEvent, HealthStatus, Service
 from registry.scopes import ALIASES, DEPRECATED_NAMES, Scope, scopes_normalize
@@ -56,11 +56,15 @@ class ServiceAdminForm(forms.ModelForm):
 @admin.register(Service)
 class ServiceAdmin(OperateAdminMixin, HealthAdminMixin, admin.ModelAdmin):
     form = ServiceAdminForm
-    # metadata, capabilities, endpoints, tags: the API's JSON rule (depth, no NUL, no lone surrogates).
-    formfield_overrides = {models.JSONField: {"form_class": CheckedJSONFormField}}
+    # metadata, capabilities, endpoints, tags: the API's JSON rule (depth, no NUL, no lone
+    # surrogates), edited as indented JSON rather than one long line.
+    formfield_overrides = {models.JSONField: {"form_class": PrettyJSONField}}
+    # The columns operators sort and scan by come first and stay narrow (relative times),
+    # so the list fits 1366 px next to the filters; the URL, the widest, is last.
     list_display = (
-        "name", "type", "status_badge", "url", "last_heartbeat_at", "criticality", "owner", "pending_approval",
+        "name", "type", "status_badge",
         *getattr(HealthAdminMixin, "health_list_display", ()),
+        "criticality", "owner", "pending_approval", "last_heartbeat", "url",
     )
     list_filter = ("type", "status", "criticality", "pending_approval")
     search_fields = ("name", "url")
@@ -86,8 +90,6 @@ class ServiceAdmin(OperateAdminMixin, HealthAdminMixin, admin.ModelAdmin):
             "fields": ("owner", "pending_approval"),
         }),
         ("Description", {"fields": ("metadata", "capabilities", "endpoints", "tags")}),
-        ("Status", {"fields": ("status", "status_reason", "status_changed_at", "last_heartbeat_at",
-                               "registered_at", "updated_at")}),
         ("Health checks", {
             "classes": ("collapse",),
             "fields": ("check_interval_seconds", "check_timeout_seconds", "slow_threshold_ms",
@@ -122,6 +124,10 @@ class ServiceAdmin(OperateAdminMixin, HealthAdminMixin, admin.ModelAdmin):
     def delete_queryset(self, request, queryset):
         for obj in queryset:
             services.service_deregister(service=obj, actor=request.user.username, reason="admin delete")
+
+    @admin.display(description="last heartbeat", ordering="last_heartbeat_at")
+    def last_heartbeat(self, obj: Service) -> str:
+        return time_ago(obj.last_heartbeat_at)
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Service) -> str:

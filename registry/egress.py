@@ -51,7 +51,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _DENIED_LABELS = {
     "0.0.0.0/8": "this network", "169.254.0.0/16": "link-local", "100.64.0.0/10": "shared address space",
-    "224.0.0.0/4": "multicast", "240.0.0.0/4": "reserved", "255.255.255.255/32": "broadcast",
+    "224.0.0.0/4": "multicast", "255.255.255.255/32": "broadcast", "240.0.0.0/4": "reserved",
     "::/128": "unspecified", "fe80::/10": "link-local", "fc00::/7": "unique local",
     "ff00::/8": "multicast",
 }

@@ -99,9 +99,10 @@ def _quota_check(*, key: ApiKey, new_instance: bool, url: str, health_url: str, 
     owned = Service.objects.filter(owner=key)
     if exclude is not None:
         owned = owned.exclude(pk=exclude)
+    rows = list(owned.values_list("url", "health_url"))  # one query for both limits
     if new_instance:
         limit = key.max_instances or settings.REGISTRY_KEY_MAX_INSTANCES
-        count = owned.count()
+        count = len(rows)
         if count >= limit:
             source = "the key's max_instances" if key.max_instances else "REGISTRY_KEY_MAX_INSTANCES"
             raise QuotaExceeded(
@@ -109,7 +110,7 @@ def _quota_check(*, key: ApiKey, new_instance: bool, url: str, health_url: str, 
                 f"({source}). Deregister one, or ask an operator to raise the key's max_instances."
             )
     hosts: set[str] = set()
-    for owned_url, owned_health in owned.values_list("url", "health_url"):
+    for owned_url, owned_health in rows:
         hosts |= _hosts(owned_url, owned_health)
     wanted = hosts | _hosts(url, health_url)
     limit = key.max_hosts or settings.REGISTRY_KEY_MAX_HOSTS

@@ -148,14 +148,20 @@ class EgressAdapter(HTTPAdapter):
         return self.poolmanager.connection_from_host(**host_params, pool_kwargs=pool_kwargs)
 
 
+class _NoRedirectSession(requests.Session):
+    def get_redirect_target(self, resp):
+        # Never a redirect: with allow_redirects=False requests would still prepare the next
+        # request and, to do so, read the whole 3xx body (however large). A 3xx is the answer.
+        return None
+
+
 def egress_session() -> requests.Session:
-    session = requests.Session()
+    session = _NoRedirectSession()
     # Direct calls only: no proxy variables, no ~/.netrc (requests would read both per request).
     session.trust_env = False
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if bundle:
         session.verify = bundle
-    session.max_redirects = 0
     adapter = EgressAdapter(pool_connections=32, pool_maxsize=32)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

@@ -21,6 +21,8 @@ from registry.client import service_client, service_discovery
 from registry.models import ApiKey, AuditEvent, HealthStatus, Service
 from tests.personas import logged_in, staff_user
 
+pytestmark = pytest.mark.both_dbs
+
 GUIDE_PAYLOAD = {  # the integration guide's registration, byte for byte
     "name": "my-service",
     "type": "MY_SERVICE_TYPE",
@@ -387,3 +389,12 @@ def test_concurrent_registrations_by_one_key_cannot_slip_past_its_quota():
     assert sorted(statuses) == [201] * 3 + [403] * 7
     assert Service.objects.count() == 3
     assert AuditEvent.objects.filter(action=AuditEvent.Action.QUOTA_REFUSED).count() == 7
+
+
+def test_a_typo_in_the_mintable_scopes_setting_is_a_system_check_error():
+    from registry.scopes import check_scope_settings
+
+    with override_settings(API_KEY_ADMIN_MINTABLE_SCOPES=["registry:read", "metric"]):
+        errors = check_scope_settings()
+    assert [e.id for e in errors] == ["registry.E101"] and "metric" in errors[0].msg
+    assert check_scope_settings() == []

@@ -98,7 +98,16 @@ SLOW_RETRY = Workflow(
                 retry=RetryPolicy(max_attempts=2, initial_delay=120, max_delay=120), timeout=5.0)],
 )
 
-ALL = [DEMO, SKIPPY, HUMAN, KILLER, SLOW_RETRY]
+# The egress tests: one GET to a hostile upstream, its path from the input, no retry.
+EGRESS_CALL = Workflow(
+    name="test_egress_call",
+    version=1,
+    steps=[Step(name="call", service_type="HOSTILE_UPSTREAM", path="/{route}", method="GET",
+                retry=RetryPolicy(max_attempts=1), timeout=float(os.environ.get("EGRESS_STEP_TIMEOUT", "1.5")))],
+    required_inputs=("route",),
+)
+
+ALL = [DEMO, SKIPPY, HUMAN, KILLER, SLOW_RETRY, EGRESS_CALL]
 
 for _wf in ALL:
     register(_wf, replace=True)
