@@ -37,3 +37,14 @@ def test_admin_paths_keep_djangos_html_404(admin_client, settings):
     settings.DEBUG = False
     response = admin_client.get("/admin/nope/")
     assert response.status_code == 404 and response["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("method", ["post", "patch", "put", "delete"])
+def test_unknown_api_paths_are_a_json_404_for_every_method_without_a_csrf_token(settings, method):
+    from django.test import Client
+
+    settings.DEBUG = False
+    client = Client(enforce_csrf_checks=True)  # as a service calling the API would: no cookie, no token
+    response = getattr(client, method)("/registry/services/-1", data="{}", content_type="application/json")
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
