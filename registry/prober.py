@@ -43,6 +43,7 @@ counting against ``concurrency`` so they do not hold back the fast ones).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import ssl
@@ -126,7 +127,9 @@ class Target:
     path: str  # path and query, already quoted
 
 
+@functools.lru_cache(maxsize=20_000)
 def target_for(url: str) -> Target:
+    """Parse a health URL once (ValueError / EgressDenied name what is wrong; not cached)."""
     scheme, host, port = egress.url_parts(url)  # ValueError / EgressDenied (credentials)
     parts = urlsplit(url)
     from requests.utils import requote_uri  # quotes unsafe characters as requests would

@@ -29,7 +29,9 @@ PRINT_SETTINGS = (
 def _settings(**env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items()
             if k not in ("SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "TRUST_PROXY_HEADERS", "PORTAL_BIND")}
-    base.update(DJANGO_SETTINGS_MODULE="berrys_portal.settings", ALLOWED_HOSTS="portal.example.com", **env)
+    # Production refuses to start without an egress allow-list (registry/egress.py).
+    base.update(DJANGO_SETTINGS_MODULE="berrys_portal.settings", ALLOWED_HOSTS="portal.example.com",
+                REGISTRY_ALLOWED_NETWORKS="10.20.0.0/16", **env)
     return subprocess.run([sys.executable, "-c", PRINT_SETTINGS], cwd=ROOT, env=base,
                           capture_output=True, text=True, timeout=60)
 
