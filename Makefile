@@ -7,7 +7,7 @@ PORT ?= 8090
 PYTEST_ARGS ?=
 SIMULATORS_BASE_PORT ?= 8101
 
-.PHONY: demo demo-run test install install-test services browser lint bench clean
+.PHONY: demo demo-run demo-status test install install-test services browser lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,16 +35,18 @@ demo: install demo-run
 
 # The stack without the install step (the smoke test reuses an existing venv).
 # Embedded defaults (SQLite + filesystem broker under var/) unless DATABASE_URL /
-# CELERY_BROKER_URL / REDIS_URL say otherwise. Ctrl-C stops every process.
+# CELERY_BROKER_URL / REDIS_URL say otherwise. Ctrl-C stops every process (exit 0).
 demo-run:
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py metrics_reset
-	$(BIN)/python manage.py demo_setup
+	$(BIN)/python manage.py demo_setup --api-key-file var/demo/api.key
 	$(BIN)/python manage.py setup_periodic_tasks
-	@mkdir -p var/demo
-	@$(BIN)/python manage.py create_api_key --name demo --scopes registry:read,registry:write,workflows,gateway --gateway-allow AGENT_ORCHESTRATOR:POST | tail -n 1 > var/demo/api.key
-	@chmod 600 var/demo/api.key
-	BIN=$(BIN) PORTAL_PORT=$(PORT) SIMULATORS_BASE_PORT=$(SIMULATORS_BASE_PORT) $(BIN)/honcho -f Procfile start
+	@echo "Starting the demo: admin at http://127.0.0.1:$(PORT)/admin/ once it is up; the banner with the login and what to click follows."
+	@BIN=$(BIN) PORTAL_PORT=$(PORT) SIMULATORS_BASE_PORT=$(SIMULATORS_BASE_PORT) $(BIN)/python -m simulators.demo_stack -f Procfile
+
+# The running demo's banner (URLs, login, sample runs, what to click) and its services' health.
+demo-status:
+	@$(BIN)/python -m simulators.demo_status --portal http://127.0.0.1:$(PORT) --api-key-file var/demo/api.key --banner-file var/demo/banner.txt
 
 # Two passes: the whole suite on PostgreSQL + Redis (DATABASE_URL / REDIS_URL, defaults in
 # berrys_portal/settings_test.py), then the tests marked both_dbs on the embedded default

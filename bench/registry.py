@@ -63,10 +63,11 @@ def seed() -> None:
     from registry.auth import api_key_create
     from registry.models import HealthStatus, Service
 
+    # The bench key owns the services it re-registers (only a service's owner may re-register it).
+    key, plain = api_key_create(name="bench", scopes=["registry:read", "registry:write"])
     Service.objects.bulk_create(
-        [Service(**_payload(i), status=HealthStatus.PASSING) for i in range(N_SERVICES)]
+        [Service(**_payload(i), status=HealthStatus.PASSING, owner=key) for i in range(N_SERVICES)]
     )
-    _, plain = api_key_create(name="bench", scopes=["read", "register"])
     ids = list(Service.objects.order_by("id").values_list("id", flat=True))
     print(json.dumps({"key": plain, "ids": ids}))
 

@@ -126,3 +126,20 @@ class TextFormatter(logging.Formatter):
             if getattr(record, name, None) is not None
         )
         return f"{line} [{extra}]" if extra else line
+
+
+class QuietPollFilter(logging.Filter):
+    """Drops the development server's access lines for routine polling that succeeded.
+
+    A heartbeat every 10 s from each service and a client polling a run would
+    otherwise be most of an idle demo's output; failed requests still show.
+    """
+
+    ROUTINE = ("/heartbeat ", "GET /workflows/runs/", "GET /registry/services")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        status = getattr(record, "status_code", None)
+        if status is None or int(status) >= 400:
+            return True
+        message = record.getMessage()
+        return not any(part in message for part in self.ROUTINE)

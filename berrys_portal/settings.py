@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "registry",
     "workflows",
@@ -140,10 +141,12 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
 if CELERY_BROKER_URL is None:
     # The embedded default: kombu's filesystem transport needs no server.
     _broker_dir = VAR_DIR / "broker"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_URL = "filesystem://localhost//"  # a hostname, or kombu warns on every connection
     CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # kombu keeps its exchange table in "control/" under the working directory unless told.
+        "control_folder": str(_broker_dir / "control"),
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
@@ -311,6 +314,10 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
+    # Swagger UI and ReDoc from drf-spectacular-sidecar's static files, not a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "TITLE": "Berrys Portal API",
     "DESCRIPTION": "Service registry, discovery, health, circuit breakers and workflows.",
     "VERSION": "1.0.0",
@@ -436,7 +443,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     # run_id / step_id / service from berrys_portal.logging.log_context on every line.
-    "filters": {"context": {"()": "berrys_portal.logging.ContextFilter"}},
+    "filters": {
+        "context": {"()": "berrys_portal.logging.ContextFilter"},
+        "quiet_polls": {"()": "berrys_portal.logging.QuietPollFilter"},
+    },
     "formatters": {
         "text": {"()": "berrys_portal.logging.TextFormatter"},
         "json": {"()": "berrys_portal.logging.JsonFormatter"},
@@ -446,11 +456,25 @@ LOGGING = {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT,
             "filters": ["context"],
-        }
+        },
+        "console_server": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context", "quiet_polls"],
+        },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    # axes logs every login at INFO (its AccessLog table keeps them anyway).
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # axes logs every login at INFO (its AccessLog table keeps them anyway).
+        "axes": {"level": "WARNING"},
+        # Idle output: no INFO line per scheduled task (beat's "Sending due task", the
+        # worker's "received" / "succeeded"; failures are still logged) nor per heartbeat.
+        "celery.beat": {"level": env_str("CELERY_BEAT_LOG_LEVEL", "WARNING")},
+        "celery.worker.strategy": {"level": "WARNING"},
+        "celery.app.trace": {"level": "WARNING"},
+        "django.server": {"handlers": ["console_server"], "propagate": False},
+    },
 }
 
 # --- Dashboard, metrics and roles (dashboard issue) ------------------------------
@@ -491,6 +515,9 @@ CONTENT_SECURITY_POLICY = {
         "img-src": [SELF, "data:"],
         "font-src": [SELF, "data:"],
         "connect-src": [SELF],
+        # ReDoc (/api/redoc) builds its search index in a Worker made from a blob: URL of its
+        # own (self-hosted) script.
+        "worker-src": [SELF, "blob:"],
         "object-src": [NONE],
         "base-uri": [SELF],
         "form-action": [SELF],

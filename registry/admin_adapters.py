@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.db import models
 
-from berrys_portal.json_input import CheckedJSONFormField
+from berrys_portal.formatting import PrettyJSONField
 from registry.models import RequestAdapterRule
 
 
@@ -20,7 +20,7 @@ class RequestAdapterRuleAdmin(admin.ModelAdmin):
         "description",
     )
     list_display_links = ("service_type",)
-    formfield_overrides = {models.JSONField: {"form_class": CheckedJSONFormField}}
+    formfield_overrides = {models.JSONField: {"form_class": PrettyJSONField}}
     # Operators reorder and switch rules on and off without opening each one.
     list_editable = ("order", "enabled")
     list_filter = ("service_type", "action", "enabled", "method")

@@ -8,24 +8,48 @@ by templates/admin/registry/service/change_form.html.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
+from django.http import Http404, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from registry import health
+from dashboard.roles import can_operate_services
+from registry import health, services
 from registry.breakers import breaker_config, breaker_for, breaker_snapshots, events_flush
-from registry.models import Alert, BreakerEvent, HealthSnapshot, HealthStatus, StatusChange
+from registry.models import Alert, BreakerEvent, HealthSnapshot, HealthStatus, Service, StatusChange
 
 _STATE_COLOURS = {"closed": "#1e7e34", "half-open": "#b58100", "open": "#c82333"}
 _DOT_COLOURS = {"passing": "#1e7e34", "warning": "#b58100", "critical": "#c82333"}
 CHECK_NOW_LIMIT = 50
+
+
+def time_ago(when: datetime | None) -> str:
+    """A short relative time ("12 s ago") with the exact UTC time on hover: list columns stay narrow."""
+    if when is None:
+        return "never"
+    seconds = (timezone.now() - when).total_seconds()
+    if seconds < 0:
+        text = "just now"
+    elif seconds < 90:
+        text = f"{seconds:.0f} s ago"
+    elif seconds < 90 * 60:
+        text = f"{seconds / 60:.0f} min ago"
+    elif seconds < 36 * 3600:
+        text = f"{seconds / 3600:.0f} h ago"
+    else:
+        text = f"{seconds / 86400:.0f} d ago"
+    return format_html('<span title="{}" style="white-space:nowrap">{}</span>',
+                       when.strftime("%Y-%m-%d %H:%M:%S UTC"), text)
 
 
 class CriticalNowFilter(admin.SimpleListFilter):
@@ -89,10 +113,22 @@ def latency_svg(snapshots: list[HealthSnapshot], *, width: int = 640, height: in
     )
 
 
+def service_offers(service, breaker_state: str) -> dict[str, bool]:
+    """Which of the service page's buttons apply to the service as it is now."""
+    in_maintenance = service.status == HealthStatus.MAINTENANCE
+    return {
+        "check_now": not in_maintenance and not service.ttl_seconds,
+        "breaker_reset": breaker_state != "closed",
+        "breaker_force_open": breaker_state == "closed",
+        "maintenance_on": not in_maintenance,
+        "maintenance_off": in_maintenance,
+    }
+
+
 class HealthAdminMixin:
     """Health panels, breaker state, filters and actions for ServiceAdmin."""
 
-    health_list_display = ("breaker_badge", "last_checked_at")
+    health_list_display = ("breaker_badge", "last_checked")
     health_actions = ("check_now", "reset_breaker", "force_open_breaker")
     health_readonly_fields = ()
     health_fieldsets = ()
@@ -100,6 +136,10 @@ class HealthAdminMixin:
 
     def get_list_filter(self, request):
         return (*super().get_list_filter(request), CriticalNowFilter, FlappingFilter)
+
+    @admin.display(description="last checked", ordering="last_checked_at")
+    def last_checked(self, obj) -> str:
+        return time_ago(obj.last_checked_at)
 
     @admin.display(description="breaker")
     def breaker_badge(self, obj) -> str:
@@ -117,6 +157,57 @@ class HealthAdminMixin:
         self._breaker_cache = breaker_snapshots([s.pk for s in cl.result_list])
         return cl
 
+    # --- the service page's own buttons (the list's actions, for this one service) ---------
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:object_id>/operate/<str:what>/", wrap(self.operate_view), name="registry_service_operate"),
+            *super().get_urls(),
+        ]
+
+    def operate_view(self, request, object_id: int, what: str):
+        """POST only: check now, reset / force open the breaker, maintenance on / off."""
+        service = get_object_or_404(Service, pk=object_id)
+        back = HttpResponseRedirect(reverse("admin:registry_service_change", args=[service.pk]))
+        if request.method != "POST":
+            return back
+        offers = service_offers(service, breaker_for(service).snapshot().state)
+        maintenance = what in ("maintenance_on", "maintenance_off")
+        allowed = self.has_change_permission(request, service) if maintenance else can_operate_services(request.user)
+        if not allowed:
+            raise PermissionDenied("Operators only.")
+        if what not in offers:
+            raise Http404(f"No action {what!r}.")
+        if not offers[what]:
+            self.message_user(request, f"{what.replace('_', ' ').capitalize()} does not apply now.", messages.WARNING)
+            return back
+        actor = request.user.get_username()
+        if what == "check_now":
+            report = health.health_check_now(service_ids=[service.pk])
+            events_flush()
+            row = report.rows[0] if report.rows else None
+            text = f"Checked: {row.status}" + (f" ({row.reason})" if row and row.reason else "") if row else "Checked."
+            self.message_user(request, text, messages.SUCCESS)
+        elif what == "breaker_reset":
+            breaker_for(service).reset(actor=actor, reason="admin reset")
+            events_flush()
+            self.message_user(request, "Circuit breaker closed.", messages.SUCCESS)
+        elif what == "breaker_force_open":
+            reason = (request.POST.get("reason") or "").strip()[:300]
+            if not reason:
+                self.message_user(request, "Say why the breaker is forced open.", messages.ERROR)
+                return back
+            breaker_for(service).force_open(reason=f"forced open by {actor}: {reason}", actor=actor)
+            events_flush()
+            self.message_user(request, "Circuit breaker forced open.", messages.SUCCESS)
+        else:
+            services.service_set_maintenance(service=service, on=what == "maintenance_on", reason="admin",
+                                             actor=actor)
+            self.message_user(request, f"Maintenance {'on' if what == 'maintenance_on' else 'off'}.",
+                              messages.SUCCESS)
+        return back
+
     # --- change page panels -----------------------------------------------------------------
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
@@ -124,6 +215,8 @@ class HealthAdminMixin:
         service = self.get_object(request, object_id)
         if service is not None:
             extra_context.update(self.health_panels(service))
+            extra_context.setdefault("title", f"Service {service.name}")
+            extra_context["can_operate_service"] = can_operate_services(request.user)
         return super().change_view(request, object_id, form_url, extra_context)
 
     def health_panels(self, service) -> dict:
@@ -135,8 +228,11 @@ class HealthAdminMixin:
             value = health.service_uptime(service=service, window=timedelta(days=days))
             uptime[label] = "–" if value is None else f"{value * 100:.2f} %"
         return {
-            "health_snapshots": snapshots[:20],
+            "health_snapshots": snapshots[:10],
+            "health_latency_count": sum(1 for s in snapshots if s.latency_ms is not None),
             "health_latency_svg": mark_safe(latency_svg(snapshots)),  # noqa: S308 - built from numbers only
+            "status_badge": self.status_badge(service),
+            "service_offer": service_offers(service, snap.state),
             "health_uptime": uptime,
             "health_changes": StatusChange.objects.filter(service=service).order_by("-at")[:30],
             "health_breaker": {

@@ -14,5 +14,11 @@ class RegistryConfig(AppConfig):
 
         post_migrate.connect(groups_sync, dispatch_uid="registry.groups_sync")
 
+        from django.core import checks
+
+        from registry.scopes import check_scope_settings
+
+        checks.register(check_scope_settings)
+
         # Connects the signal that invalidates cached adapter rules when one is saved.
         from registry import adapters  # noqa: F401

@@ -131,3 +131,15 @@ def key_may_register(key: ApiKey, *, service_type: str, name: str) -> str | None
         return (f"This API key may register only names matching {', '.join(key.name_patterns)}, "
                 f"not {name!r}.")
     return None
+
+
+def check_scope_settings(app_configs=None, **kwargs) -> list:
+    """System check: API_KEY_ADMIN_MINTABLE_SCOPES names real scopes (a typo would silently mint nothing)."""
+    from django.conf import settings
+    from django.core.checks import Error
+
+    unknown = sorted(set(settings.API_KEY_ADMIN_MINTABLE_SCOPES) - SCOPES)
+    if unknown:
+        return [Error(f"API_KEY_ADMIN_MINTABLE_SCOPES names unknown scope(s): {', '.join(unknown)}",
+                      hint=f"Valid: {', '.join(sorted(SCOPES))}", id="registry.E101")]
+    return []

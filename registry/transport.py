@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import os
 import socket
 import threading
@@ -33,6 +32,7 @@ from requests.adapters import HTTPAdapter, _urllib3_request_context
 from urllib3 import exceptions as urllib3_errors
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from berrys_portal.json_input import json_loads_bounded
 from registry import egress
 
 
@@ -205,7 +205,7 @@ class Answer:
         if not self.content:
             return None
         try:
-            return json.loads(self.content)
+            return json_loads_bounded(self.content)  # a hostile answer's nesting cannot crash us
         except ValueError:
             return self.content.decode(self.encoding or "utf-8", errors="replace")
 

@@ -78,6 +78,18 @@ class Request:
         return values[-1] if values else default
 
 
+def _start_tag() -> str:
+    """Base-36 tenths of a second since 2024, plus 2 random digits: short, and different
+    for every start of a service (two starts in the same tenth still differ by chance)."""
+    n = int((time.time() - 1_704_067_200) * 10) * 1296 + random.randrange(1296)
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while n:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+    return out or "0"
+
+
 class SimulatedService:
     """One Berrys service on its own port. Subclasses add routes in ``setup_routes``."""
 
@@ -98,6 +110,7 @@ class SimulatedService:
         self._thread: threading.Thread | None = None
         self._hang_released = threading.Event()
         self._next_id = 0
+        self._start_tag = _start_tag()
         self.port = port
         self.setup_routes()
 
@@ -117,9 +130,11 @@ class SimulatedService:
         return out
 
     def new_id(self, prefix: str) -> str:
+        """``proj-<start tag>-<n>``: unique across restarts, so a second demo's ids (and the
+        idempotency keys the portal derives from them) never meet an earlier demo's."""
         with self.lock:
             self._next_id += 1
-            return f"{prefix}-{self._next_id}"
+            return f"{prefix}-{self._start_tag}-{self._next_id}"
 
     # --- lifecycle ---------------------------------------------------------------
     @property
@@ -331,6 +346,10 @@ def _make_handler(service: SimulatedService) -> type[BaseHTTPRequestHandler]:
     return _Handler
 
 
+_waiting_for: set[str] = set()  # portals a "waiting for the portal" line was logged for
+_waiting_lock = threading.Lock()
+
+
 class PortalRegistration:
     """Registers one service with the portal, heartbeats, and deregisters on stop.
 
@@ -377,7 +396,16 @@ class PortalRegistration:
                 f"{self.portal_url}/registry/services", json=self.payload(), timeout=5
             )
         except requests.RequestException as exc:
-            logger.info("%s: portal not reachable yet (%s)", self.service.slug, exc)
+            # One line for all services while the portal starts (it usually comes up a few
+            # seconds after us), not one per retry per service.
+            with _waiting_lock:
+                first = self.portal_url not in _waiting_for
+                _waiting_for.add(self.portal_url)
+            if first:
+                logger.info("waiting for the portal at %s to register (%s)", self.portal_url,
+                            exc.__class__.__name__)
+            else:
+                logger.debug("%s: portal not reachable yet (%s)", self.service.slug, exc)
             return False
         if response.status_code == 400 and not self._minimal:
             # An older portal may not know the optional fields: fall back to the guide's payload.
@@ -390,6 +418,8 @@ class PortalRegistration:
                            self.service.slug, response.status_code, response.text[:300])
             return False
         self.service_id = response.json().get("id")
+        with _waiting_lock:
+            _waiting_for.discard(self.portal_url)
         self.registered.set()
         logger.info("%s registered with the portal as id %s", self.service.slug, self.service_id)
         return True

@@ -168,10 +168,11 @@ def instructions(portal_url: str, results: dict[str, Any], username: str, passwo
         "",
         "What to click:",
         f"  1. Open the FAILED run {failed['id'][:8]}…: its error names the step (execution_plan)",
-        "     and each attempt shows Model Orchestration's HTTP 500.",
-        "     The service has recovered; its circuit breaker closes on the first health probe",
-        "     after its reset timeout (60 s), or at once: Admin → Service registry → Services,",
-        "     tick model-orchestration, action 'Reset circuit breaker (close it)'.",
+        "     and each attempt shows Model Orchestration's HTTP 500. Those failures opened its",
+        "     circuit breaker (Admin → Service registry → Services → model-orchestration: open).",
+        "     The service has recovered; the breaker closes on the first health probe after its",
+        "     reset timeout (60 s), or at once: tick model-orchestration in the Services list,",
+        "     action 'Reset circuit breaker (close it)'.",
         "     Then click 'Retry from failed step': the run continues from there and succeeds.",
         f"  2. Open the WAITING run {human['id'][:8]}…: the agent's question is in its context.",
         "     Click 'Answer waiting step…' and send {\"answer\": \"Dark\"}: the answer goes to",
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--username", default=os.environ.get("DEMO_USERNAME", "operator"))
     parser.add_argument("--password", default=os.environ.get("DEMO_PASSWORD", "berrys-demo"))
     parser.add_argument("--exit", action="store_true", help="Exit when done instead of idling.")
+    parser.add_argument("--banner-file", type=Path, default=None,
+                        help="Also write the banner here (make demo-status prints it again).")
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -212,7 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.exit:
             stop.wait()  # keep the stack up so the operator can look at what went wrong
         return 1
-    print(instructions(args.portal, results, args.username, args.password), flush=True)
+    banner = instructions(args.portal, results, args.username, args.password)
+    if args.banner_file is not None:
+        args.banner_file.parent.mkdir(parents=True, exist_ok=True)
+        args.banner_file.write_text(banner + "\n")
+    print(banner, flush=True)
     if not args.exit:
         stop.wait()
     return 0

@@ -25,10 +25,19 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from berrys_portal.errors import PortalError
-from berrys_portal.json_input import CheckedJSONFormField
+from berrys_portal.formatting import PrettyJSONField, json_block
 from dashboard.roles import OperateAdminMixin, can_operate_runs
 from workflows import definitions, services
-from workflows.models import RunEvent, RunStatus, StepAttempt, StepRun, StepStatus, WorkflowRun
+from workflows.failure import failure_headline
+from workflows.models import (
+    RUN_FINISHED,
+    RunEvent,
+    RunStatus,
+    StepAttempt,
+    StepRun,
+    StepStatus,
+    WorkflowRun,
+)
 from workflows.timeline import COLOURS, run_timeline_svg
 
 # --------------------------------------------------------------------------- list helpers
@@ -105,17 +114,37 @@ def _badge(status: str) -> str:
     )
 
 
+def run_offers(run: WorkflowRun, *, waiting: bool) -> dict[str, bool]:
+    """Which operator actions apply to the run in its state (the services refuse the others anyway)."""
+    finished = run.status in RUN_FINISHED
+    offers = {
+        "retry": run.status == RunStatus.FAILED,
+        "resume": run.status == RunStatus.CANCELLED,
+        "edit_input": finished,  # from the failed step, or (succeeded runs) from a chosen one
+        "rerun": finished,
+        "cancel": not finished,
+        "answer": waiting and run.status == RunStatus.WAITING,
+    }
+    return {**offers, "any": any(offers.values())}
+
+
 # --------------------------------------------------------------------------- forms
 
 
 class EditInputForm(forms.Form):
-    input = CheckedJSONFormField(widget=forms.Textarea(attrs={"rows": 14, "cols": 90, "style": "font-family:monospace"}),
+    input = PrettyJSONField(widget=forms.Textarea(attrs={"rows": 14, "cols": 90, "style": "font-family:monospace"}),
                             help_text="The run's new input (a JSON object). The run restarts from its failed step.")
     from_step = forms.ChoiceField(required=False, help_text="Restart here instead (optional).")
 
-    def __init__(self, *args, step_names: list[str], **kwargs):
+    def __init__(self, *args, step_names: list[str], has_failed_step: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["from_step"].choices = [("", "— the failed step —")] + [(n, n) for n in step_names]
+        steps = [(n, n) for n in step_names]
+        if has_failed_step:
+            self.fields["from_step"].choices = [("", "— the failed step —"), *steps]
+        else:  # nothing failed: the operator says where to start again
+            self.fields["from_step"].choices = steps
+            self.fields["from_step"].required = True
+            self.fields["from_step"].help_text = "Rerun from this step with the new input."
 
     def clean_input(self):
         value = self.cleaned_data["input"]
@@ -134,7 +163,7 @@ class RerunForm(forms.Form):
 
 class AnswerForm(forms.Form):
     step = forms.ChoiceField()
-    data = CheckedJSONFormField(initial=dict, widget=forms.Textarea(attrs={"rows": 8, "cols": 90,
+    data = PrettyJSONField(initial=dict, widget=forms.Textarea(attrs={"rows": 8, "cols": 90,
                                                                      "style": "font-family:monospace"}),
                            help_text="The answer (a JSON object), merged into the run's context.")
 
@@ -167,12 +196,21 @@ class WorkflowRunAdmin(OperateAdminMixin, admin.ModelAdmin):
     actions = ("retry_runs", "cancel_runs")
     change_form_template = "admin/workflows/workflowrun/change_form.html"
     readonly_fields = ("id", "workflow", "version", "status", "error", "failed_step", "idempotency_key",
-                       "triggered_by", "owner_key", "created_at", "started_at", "finished_at", "input", "context")
+                       "triggered_by", "owner_key", "created_at", "started_at", "finished_at", "input_json",
+                       "context_json")
     fieldsets = (
         (None, {"fields": ("id", ("workflow", "version"), "status", "failed_step", ("triggered_by", "owner_key"),
                            "idempotency_key", ("created_at", "started_at", "finished_at"))}),
-        ("Data", {"fields": ("input", "context"), "classes": ("collapse",)}),
+        ("Data", {"fields": ("input_json", "context_json"), "classes": ("collapse",)}),
     )
+
+    @admin.display(description="input")
+    def input_json(self, run: WorkflowRun) -> str:
+        return json_block(run.input)
+
+    @admin.display(description="context")
+    def context_json(self, run: WorkflowRun) -> str:
+        return json_block(run.context)
 
     # -- list columns
     @admin.display(description="run", ordering="created_at")
@@ -249,17 +287,38 @@ class WorkflowRunAdmin(OperateAdminMixin, admin.ModelAdmin):
         attempts = Prefetch("attempts", queryset=StepAttempt.objects.order_by("number"))
         run = get_object_or_404(WorkflowRun, pk=object_id)
         steps = list(StepRun.objects.filter(run=run).order_by("index").prefetch_related(attempts))
+        waiting = [s for s in steps if s.status == StepStatus.WAITING]
         extra = {
+            "title": f"Workflow run {str(run.pk)[:8]}",
             "run": run,
             "steps": steps,
             "events": list(RunEvent.objects.filter(run=run).order_by("at")),
             "timeline": run_timeline_svg(started_at=run.started_at, steps=steps),
             "status_badge": _badge(run.status),
             "can_act": can_operate_runs(request.user),
-            "is_active": run.status in (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING),
-            "is_waiting": any(s.status == StepStatus.WAITING for s in steps),
+            "failure": failure_headline(run=run, steps=steps),
+            "waiting_steps": self._waiting(run, waiting),
+            "answer_initial": '{"answer": ""}',
+            "offer": run_offers(run, waiting=bool(waiting)),
         }
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
+
+    @staticmethod
+    def _waiting(run: WorkflowRun, waiting: list[StepRun]) -> list[dict[str, Any]]:
+        """Each waiting step with its prompt and, when the context has one, the question asked."""
+        if not waiting:
+            return []
+        try:
+            wf = definitions.get(run.workflow, run.version)
+        except LookupError:  # a definition removed since: still show the step
+            wf = None
+        out = []
+        for step in waiting:
+            spec = wf.steps[step.index].human if wf and step.index < len(wf.steps) else None
+            question = (run.context or {}).get("question")
+            out.append({"step": step, "prompt": spec.prompt if spec else "",
+                        "question": question if isinstance(question, str) else ""})
+        return out
 
     def _run_or_deny(self, request, run_id) -> WorkflowRun:
         run = get_object_or_404(WorkflowRun, pk=run_id)
@@ -300,7 +359,9 @@ class WorkflowRunAdmin(OperateAdminMixin, admin.ModelAdmin):
     def edit_input_view(self, request: HttpRequest, run_id):
         run = self._run_or_deny(request, run_id)
         names = self._step_names(run)
-        form = EditInputForm(request.POST or None, initial={"input": run.input}, step_names=names)
+        has_failed = run.steps.filter(status=StepStatus.FAILED).exists() or run.status == RunStatus.CANCELLED
+        form = EditInputForm(request.POST or None, initial={"input": run.input}, step_names=names,
+                             has_failed_step=has_failed)
         if request.method == "POST" and form.is_valid():
             return self._do(request, run.pk, "Run retried with the edited input.", lambda: services.run_retry(
                 run_id=run.pk, actor=request.user.get_username(), input=form.cleaned_data["input"],
@@ -324,11 +385,8 @@ class WorkflowRunAdmin(OperateAdminMixin, admin.ModelAdmin):
             return self._do(request, run.pk, "Answer recorded; the run goes on.", lambda: services.run_answer(
                 run_id=run.pk, actor=request.user.get_username(), step=form.cleaned_data["step"],
                 data=form.cleaned_data["data"]))
-        prompts = []
-        if waiting:
-            wf = definitions.get(run.workflow, run.version)
-            prompts = [wf.steps[s.index].human.prompt for s in waiting if wf.steps[s.index].human]
-        return self._form_page(request, run, form, "Answer the waiting step", "Answer", prompts=prompts)
+        return self._form_page(request, run, form, "Answer the waiting step", "Answer",
+                               waiting_steps=self._waiting(run, waiting))
 
     def _form_page(self, request, run, form, title: str, submit: str, **extra: Any) -> TemplateResponse:
         context = {

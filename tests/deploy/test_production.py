@@ -41,6 +41,20 @@ def _procfile_command(name: str) -> list[str]:
     raise AssertionError(f"no {name}: line in {PROCFILE}")
 
 
+def test_the_production_procfile_has_a_worker_for_every_queue_and_one_beat():
+    """Every queue the portal sends to is consumed by a worker of deploy/Procfile.production."""
+    lines = dict(line.split(":", 1) for line in PROCFILE.read_text().splitlines()
+                 if line and not line.startswith("#"))
+    consumed = set()
+    for command in lines.values():
+        words = shlex.split(command)
+        if "worker" in words:
+            queue = words[words.index("-Q") + 1]
+            consumed.add(re.sub(r"\$\{\w+:-(\w+)\}", r"\1", queue))
+    assert consumed == {settings.HEALTH_QUEUE, settings.WORKFLOW_QUEUE, "celery"}
+    assert [name for name, command in lines.items() if " beat " in command] == ["beat"]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -59,6 +73,7 @@ def _production_env(tmp_path: Path, port: int) -> dict[str, str]:
         ALLOWED_HOSTS="127.0.0.1,localhost",
         CSRF_TRUSTED_ORIGINS=f"http://localhost:{port}",
         REGISTRY_ALLOWED_NETWORKS="127.0.0.0/8",
+        TRUST_PROXY_HEADERS="1",  # deploy/env.example: the TLS proxy's headers are trusted
         PORTAL_VAR_DIR=str(tmp_path / "var"),
         STATIC_ROOT=str(tmp_path / "static"),
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"),

@@ -29,9 +29,9 @@ PRINT_SETTINGS = (
 def _settings(**env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items()
             if k not in ("SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "TRUST_PROXY_HEADERS", "PORTAL_BIND")}
-    # Production refuses to start without an egress allow-list (registry/egress.py).
+    # Production also refuses to start without an allow-list (the egress policy): give it one.
     base.update(DJANGO_SETTINGS_MODULE="berrys_portal.settings", ALLOWED_HOSTS="portal.example.com",
-                REGISTRY_ALLOWED_NETWORKS="10.20.0.0/16", **env)
+                REGISTRY_ALLOWED_NETWORKS="10.0.0.0/8", **env)
     return subprocess.run([sys.executable, "-c", PRINT_SETTINGS], cwd=ROOT, env=base,
                           capture_output=True, text=True, timeout=60)
 

@@ -112,8 +112,8 @@ def test_a_succeeded_run_offers_rerun_but_not_retry_from_a_failed_step(admin_cli
     run = make_failed_run()
     WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.SUCCEEDED, error="", failed_step="")
     page = admin_client.get(reverse("admin:workflows_workflowrun_change", args=[run.pk])).content.decode()
-    assert "Retry from failed step" not in page
-    assert "Rerun from a step" in page and "Retry with edited input" in page
+    assert "Retry from failed step" not in page and "Cancel run" not in page
+    assert "Rerun from a step" in page and "Rerun with edited input" in page
 
 
 @pytest.mark.django_db

@@ -132,30 +132,32 @@ def _cursor(text: str) -> str:
     "YQ",  # bad padding
     "%00",
 ])
-def test_any_unreadable_cursor_is_a_400_naming_cursor(read_client, cursor):
-    response = read_client.get(RUNS, {"cursor": cursor})
+def test_any_unreadable_cursor_is_a_400_naming_cursor(workflows_client, cursor):
+    response = workflows_client.get(RUNS, {"cursor": cursor})
     assert "Invalid cursor" in assert_400_naming(response, "cursor")["detail"]
 
 
 @pytest.mark.django_db
-def test_the_cursors_the_api_writes_are_read_back(workflows_client, read_client):
+def test_the_cursors_the_api_writes_are_read_back(workflows_client):
     for name in ("A", "B", "C"):
         post_json(workflows_client, RUNS, start_text(json.dumps({"name": name})))
-    first = read_client.get(f"{RUNS}?page_size=1").json()
-    second = read_client.get(first["next"]).json()
-    third = read_client.get(second["next"]).json()
-    back = read_client.get(third["previous"]).json()
+    first = workflows_client.get(f"{RUNS}?page_size=1").json()
+    second = workflows_client.get(first["next"]).json()
+    third = workflows_client.get(second["next"]).json()
+    back = workflows_client.get(third["previous"]).json()
     names = [WorkflowRun.objects.get(pk=p["results"][0]["id"]).input["name"] for p in (first, second, third, back)]
     assert names == ["C", "B", "A", "B"]
 
 
 @pytest.mark.django_db
-def test_workflow_list_endpoints_refuse_unknown_and_repeated_parameters(read_client):
-    assert_400_naming(read_client.get(RUNS, {"stauts": "failed"}), "stauts")
-    assert_400_naming(read_client.get(f"{RUNS}?status=failed&status=running"), "status")
-    assert_400_naming(read_client.get("/workflows/definitions", {"name": "x"}), "name")
-    run, _ = run_start(workflow="test_demo", input={"name": "A"}, triggered_by="t")
-    assert_400_naming(read_client.get(f"{RUNS}/{run.pk}", {"expand": "1"}), "expand")
+def test_workflow_list_endpoints_refuse_unknown_and_repeated_parameters(workflows_client):
+    client = workflows_client
+    assert_400_naming(client.get(RUNS, {"stauts": "failed"}), "stauts")
+    assert_400_naming(client.get(f"{RUNS}?status=failed&status=running"), "status")
+    assert_400_naming(client.get("/workflows/definitions", {"name": "x"}), "name")
+    run_id = post_json(client, RUNS, start_text('{"name": "A"}')).json()["id"]
+    assert client.get(f"{RUNS}/{run_id}").status_code == 200
+    assert_400_naming(client.get(f"{RUNS}/{run_id}", {"expand": "1"}), "expand")
 
 
 # ----------------------------------------------------------------------------- path injection
@@ -212,3 +214,32 @@ def test_a_dot_dot_project_id_fails_the_step_without_a_request(engine_env, stub)
     run = wait_for_run(run.pk)
     assert run.status == RunStatus.FAILED and "segment" in run.error
     assert server.requests == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("text", "words"), [('{"name": "a\\u0000"}', "name: Must not contain NUL"),
+                                             ('{"name": ' + "[" * 2000 + "]" * 2000 + "}", "API_MAX_JSON_DEPTH"),
+                                             ("{", "not valid JSON")])
+def test_the_start_workflow_command_applies_the_same_rule(text, words):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match=words):
+        call_command("start_workflow", "test_demo", "--input", text, stdout=StringIO())
+    assert not WorkflowRun.objects.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad", ["p\u0000-1", "p\ud800"])
+def test_a_service_answering_nul_or_a_lone_surrogate_fails_the_step_instead_of_wedging_it(engine_env, stub, bad):
+    # Storing the step's output (jsonb) used to raise on every delivery: the run stayed "running".
+    server = stub()
+    server.routes[("POST", "/projects")] = lambda body: (201, {"id": bad})
+    server.register("PROJECT_COORDINATOR")
+    run, _ = run_start(workflow="test_demo", input={"name": "A"}, triggered_by="t")
+    run = wait_for_run(run.pk, timeout=30)
+    assert run.status == RunStatus.FAILED
+    assert "cannot be stored" in run.error and "id" in run.error
+    attempt = run.steps.get(name="create_project").attempts.get()
+    assert attempt.outcome == "failed" and attempt.response_status == 201

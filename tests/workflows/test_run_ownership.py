@@ -11,6 +11,8 @@ from rest_framework.test import APIClient
 from registry.auth import api_key_create
 from workflows.models import RunEvent, RunStatus, StepStatus, WorkflowRun
 
+pytestmark = pytest.mark.both_dbs
+
 START = "/workflows/runs"
 
 
