@@ -12,6 +12,7 @@ import json
 import time
 
 import pytest
+from django.db.utils import DataError
 
 from registry.adapters import adapt_request, adapter_cache_clear
 from registry.breakers import breaker_forget
@@ -300,3 +301,21 @@ def test_literal_globs_and_rules_sharing_a_pattern_still_apply_each_rule(fresh_r
     assert adapt("/plans/") == {"a": 1, "b": 2, "c": 3}
     assert adapt("/plans/x", method="GET") == {"a": 1, "b": 2, "c": 3}
     assert adapt("/plansx") == body and adapt("/Plans") == body
+
+
+@pytest.mark.xfail(strict=True, raises=DataError, reason=(
+    "registry/health.py (egress's) stores a probe's JSON body unchecked: PostgreSQL refuses the "
+    "NUL and the whole sweep raises, so no service in the batch is recorded. Fix: decode with "
+    "berrys_portal.json_input.json_loads_bounded and check with json_value_storable_check (or "
+    "text_scrub) before storing; then drop this mark."))
+def test_a_health_answer_holding_nul_does_not_stop_the_sweep_for_everyone(loopback, make_service):
+    from tests.registry.loopback import Reply
+
+    server = loopback({"/nul": Reply(200, {"status": "ok\u0000"}), "/ok": Reply(200, {"status": "healthy"})})
+    make_service(url=server.url, health_path="/nul")
+    healthy = make_service(url=server.url, health_path="/ok")
+    from registry import health
+
+    health.health_sweep()
+    healthy.refresh_from_db()
+    assert healthy.status == "passing"
