@@ -111,6 +111,17 @@ def test_nul_and_lone_surrogates_anywhere_in_a_registration_are_a_400_naming_the
 
 
 @pytest.mark.django_db
+def test_the_gateway_refuses_nul_in_a_body_naming_it_before_calling_the_service(full_client, loopback):
+    upstream = loopback()
+    service = Service.objects.create(name="pc", type="PROJECT_COORDINATOR", url=upstream.url,
+                                     status=HealthStatus.PASSING)
+    breaker_forget(service_id=service.pk)
+    response = post_json(full_client, "/gateway/PROJECT_COORDINATOR/projects", '{"name": "a\\u0000"}')
+    assert_400_naming(response, "name")
+    assert upstream.hits == []
+
+
+@pytest.mark.django_db
 def test_a_valid_surrogate_pair_and_other_escapes_are_accepted(register_client):
     body = json.dumps(registration(metadata={"emoji": "\U0001f600", "tab": "a\tb", "u": "\u00e9"}))
     assert "\\ud83d\\ude00" in body  # json.dumps escapes it as a pair: the walk runs, and passes
