@@ -122,9 +122,25 @@ def test_under_gunicorn_oversize_requests_get_the_api_error_shape(gunicorn):
     status, ctype, body = _raw(gunicorn, "/registry/services?name=" + "x" * 4000, ["X-Padding: " + "y" * 8000])
     assert (status, ctype) == (401, "application/json"), body[:300]
 
-    # Beyond gunicorn's own ceiling (8190 for the line, its maximum): still gunicorn's plain 400.
-    status, _, body = _raw(gunicorn, "/registry/services?name=" + "x" * 9000)
-    assert status == 400 and "Request Line is too large" in body
+    # Beyond gunicorn's own ceilings (8190 for the line is its maximum) gunicorn answers itself,
+    # in the same shape (berrys_portal/gunicorn_errors.py): it used to be an HTML page.
+    status, ctype, body = _raw(gunicorn, "/registry/services?name=" + "x" * 9000)
+    assert (status, ctype) == (414, "application/json"), body[:300]
+    assert json.loads(body)["code"] == "request_line_too_long"
+    assert "Request Line is too large" in json.loads(body)["detail"]
+
+    status, ctype, body = _raw(gunicorn, "/health", [f"X-Padding: {'y' * 20000}"])
+    assert (status, ctype) == (431, "application/json"), body[:300]
+    assert json.loads(body)["code"] == "header_too_large"
+
+
+@pytest.mark.slow
+def test_under_gunicorn_a_malformed_request_gets_the_api_error_shape(gunicorn):
+    with socket.create_connection(("127.0.0.1", gunicorn), timeout=20) as sock:
+        sock.sendall(b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n")
+        head, _, body = sock.recv(65536).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert json.loads(body)["code"] == "bad_request"
 
 
 @pytest.mark.parametrize(("name", "value"), [("API_MAX_REQUEST_LINE_BYTES", "8190"), ("API_MAX_HEADER_BYTES", "20000"),
