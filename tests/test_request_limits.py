@@ -150,3 +150,13 @@ def test_limits_gunicorn_would_answer_first_are_refused_at_start_up(name, value)
     proc = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "ImproperlyConfigured" in proc.stderr and name in proc.stderr
+
+
+@pytest.mark.django_db
+def test_more_query_parameters_than_django_reads_is_a_json_400():
+    # Django refuses past DATA_UPLOAD_MAX_NUMBER_FIELDS (1000) with SuspiciousOperation: its page was HTML.
+    response = Client().get("/registry/services?" + "&".join(["a"] * 1500))
+    assert response.status_code == 400 and response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "bad_request" and "DATA_UPLOAD_MAX_NUMBER_FIELDS" in response.json()["detail"]
+    page = Client().get("/admin/login/?" + "&".join(["a"] * 1500))
+    assert page.status_code == 400 and page["Content-Type"].startswith("text/html")  # the admin keeps Django's
