@@ -28,5 +28,6 @@ urlpatterns = [
     re_path(r"^(?:registry|discovery|workflows|gateway|api)(?:/.*)?$", csrf_exempt(json_page_not_found), name="api-not-found"),
 ]
 
+handler400 = "berrys_portal.errors.json_bad_request"
 handler404 = "berrys_portal.errors.json_page_not_found"
 handler500 = "berrys_portal.errors.json_server_error"
