@@ -31,5 +31,6 @@ urlpatterns = [
             name="api-not-found"),
 ]
 
+handler400 = "berrys_portal.errors.json_bad_request"
 handler404 = "berrys_portal.errors.json_page_not_found"
 handler500 = "berrys_portal.errors.json_server_error"

@@ -40,11 +40,11 @@ def test_admin_paths_keep_djangos_html_404(admin_client, settings):
 
 
 @pytest.mark.parametrize("method", ["post", "patch", "put", "delete"])
-def test_unknown_api_paths_are_a_json_404_for_every_method_without_a_csrf_token(settings, method):
+def test_a_write_to_an_unknown_api_path_is_a_json_404_not_a_csrf_page(method):
+    """API callers send no CSRF token: a write to an unknown path is the API's 404, not Django's
+    HTML CSRF 403 (found by the schema fuzzer: PATCH /registry/services/-1)."""
     from django.test import Client
 
-    settings.DEBUG = False
-    client = Client(enforce_csrf_checks=True)  # as a service calling the API would: no cookie, no token
-    response = getattr(client, method)("/registry/services/-1", data="{}", content_type="application/json")
+    response = getattr(Client(enforce_csrf_checks=True), method)("/registry/services/-1")
     assert response.status_code == 404
-    assert response.json()["code"] == "not_found"
+    assert response["Content-Type"] == "application/json"
