@@ -51,6 +51,11 @@ def _button(page, name: str):
     return page.get_by_role("button", name=pattern).or_(page.get_by_role("link", name=pattern)).first
 
 
+# The run's own status (its name in the breadcrumbs and title: "workflow v1 1a2b3c4d (succeeded)"),
+# not any step's: the page lists steps that succeeded while the run itself is still running.
+RUN_SUCCEEDED = r"\(succeeded\)"
+
+
 def _wait_for_text(page, url: str, pattern: str, timeout: float = 60.0) -> str:
     """Reload ``url`` until its text matches ``pattern`` (the page does not refresh itself)."""
     deadline = time.monotonic() + timeout
@@ -139,7 +144,7 @@ def _walk(page, portal: str, failed_id: str, waiting_id: str) -> None:
     text = page.locator("body").inner_text()
     assert "execution_plan" in text and "model-orchestration" in text and "500" in text, text[:3000]
     _button(page, "Retry from failed step").click()
-    text = _wait_for_text(page, run_url, r"(?i)\bsucceeded\b")
+    text = _wait_for_text(page, run_url, RUN_SUCCEEDED)
     assert "Retry from failed step" not in text  # no retry offered on a run that succeeded
 
     # 5. The waiting run shows the question; answer it and it succeeds.
@@ -149,5 +154,5 @@ def _walk(page, portal: str, failed_id: str, waiting_id: str) -> None:
     _button(page, "Answer waiting step").click()
     page.fill("textarea[name=data]", json.dumps({"answer": "Dark"}))
     page.get_by_role("button", name=re.compile("^Answer")).first.click()
-    text = _wait_for_text(page, run_url, r"(?i)\bsucceeded\b")
+    text = _wait_for_text(page, run_url, RUN_SUCCEEDED)
     assert re.search(r"""["']answer["']: ["']Dark["']""", text)  # the answer, in the run's history
