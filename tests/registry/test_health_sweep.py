@@ -113,8 +113,10 @@ def test_thresholds_delay_status_changes(loopback, make_service):
 
 
 def test_hanging_services_do_not_delay_the_others(loopback, make_service):
-    server = loopback({"/hang": Reply(hang=True), "/ok": HEALTHY})
-    hanging = [make_service(url=server.url, health_path="/hang", check_timeout_seconds=1.0) for _ in range(8)]
+    # Two destinations: the prober bounds each (address, port) on its own (8 at once, 20/s), so
+    # the hanging destination can only hold back its own probes.
+    stuck, server = loopback({"/hang": Reply(hang=True)}), loopback({"/ok": HEALTHY})
+    hanging = [make_service(url=stuck.url, health_path="/hang", check_timeout_seconds=1.0) for _ in range(8)]
     healthy = [make_service(url=server.url, health_path="/ok") for _ in range(40)]
 
     started = time.monotonic()
