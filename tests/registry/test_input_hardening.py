@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import time
 
-import psycopg
 import pytest
-from django.db.utils import DataError
 
 from registry.adapters import adapt_request, adapter_cache_clear
 from registry.breakers import breaker_forget
