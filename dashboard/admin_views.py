@@ -10,7 +10,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from berrys_portal.errors import PortalError
-from dashboard.roles import OPERATE_RUN, operate_required
+from berrys_portal.roles import OPERATE_RUN, operate_required
 
 
 @require_POST

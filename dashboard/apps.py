@@ -1,9 +1,8 @@
-"""The operator dashboard, metrics, Prometheus discovery and operator roles."""
+"""The operator dashboard, metrics and Prometheus discovery (roles: berrys_portal.roles)."""
 
 from __future__ import annotations
 
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
 
 
 class DashboardConfig(AppConfig):
@@ -14,8 +13,6 @@ class DashboardConfig(AppConfig):
     def ready(self) -> None:
         from django.contrib import admin
 
-        from dashboard import roles
-
         # The operators' console, not "Django administration".
         admin.site.site_header = "Berrys Portal"
         admin.site.site_title = "Berrys Portal"
@@ -24,7 +21,3 @@ class DashboardConfig(AppConfig):
         # service list's breaker and last-checked columns out of view. The dashboard and
         # the breadcrumbs lead everywhere it did.
         admin.site.enable_nav_sidebar = False
-
-        # After every migrate (apps' permissions exist by then): give Operators the
-        # operate permissions and both groups read access to everything.
-        post_migrate.connect(roles.groups_sync, dispatch_uid="dashboard.groups_sync")

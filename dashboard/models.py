@@ -2,7 +2,7 @@
 
 ``dashboard.operate_run``: retry, rerun, cancel runs and answer human steps.
 ``dashboard.operate_service``: reset or open circuit breakers and other service
-actions. Operators hold both; Viewers neither (see ``dashboard.roles``).
+actions. Operators hold both; Viewers neither (see ``berrys_portal.roles``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from berrys_portal.formatting import PrettyJSONField
-from dashboard.roles import OperateAdminMixin
+from berrys_portal.roles import OperateAdminMixin
 from registry import services
 from registry.admin_health import HealthAdminMixin, time_ago
 from registry.auth import api_key_create, api_key_revoke

@@ -23,7 +23,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from dashboard.roles import can_operate_services
+from berrys_portal.roles import can_operate_services
 from registry import health, services
 from registry.breakers import breaker_config, breaker_for, breaker_snapshots, events_flush
 from registry.models import Alert, BreakerEvent, HealthSnapshot, HealthStatus, Service, StatusChange

@@ -7,12 +7,7 @@ class RegistryConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_migrate
-
         from registry import schema  # noqa: F401 - registers the OpenAPI auth extension
-        from registry.groups import groups_sync
-
-        post_migrate.connect(groups_sync, dispatch_uid="registry.groups_sync")
 
         from django.core import checks
 

@@ -26,7 +26,7 @@ from django.utils.html import format_html
 
 from berrys_portal.errors import PortalError
 from berrys_portal.formatting import PrettyJSONField, json_block
-from dashboard.roles import OperateAdminMixin, can_operate_runs
+from berrys_portal.roles import OperateAdminMixin, can_operate_runs
 from workflows import definitions, services
 from workflows.failure import failure_headline
 from workflows.models import (
@@ -322,7 +322,7 @@ class WorkflowRunAdmin(OperateAdminMixin, admin.ModelAdmin):
 
     def _run_or_deny(self, request, run_id) -> WorkflowRun:
         run = get_object_or_404(WorkflowRun, pk=run_id)
-        if not can_operate_runs(request.user):  # Operators only (dashboard.roles)
+        if not can_operate_runs(request.user):  # Operators only (berrys_portal.roles)
             from django.core.exceptions import PermissionDenied
 
             raise PermissionDenied

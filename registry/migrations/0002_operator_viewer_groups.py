@@ -1,8 +1,8 @@
-"""Create the Operators and Viewers groups (permissions: see registry.groups)."""
+"""Create the Operators and Viewers groups (permissions: see berrys_portal.roles)."""
 
 from django.db import migrations
 
-from registry.groups import SYNCED_APPS, groups_grant
+from berrys_portal.roles import SYNCED_APPS, groups_grant
 
 
 def create_groups(apps, schema_editor):

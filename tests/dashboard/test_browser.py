@@ -15,7 +15,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
-from dashboard.roles import OPERATORS, VIEWERS
+from berrys_portal.roles import OPERATORS, VIEWERS
 from registry.models import Service
 from tests.dashboard.conftest import wait_for_run
 from tests.dashboard.factories import failed_run

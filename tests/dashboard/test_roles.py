@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth.models import Group
 from django.test import Client
 
-from dashboard.roles import OPERATORS, VIEWERS
+from berrys_portal.roles import OPERATORS, VIEWERS
 from registry.models import HealthStatus, Service
 from tests.dashboard.factories import failed_run
 from workflows.models import RunEvent, RunStatus
@@ -167,3 +167,11 @@ def test_an_operator_resets_a_breaker_and_the_event_names_them(operator_client, 
     from registry.models import BreakerEvent
 
     assert BreakerEvent.objects.filter(service=svc, new_state="closed", actor=operator.username).exists()
+
+
+def test_roles_are_synced_by_one_post_migrate_receiver_from_the_kernel():
+    from django.db.models.signals import post_migrate
+
+    ours = [ref() for _key, ref, _ in post_migrate.receivers
+            if ref() is not None and not ref().__module__.startswith("django.")]
+    assert [f"{f.__module__}.{f.__name__}" for f in ours] == ["berrys_portal.roles.roles_sync"]

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
-from dashboard.roles import OPERATORS, VIEWERS
+from berrys_portal.roles import OPERATORS, VIEWERS
 
 ROOT = Path(__file__).resolve().parents[2]
 

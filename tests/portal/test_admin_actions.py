@@ -24,7 +24,7 @@ from django_celery_beat.models import (
     SolarSchedule,
 )
 
-from dashboard.roles import VIEWERS
+from berrys_portal.roles import VIEWERS
 from registry.auth import api_key_create
 from registry.models import RequestAdapterRule, Service
 from tests.dashboard.factories import failed_run

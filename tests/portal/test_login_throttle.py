@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
-from dashboard.roles import OPERATORS, VIEWERS
+from berrys_portal.roles import OPERATORS, VIEWERS
 from tests.personas import logged_in, staff_user
 
 PASSWORD = "right-pass-123"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from dashboard.roles import OPERATORS
+from berrys_portal.roles import OPERATORS
 from registry.breakers import breaker_for, events_flush
 from registry.models import Criticality, HealthStatus
 from tests.dashboard.test_browser import ARTIFACTS, CHROMIUM, browser, sync_playwright  # noqa: F401

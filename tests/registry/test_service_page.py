@@ -10,7 +10,7 @@ from datetime import timedelta
 from django.urls import reverse
 from django.utils import timezone
 
-from dashboard.roles import OPERATORS, VIEWERS
+from berrys_portal.roles import OPERATORS, VIEWERS
 from registry.breakers import breaker_for, events_flush
 from registry.models import BreakerEvent, HealthSnapshot, HealthStatus
 from tests.personas import logged_in, staff_user

@@ -11,7 +11,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from dashboard.roles import OPERATORS, VIEWERS
+from berrys_portal.roles import OPERATORS, VIEWERS
 from tests.personas import logged_in, staff_user
 from workflows.models import RunEvent, RunStatus, StepAttempt, StepRun, StepStatus, WorkflowRun
 

@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings
 from django.urls import reverse
 
-from dashboard.roles import OPERATORS
+from berrys_portal.roles import OPERATORS
 from registry.models import RequestAdapterRule
 from tests.personas import logged_in, staff_user
 from tests.workflows.conftest import wait_for_run, wait_until
