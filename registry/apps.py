@@ -7,10 +7,9 @@ class RegistryConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from registry import schema  # noqa: F401 - registers the OpenAPI auth extension
-
         from django.core import checks
 
+        from registry import schema  # noqa: F401 - registers the OpenAPI auth extension
         from registry.scopes import check_scope_settings
 
         checks.register(check_scope_settings)
