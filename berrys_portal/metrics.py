@@ -10,8 +10,10 @@ Two kinds of figures:
   files of every process.
 * **State** (each service's status, each breaker's state, how many runs are in
   each status) is read from PostgreSQL / the shared breaker store at scrape time
-  by ``PortalStateCollector``. Any process can answer a scrape and every answer
-  is the same, so no per-process gauge can go stale.
+  by ``dashboard.metrics.PortalStateCollector``, which the dashboard's /metrics view
+  passes to ``metrics_render``. Any process can answer a scrape and every answer
+  is the same, so no per-process gauge can go stale. This module is the kernel's
+  (every app records events through it), so it reads no app's models.
 
 Process wiring (see README "Operator dashboard, metrics and roles"):
 ``PROMETHEUS_MULTIPROC_DIR`` defaults to ``var/prometheus`` (settings create it);
@@ -31,7 +33,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
@@ -88,105 +89,6 @@ def record_requeue(*, reason: str, count: int = 1) -> None:
         RECONCILER_REQUEUES.labels(reason).inc(count)
 
 
-# --- State, computed at scrape time ------------------------------------------------
-
-
-def _breaker_states(ids: list[int]) -> dict[int, str]:
-    """Live breaker state per service id: the shared breaker store when the health
-    app provides one, else each service's latest BreakerEvent (closed if none)."""
-    try:
-        from registry.breakers import breaker_snapshots  # the health issue's shared store
-    except ImportError:
-        breaker_snapshots = None
-    if breaker_snapshots is not None:
-        try:
-            return {sid: snap.state for sid, snap in breaker_snapshots(ids).items()}
-        except Exception:  # noqa: BLE001 - a store outage must not break the scrape
-            logger.warning("breaker store unavailable during scrape; using breaker events")
-    return breaker_states_from_events(ids)
-
-
-def breaker_states_from_events(ids: list[int]) -> dict[int, str]:
-    """Each service's latest recorded breaker transition (services with none are absent)."""
-    from django.db.models import OuterRef, Subquery
-
-    from registry.models import BreakerEvent, Service
-
-    # registry_breakerevent_latest (service, -at): each service's latest transition.
-    latest = BreakerEvent.objects.filter(service_id=OuterRef("pk")).order_by("-at", "-id").values("new_state")[:1]
-    rows = Service.objects.filter(pk__in=ids).annotate(state=Subquery(latest)).values_list("pk", "state")
-    return {pk: state for pk, state in rows if state}
-
-
-def service_states() -> list[dict]:
-    """Every registered service with its status and live breaker state."""
-    from registry.models import Service
-
-    # Plain rows, not model instances: this runs on every scrape and dashboard view.
-    services = list(Service.objects.order_by("type", "name").values("id", "name", "type", "status"))
-    breakers = _breaker_states([s["id"] for s in services]) if services else {}
-    for s in services:
-        s["breaker"] = breakers.get(s["id"]) or "closed"
-    return services
-
-
-def run_counts() -> dict[tuple[str, str], int]:
-    """(workflow, status) -> number of runs, or {} before the workflow tables exist."""
-    from django.apps import apps
-    from django.db.models import Count
-
-    try:
-        run_model = apps.get_model("workflows", "WorkflowRun")
-    except LookupError:
-        return {}
-    rows = run_model.objects.order_by().values_list("workflow", "status").annotate(n=Count("pk"))
-    return {(wf, st): n for wf, st, n in rows}
-
-
-class PortalStateCollector(Collector):
-    """Service status, breaker state and runs by status, read at scrape time."""
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        from registry.models import BreakerState, HealthStatus
-
-        status = GaugeMetricFamily(
-            "berrys_service_status",
-            "1 for the service's current health status, 0 for the others.",
-            labels=["service", "type", "status"],
-        )
-        breaker = GaugeMetricFamily(
-            "berrys_breaker_state",
-            "1 for the service's current circuit-breaker state, 0 for the others.",
-            labels=["service", "type", "state"],
-        )
-        for svc in service_states():
-            for value in HealthStatus.values:
-                status.add_metric([svc["name"], svc["type"], value], 1.0 if svc["status"] == value else 0.0)
-            for value in BreakerState.values:
-                breaker.add_metric([svc["name"], svc["type"], value], 1.0 if svc["breaker"] == value else 0.0)
-        yield status
-        yield breaker
-
-        from registry.health import health_oldest_overdue_seconds
-
-        overdue = GaugeMetricFamily(
-            "berrys_health_oldest_overdue_seconds",
-            "How late the most overdue health check is (0: every check on time). A growing "
-            "value means the sweep is not keeping up or is stuck.",
-        )
-        overdue.add_metric([], health_oldest_overdue_seconds())
-        yield overdue
-
-        runs = GaugeMetricFamily(
-            "berrys_workflow_runs",
-            "Workflow runs currently in each status, by workflow.",
-            labels=["workflow", "status"],
-        )
-        for (workflow, run_status), n in sorted(run_counts().items()):
-            runs.add_metric([workflow, run_status], float(n))
-        yield runs
-
-
 # --- Multi-process plumbing ----------------------------------------------------------
 
 
@@ -211,8 +113,8 @@ def process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-def metrics_render() -> bytes:
-    """The text exposition: every process's events plus the state read now."""
+def metrics_render(*, collectors: Iterable[Collector] = ()) -> bytes:
+    """The text exposition: every process's events plus ``collectors`` (state read now)."""
     registry = CollectorRegistry(auto_describe=False)
     path = multiproc_dir()
     if path is not None:
@@ -220,5 +122,6 @@ def metrics_render() -> bytes:
     else:  # single process (no directory configured): this process's own metrics
         for collector in (HEALTH_CHECK_LATENCY, STEP_DURATION, RUNS_FINISHED, RECONCILER_REQUEUES):
             registry.register(collector)
-    registry.register(PortalStateCollector())
+    for collector in collectors:
+        registry.register(collector)
     return generate_latest(registry)

@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 
 from berrys_portal import metrics
 from berrys_portal.query import query_params_read
+from dashboard.metrics import metrics_render
 from registry.auth import ApiKeyAuthentication, ApiPrincipal
 from registry.models import Service
 from registry.serializers import ErrorSerializer
@@ -63,7 +64,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         principal: ApiPrincipal = found[0]
         if not principal.has_scope("metrics"):
             return _error(403, "This API key lacks the 'metrics' scope.", "permission_denied")
-    return HttpResponse(metrics.metrics_render(), content_type=metrics.CONTENT_TYPE)
+    return HttpResponse(metrics_render(), content_type=metrics.CONTENT_TYPE)
 
 
 def _target(url: str) -> str | None:

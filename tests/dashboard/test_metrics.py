@@ -13,6 +13,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from berrys_portal import metrics
+from dashboard import metrics as state_metrics
 from registry.models import BreakerEvent, HealthStatus, Service
 
 pytestmark = pytest.mark.django_db
@@ -75,7 +76,7 @@ def test_service_status_and_breaker_state_are_read_at_scrape_time(read_client):
     assert value(samples, "berrys_breaker_state", service="plan-1", type="PLANNING_SYSTEM", state="closed") == 1
     # The live breaker store is consulted when the health app provides one; without
     # any transition there the latest BreakerEvent decides.
-    states = metrics._breaker_states([up.id, down.id])
+    states = state_metrics._breaker_states([up.id, down.id])
     assert states.get(up.id, "closed") == "closed"
 
     Service.objects.filter(pk=up.pk).update(status=HealthStatus.WARNING)
@@ -163,4 +164,4 @@ def test_the_fallback_without_a_breaker_store_reads_the_latest_breaker_event():
                                 at=now - timedelta(minutes=2))
     BreakerEvent.objects.create(service=svc, service_name="evt", old_state="open", new_state="half-open",
                                 at=now - timedelta(minutes=1))
-    assert metrics.breaker_states_from_events([svc.id, quiet.id]) == {svc.id: "half-open"}
+    assert state_metrics.breaker_states_from_events([svc.id, quiet.id]) == {svc.id: "half-open"}
