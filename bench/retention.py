@@ -34,7 +34,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import transaction  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from berrys_portal import retention  # noqa: E402
+from dashboard import retention  # noqa: E402
 from registry.models import HealthSnapshot, Service  # noqa: E402
 from workflows.models import RunEvent, StepAttempt, StepRun, WorkflowRun  # noqa: E402
 

@@ -12,8 +12,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "berrys_portal.settings")
 app = Celery("berrys_portal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
-# Tasks spanning the apps (retention) live in berrys_portal.tasks.
-app.autodiscover_tasks(["berrys_portal"])
 
 
 @task_prerun.connect

@@ -21,8 +21,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from berrys_portal.retention import retention_prune
-from berrys_portal.tasks import retention_prune_task
+from dashboard.retention import retention_prune
+from dashboard.tasks import retention_prune_task
 from registry.models import Alert, BreakerEvent, HealthSnapshot, Service, StatusChange
 from tests.dashboard.factories import failed_run
 from workflows.models import RunEvent, RunStatus, StepAttempt, StepRun, WorkflowRun
@@ -160,7 +160,7 @@ SQLITE_SCRIPT = textwrap.dedent("""
     import time_machine
     from django.core.management import call_command
     from django.utils import timezone
-    from berrys_portal.retention import retention_prune
+    from dashboard.retention import retention_prune
     from registry.models import HealthSnapshot, Service
     from workflows.models import StepRun, WorkflowRun
 

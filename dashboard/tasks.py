@@ -1,10 +1,10 @@
-"""Celery tasks that span the apps (found by berrys_portal.celery's autodiscovery)."""
+"""Celery tasks of the portal as a whole (found by the Celery app's autodiscovery)."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from berrys_portal.retention import retention_prune
+from dashboard.retention import retention_prune
 
 
 @shared_task(name="portal.retention_prune", ignore_result=True)

@@ -1,34 +1,29 @@
 """Create or update the beat schedule rows (django-celery-beat), idempotently.
 
-Each app lists its schedules as (name, task, every_seconds); ``periodic_tasks``
-collects them (the registry's below, the workflow engine's from
-``workflows.schedules.PERIODIC_TASKS``). Operators see and edit the rows in the
-admin; re-running keeps an operator's enabled/disabled choice.
+Each installed app lists its own schedules in ``<app>/schedules.py`` as ``periodic_tasks()``
+returning (row name, Celery task name, every N seconds); this command imports none of them
+by name: it asks every installed app for that module, so no app depends on another for its
+schedule. Operators see and edit the rows in the admin; re-running keeps an operator's
+enabled/disabled choice.
 """
 
 from __future__ import annotations
 
-from django.conf import settings
+from importlib import import_module
+
+from django.apps import apps
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.utils.module_loading import module_has_submodule
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
-
-from workflows.schedules import periodic_tasks as workflow_periodic_tasks
 
 
 def periodic_tasks() -> list[tuple[str, str, int]]:
-    """(row name, Celery task name, every N seconds)."""
-    rows = [
-        ("registry: health sweep", "registry.health_sweep", settings.HEALTH_SWEEP_EVERY_SECONDS),
-        ("registry: prune health snapshots", "registry.health_prune", 3600),
-        ("portal: prune rows past retention", "portal.retention_prune", settings.RETENTION_PRUNE_EVERY_SECONDS),
-        *workflow_periodic_tasks(),
-    ]
-    try:
-        from workflows.schedules import PERIODIC_TASKS
-    except ImportError:  # the workflow app may not define schedules
-        PERIODIC_TASKS = []
-    rows += [(t["name"], t["task"], int(t["every_seconds"])) for t in PERIODIC_TASKS]
+    """(row name, Celery task name, every N seconds) of every installed app, in app order."""
+    rows: list[tuple[str, str, int]] = []
+    for app_config in apps.get_app_configs():
+        if module_has_submodule(app_config.module, "schedules"):
+            rows += import_module(f"{app_config.name}.schedules").periodic_tasks()
     return rows
 
 
