@@ -10,7 +10,6 @@ from drf_spectacular.views import (
 )
 
 from berrys_portal.errors import json_page_not_found
-from registry.gateway import GatewayView
 
 urlpatterns = [
     path("admin/dashboard/", include("dashboard.admin_urls")),
@@ -22,7 +21,6 @@ urlpatterns = [
     path("", include("dashboard.urls")),
     path("", include("registry.urls")),
     path("workflows/", include("workflows.urls")),
-    re_path(r"^gateway/(?P<service_type>[^/]+)/(?P<path>.*)$", GatewayView.as_view(), name="gateway"),
     # Last: any other path under the API's prefixes is the API's JSON 404 in every profile
     # (with DEBUG on, as in the demo, Django would answer its HTML debug page instead).
     # CSRF-exempt: it changes nothing, and a POST/PATCH to an unknown API path must get this 404

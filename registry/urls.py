@@ -1,12 +1,15 @@
-"""Registry, discovery and portal-health URLs.
+"""Registry, discovery, gateway and portal-health URLs.
 
 Every path answers with and without a trailing slash (never a redirect: a
 redirected POST loses its body). The schema lists the slash-less form only
 (``schema_hide_trailing_slash_twins``).
 """
 
+from django.urls import re_path
+
 from berrys_portal.routing import slash_optional
 from registry import views
+from registry.gateway import GatewayView
 
 _ID = r"(?P<pk>[0-9]{1,18})"
 
@@ -19,6 +22,8 @@ urlpatterns = [
                     "service-maintenance"),
     *slash_optional(r"discovery/(?P<service_type>[^/]+)", views.DiscoveryView.as_view(), "discovery"),
     *slash_optional(r"health", views.PortalHealthView.as_view(), "portal-health"),
+    # Everything after the type is the service's own path, slash or not, passed on as is.
+    re_path(r"^gateway/(?P<service_type>[^/]+)/(?P<path>.*)$", GatewayView.as_view(), name="gateway"),
 ]
 
 
