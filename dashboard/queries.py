@@ -19,7 +19,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import format_html_join
 
-from dashboard import charts
+from berrys_portal import charts
 from dashboard.metrics import service_states
 from registry.health import health_oldest_overdue_seconds
 from registry.models import (

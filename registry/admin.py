@@ -21,22 +21,15 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from berrys_portal import charts
 from berrys_portal.formatting import PrettyJSONField
 from berrys_portal.roles import OperateAdminMixin
 from registry import services
 from registry.admin_health import HealthAdminMixin, time_ago
 from registry.auth import api_key_create, api_key_revoke
-from registry.models import ApiKey, AuditEvent, HealthStatus, Service
+from registry.models import ApiKey, AuditEvent, Service
 from registry.scopes import ALIASES, DEPRECATED_NAMES, Scope, scopes_normalize
 from registry.validators import validate_service_url
-
-_BADGE_COLOURS = {
-    HealthStatus.PASSING: "#1e7e34",
-    HealthStatus.WARNING: "#b58100",
-    HealthStatus.CRITICAL: "#c82333",
-    HealthStatus.MAINTENANCE: "#5a6268",
-    HealthStatus.UNKNOWN: "#6c757d",
-}
 
 
 def _http_url_formfield(field, **kwargs):
@@ -157,11 +150,7 @@ class ServiceAdmin(OperateAdminMixin, HealthAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Service) -> str:
-        colour = _BADGE_COLOURS.get(obj.status, "#6c757d")
-        return format_html(
-            '<span title="{}" style="background:{};color:#fff;padding:2px 8px;border-radius:8px;">{}</span>',
-            obj.status_reason, colour, obj.get_status_display(),
-        )
+        return charts.status_badge(obj.status, obj.get_status_display(), title=obj.status_reason)
 
     @admin.action(description="Deregister selected services", permissions=["change"])
     def deregister(self, request, queryset):

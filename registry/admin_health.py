@@ -21,15 +21,13 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.safestring import mark_safe
 
+from berrys_portal import charts
 from berrys_portal.roles import can_operate_services
 from registry import health, services
 from registry.breakers import breaker_config, breaker_for, breaker_snapshots, events_flush
 from registry.models import Alert, BreakerEvent, HealthSnapshot, HealthStatus, Service, StatusChange
 
-_STATE_COLOURS = {"closed": "#1e7e34", "half-open": "#b58100", "open": "#c82333"}
-_DOT_COLOURS = {"passing": "#1e7e34", "warning": "#b58100", "critical": "#c82333"}
 CHECK_NOW_LIMIT = 50
 
 
@@ -87,30 +85,9 @@ class ForceOpenForm(forms.Form):
     reason = forms.CharField(max_length=300, help_text="Why the breaker is forced open (kept in its history).")
 
 
-def latency_svg(snapshots: list[HealthSnapshot], *, width: int = 640, height: int = 140) -> str:
-    """An inline SVG line of probe latency, oldest left; failed probes as red dots."""
-    points = [s for s in reversed(snapshots) if s.latency_ms is not None]
-    if len(points) < 2:
-        return ""
-    pad = 24
-    top = max(p.latency_ms for p in points) or 1.0
-    step = (width - 2 * pad) / (len(points) - 1)
-    coords = [
-        (pad + i * step, height - pad - (p.latency_ms / top) * (height - 2 * pad), p) for i, p in enumerate(points)
-    ]
-    line = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in coords)
-    dots = "".join(
-        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{_DOT_COLOURS.get(p.status, "#6c757d")}">'
-        f"<title>{p.checked_at:%Y-%m-%d %H:%M:%S} {p.latency_ms:.1f} ms {p.status}</title></circle>"
-        for x, y, p in coords if p.status != HealthStatus.PASSING
-    )
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-        f'aria-label="probe latency" style="background:#fafafa;border:1px solid #ddd">'
-        f'<text x="4" y="14" font-size="11" fill="#555">{top:.0f} ms</text>'
-        f'<text x="4" y="{height - 6}" font-size="11" fill="#555">0</text>'
-        f'<polyline points="{line}" fill="none" stroke="#417690" stroke-width="1.5"/>{dots}</svg>'
-    )
+def latency_points(snapshots: list[HealthSnapshot]) -> list[tuple]:
+    """The snapshots (newest first) as the latency chart's points, oldest first."""
+    return [(s.checked_at, s.latency_ms, s.status) for s in reversed(snapshots) if s.latency_ms is not None]
 
 
 def service_offers(service, breaker_state: str) -> dict[str, bool]:
@@ -147,9 +124,7 @@ class HealthAdminMixin:
         if cache is None or obj.pk not in cache:
             cache = self._breaker_cache = breaker_snapshots([obj.pk])
         state = cache[obj.pk].state
-        return format_html(
-            '<span style="color:{};font-weight:bold">{}</span>', _STATE_COLOURS.get(state, "#333"), state
-        )
+        return charts.status_word(state)
 
     def get_changelist_instance(self, request):
         # Live breaker states of the whole page in one Redis round trip.
@@ -230,13 +205,13 @@ class HealthAdminMixin:
         return {
             "health_snapshots": snapshots[:10],
             "health_latency_count": sum(1 for s in snapshots if s.latency_ms is not None),
-            "health_latency_svg": mark_safe(latency_svg(snapshots)),  # noqa: S308 - built from numbers only
+            "health_latency_svg": charts.latency_svg(latency_points(snapshots)),
             "status_badge": self.status_badge(service),
             "service_offer": service_offers(service, snap.state),
             "health_uptime": uptime,
             "health_changes": StatusChange.objects.filter(service=service).order_by("-at")[:30],
             "health_breaker": {
-                "state": snap.state, "colour": _STATE_COLOURS.get(snap.state, "#333"),
+                "state": snap.state, "colour": charts.color(snap.state),
                 "fail_counter": snap.fail_counter, "last_error": snap.last_error,
                 "opened_at": (timezone.datetime.fromtimestamp(snap.opened_at, tz=timezone.get_current_timezone())
                               if snap.opened_at and snap.state != "closed" else None),

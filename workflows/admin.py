@@ -22,8 +22,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
-from django.utils.html import format_html
 
+from berrys_portal import charts
 from berrys_portal.errors import PortalError
 from berrys_portal.formatting import PrettyJSONField, json_block
 from berrys_portal.roles import OperateAdminMixin, can_operate_runs
@@ -38,7 +38,6 @@ from workflows.models import (
     StepStatus,
     WorkflowRun,
 )
-from workflows.timeline import COLOURS, run_timeline_svg
 
 # --------------------------------------------------------------------------- list helpers
 
@@ -108,10 +107,7 @@ class FailedRecentlyFilter(admin.SimpleListFilter):
 
 
 def _badge(status: str) -> str:
-    return format_html(
-        '<span style="background:{};color:#fff;padding:1px 6px;border-radius:8px;font-size:11px">{}</span>',
-        COLOURS.get(status, "#607d8b"), status,
-    )
+    return charts.status_badge(status)
 
 
 def run_offers(run: WorkflowRun, *, waiting: bool) -> dict[str, bool]:
@@ -293,7 +289,6 @@ class WorkflowRunAdmin(OperateAdminMixin, admin.ModelAdmin):
             "run": run,
             "steps": steps,
             "events": list(RunEvent.objects.filter(run=run).order_by("at")),
-            "timeline": run_timeline_svg(started_at=run.started_at, steps=steps),
             "status_badge": _badge(run.status),
             "can_act": can_operate_runs(request.user),
             "failure": failure_headline(run=run, steps=steps),

@@ -32,6 +32,6 @@ def run_charts(run):
 
 @register.filter
 def status_color(value: str) -> str:
-    from dashboard.charts import color
+    from berrys_portal.charts import color
 
     return color(str(value))

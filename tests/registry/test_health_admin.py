@@ -8,8 +8,9 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from berrys_portal.charts import latency_svg
 from registry import health
-from registry.admin_health import latency_svg
+from registry.admin_health import latency_points
 from registry.breakers import breaker_for, events_flush
 from registry.models import BreakerEvent, HealthSnapshot, HealthStatus, StatusChange
 from tests.personas import logged_in, staff_user
@@ -51,9 +52,9 @@ def test_the_latency_chart_is_an_inline_svg_with_failed_probes_marked():
     now = timezone.now()
     snaps = [HealthSnapshot(checked_at=now - timedelta(seconds=i), latency_ms=10.0 + i,
                             status="critical" if i == 2 else "passing") for i in range(5)]
-    svg = latency_svg(snaps)
+    svg = latency_svg(latency_points(snaps))
     assert svg.startswith("<svg") and "<polyline" in svg and svg.count("<circle") == 1
-    assert latency_svg(snaps[:1]) == ""
+    assert latency_svg(latency_points(snaps[:1])) == ""
 
 
 def test_the_service_page_shows_health_and_breaker_panels(operator, loopback, make_service):
@@ -68,7 +69,7 @@ def test_the_service_page_shows_health_and_breaker_panels(operator, loopback, ma
     for marker in ("health-panels", "breaker-panel", "snapshots-panel", "status-changes-panel",
                    "<svg", "Uptime", "24 h", "7 d", "30 d", "testing the panel"):
         assert marker in html, marker
-    assert 'color:#c82333">open</strong>' in html  # the live state
+    assert 'color:#d13b3b">open</strong>' in html  # the live state
 
 
 def test_the_list_shows_live_breaker_state_and_filters_critical_and_flapping(operator, make_service):

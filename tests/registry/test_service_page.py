@@ -40,7 +40,7 @@ def test_the_service_page_starts_with_a_read_only_summary_and_puts_the_configura
     order = [
         text.index('id="svc-summary"'),
         text.index("HTTP 503 from /health"),  # status and reason
-        text.index('color:#c82333">open</strong>'),  # live breaker state
+        text.index('color:#d13b3b">open</strong>'),  # live breaker state
         text.index('aria-label="Uptime per day"'),  # uptime bars
         text.index('id="latency-chart"'),
         text.index('id="snapshots-panel"'),  # last checks

@@ -1,13 +1,18 @@
-"""Chart geometry for the admin pages, computed in Python, drawn as inline SVG by templates.
+"""The one chart module: the status palette and chart geometry for every admin page.
 
 Every function here is pure (numbers in, shapes out) so the templates only loop
-over rectangles, points and labels; there is no JavaScript and no build step.
+over rectangles, points and labels; there is no JavaScript and no build step. It is
+the kernel's, so the registry's, the workflows' and the dashboard's pages draw a
+status with the same colour (``color``) and read no app's models.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from django.utils.html import escape, format_html
+from django.utils.safestring import SafeString, mark_safe
 
 # One palette for statuses across the pages (works on light and dark admin themes).
 STATUS_COLORS = {
@@ -180,3 +185,41 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def status_badge(status: str, label: str | None = None, *, title: str = "") -> SafeString:
+    """A status as a small coloured pill (the admin's lists and run pages)."""
+    return format_html(
+        '<span title="{}" style="background:{};color:#fff;padding:1px 6px;border-radius:8px;font-size:11px">{}</span>',
+        title, color(status), label if label is not None else status,
+    )
+
+
+def status_word(status: str) -> SafeString:
+    """A status as a bold coloured word (a breaker's live state)."""
+    return format_html('<span style="color:{};font-weight:bold">{}</span>', color(status), status)
+
+
+def latency_svg(points: list[tuple[datetime, float, str]], *, width: int = 640, height: int = 140) -> SafeString:
+    """An inline SVG line of probe latency, ``points`` oldest first as (checked at, ms, status);
+    probes that did not pass are dots in their status colour. Empty with fewer than two points."""
+    if len(points) < 2:
+        return mark_safe("")
+    pad = 24
+    top = max(ms for _, ms, _ in points) or 1.0
+    step = (width - 2 * pad) / (len(points) - 1)
+    coords = [(pad + i * step, height - pad - (ms / top) * (height - 2 * pad), at, ms, status)
+              for i, (at, ms, status) in enumerate(points)]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y, *_ in coords)
+    dots = "".join(
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color(status)}">'
+        f"<title>{at:%Y-%m-%d %H:%M:%S} {ms:.1f} ms {escape(status)}</title></circle>"
+        for x, y, at, ms, status in coords if status != "passing"
+    )
+    return mark_safe(  # noqa: S308 - numbers, dates and escaped status words only
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="probe latency" style="background:#fafafa;border:1px solid #ddd">'
+        f'<text x="4" y="14" font-size="11" fill="#555">{top:.0f} ms</text>'
+        f'<text x="4" y="{height - 6}" font-size="11" fill="#555">0</text>'
+        f'<polyline points="{line}" fill="none" stroke="#417690" stroke-width="1.5"/>{dots}</svg>'
+    )
