@@ -51,8 +51,11 @@ demo-status:
 # Two passes: the whole suite on PostgreSQL + Redis (DATABASE_URL / REDIS_URL, defaults in
 # berrys_portal/settings_test.py), then the tests marked both_dbs on the embedded default
 # (SQLite + filesystem broker + database-held breakers, under var/test-sqlite). Fails if either fails.
+# First the import contracts (pyproject's [tool.importlinter]: layers point one way): a broken
+# contract fails `make test` before any test runs.
 SQLITE_TEST_DIR := $(CURDIR)/var/test-sqlite
 test: install-test services browser
+	$(BIN)/lint-imports --no-cache
 	@status=0; \
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
 	echo "== the embedded-default pass: SQLite + filesystem broker (tests marked both_dbs) =="; \
@@ -63,6 +66,7 @@ test: install-test services browser
 
 lint: install-test
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf var .pytest_cache
