@@ -63,13 +63,24 @@ from registry.breakers import (
     breaker_snapshots,
 )
 from registry.discovery import recent_instances
-from registry.models import AlertKind, HealthSnapshot, HealthStatus, Service, StatusChange
+from registry.models import (
+    AlertKind,
+    HealthSnapshot,
+    HealthStatus,
+    Service,
+    StatusChange,
+    StatusFlip,
+)
 
 logger = logging.getLogger(__name__)
 
 SWEEP_LOCK_KEY = "health:sweep:lock"
 BREAKER_OPEN_REASON = "breaker open"
 PROBER_STALL_MARGIN_SECONDS = 30.0
+# StatusChange.actor of the transitions this module makes.
+SWEEP_ACTOR = "health-sweep"
+TTL_ACTOR = "health-ttl"
+DEREGISTER_ACTOR = "health-deregister"
 
 
 # --- Verdicts ---------------------------------------------------------------------------
@@ -452,7 +463,8 @@ RETURNING s.id
 def _fields(row: Row) -> tuple:
     svc = row.service
     changed = row.status != row.old_status
-    changed_at = row.checked_at if changed else svc.status_changed_at
+    changed_at = Service.flip_changed_at(old=row.old_status, new=row.status, at=row.checked_at,
+                                         previous=svc.status_changed_at)
     if row.status == HealthStatus.CRITICAL:
         critical_since = svc.critical_since if (svc.critical_since and not changed) else row.checked_at
     else:
@@ -528,11 +540,12 @@ def _write(rows: list[Row]) -> int:
              for r in rows if (s := r.snapshot) is not None and r.service.pk in updated],
         )
         changes = [r for r in rows if r.service.pk in updated and r.status != r.old_status]
-        _copy_rows(
-            StatusChange,
-            ["service_id", "service_name", "service_type", "old_status", "new_status", "reason", "at"],
-            [(r.service.pk, r.service.name, r.service.type, r.old_status, r.status, r.reason, r.checked_at)
-             for r in changes],
+        # The set-based UPDATE above applied Service.flip's rule to many rows; their
+        # transitions are written by the same one writer, in one statement.
+        StatusChange.record(
+            StatusFlip(service_id=r.service.pk, service_name=r.service.name, service_type=r.service.type,
+                       old=r.old_status, new=r.status, reason=r.reason, at=r.checked_at, actor=SWEEP_ACTOR)
+            for r in changes
         )
         for r in changes:
             _alert_for_change(r.service, r.old_status, r.status, r.reason)
@@ -743,14 +756,11 @@ def health_ttl_expire(*, now: datetime | None = None) -> int:
             seen = svc.last_heartbeat_at or svc.registered_at
             reason = f"TTL expired: no heartbeat for {int((now - seen).total_seconds())} s (TTL {svc.ttl_seconds} s)"
             old = svc.status
-            svc.status, svc.status_reason, svc.status_changed_at = HealthStatus.CRITICAL, reason, now
+            fields = svc.flip(HealthStatus.CRITICAL, reason=reason, at=now, actor=TTL_ACTOR)
             svc.critical_since, svc.last_checked_at = now, now
-            svc.save(update_fields=["status", "status_reason", "status_changed_at", "critical_since",
-                                    "last_checked_at"])
+            svc.save(update_fields=[*fields, "critical_since", "last_checked_at"])
             HealthSnapshot.objects.create(service=svc, checked_at=now, status=HealthStatus.CRITICAL,
                                           error=reason, details={"ttl": True})
-            StatusChange.objects.create(service=svc, service_name=svc.name, service_type=svc.type,
-                                        old_status=old, new_status=HealthStatus.CRITICAL, reason=reason, at=now)
             _alert_for_change(svc, old, HealthStatus.CRITICAL, reason)
             expired += 1
     for svc in services:  # after commit: the breaker lives in Redis
@@ -783,12 +793,10 @@ def health_deregister_expired(*, now: datetime | None = None) -> int:
             ]
         for svc in services:
             critical_for = int((now - svc.critical_since).total_seconds())
-            StatusChange.objects.create(
-                service=svc, service_name=svc.name, service_type=svc.type, old_status=svc.status,
-                new_status=StatusChange.DEREGISTERED, at=now,
-                reason=f"deregistered: critical for {critical_for} s "
-                       f"(deregister after {svc.deregister_after_seconds} s)",
-            )
+            # The epitaph goes through the same rule; the row is deleted, not saved.
+            svc.flip(StatusChange.DEREGISTERED, at=now, actor=DEREGISTER_ACTOR,
+                     reason=f"deregistered: critical for {critical_for} s "
+                            f"(deregister after {svc.deregister_after_seconds} s)")
             gone.append(svc.pk)
             svc.delete()  # StatusChange/BreakerEvent keep the name (FK set to NULL)
     for pk in gone:

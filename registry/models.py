@@ -7,6 +7,10 @@ record transitions as ``StatusChange`` / ``BreakerEvent`` rows.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
 from django.conf import settings
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
@@ -127,6 +131,33 @@ class Service(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.type})"
 
+    # --- Transitions: the one rule for a status change ---------------------------------
+
+    @staticmethod
+    def flip_changed_at(*, old: str, new: str, at: datetime, previous: datetime | None) -> datetime | None:
+        """``status_changed_at`` after a transition from ``old`` to ``new`` at ``at``."""
+        return at if new != old else previous
+
+    def flip(self, new: str, *, reason: str, at: datetime, actor: str = "") -> list[str]:
+        """Set this service's status and record the transition; returns the fields to save.
+
+        The caller holds the row lock and saves the returned fields in the same transaction.
+        The ``StatusChange`` row is written only for a real change (``StatusChange.record``,
+        the only writer of those rows). The health sweep's set-based UPDATE of many
+        services applies the same rule (``flip_changed_at``, then ``StatusChange.record``).
+        """
+        reason = reason[:500]
+        if self.status != new:
+            StatusChange.record([StatusFlip(
+                service_id=self.pk, service_name=self.name, service_type=self.type,
+                old=self.status, new=new, reason=reason, at=at, actor=actor,
+            )])
+        self.status_changed_at = self.flip_changed_at(old=self.status, new=new, at=at,
+                                                      previous=self.status_changed_at)
+        self.status = new
+        self.status_reason = reason
+        return ["status", "status_reason", "status_changed_at"]
+
 
 class ApiKey(models.Model):
     """A hashed API key with scopes and limits. The plain key is shown once, at creation.
@@ -243,6 +274,20 @@ class HealthSnapshot(models.Model):
         return f"{self.status} at {self.checked_at:%Y-%m-%d %H:%M:%S}"
 
 
+@dataclass(frozen=True)
+class StatusFlip:
+    """One status transition, as ``StatusChange.record`` writes it."""
+
+    service_id: int | None
+    service_name: str
+    service_type: str
+    old: str
+    new: str
+    reason: str
+    at: datetime
+    actor: str = ""
+
+
 class StatusChange(models.Model):
     """A service's status flip (uptime and history come from these).
 
@@ -259,6 +304,11 @@ class StatusChange(models.Model):
     old_status = models.CharField(max_length=16)
     new_status = models.CharField(max_length=16)
     reason = models.CharField(max_length=500, blank=True)
+    actor = models.CharField(
+        max_length=200, blank=True, default="",
+        help_text="Who or what made the change: apikey:<name>, a username, or the health job "
+                  "(health-sweep, health-ttl, health-deregister).",
+    )
     at = models.DateTimeField()
 
     class Meta:
@@ -272,6 +322,22 @@ class StatusChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.service_name}: {self.old_status} → {self.new_status}"
+
+    @classmethod
+    def record(cls, flips: Iterable[StatusFlip]) -> int:
+        """Write the transitions that change something, in one statement; returns how many.
+
+        The only place ``StatusChange`` rows are written (tests/portal/test_architecture.py
+        fails on any other): ``Service.flip`` for one service, the health sweep for a batch.
+        """
+        rows = [
+            cls(service_id=f.service_id, service_name=f.service_name, service_type=f.service_type,
+                old_status=f.old, new_status=f.new, reason=f.reason[:500], actor=f.actor[:200], at=f.at)
+            for f in flips if f.new != f.old
+        ]
+        if rows:
+            cls.objects.bulk_create(rows)
+        return len(rows)
 
 
 class BreakerState(models.TextChoices):

@@ -18,7 +18,6 @@ it owns and the distinct hosts they point at.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,19 +38,6 @@ WRITABLE_FIELDS = (
     "failures_before_critical", "successes_before_passing", "ttl_seconds",
     "deregister_after_seconds",
 )
-
-
-def _set_status(service: Service, *, new_status: str, reason: str, now: datetime) -> list[str]:
-    """Flip ``service.status`` (row already locked) and record the flip; returns fields to save."""
-    if service.status != new_status:
-        StatusChange.objects.create(
-            service=service, service_name=service.name, service_type=service.type,
-            old_status=service.status, new_status=new_status, reason=reason[:500], at=now,
-        )
-        service.status_changed_at = now
-    service.status = new_status
-    service.status_reason = reason[:500]
-    return ["status", "status_reason", "status_changed_at"]
 
 
 def _apply(service: Service, data: dict[str, Any]) -> list[str]:
@@ -237,7 +223,8 @@ def service_heartbeat(*, service: Service | int, key: ApiKey | None) -> Service:
         fields = ["last_heartbeat_at", "updated_at"]
         if locked.ttl_seconds and locked.status not in (HealthStatus.PASSING, HealthStatus.MAINTENANCE):
             recovered = locked.status == HealthStatus.CRITICAL
-            fields += _set_status(locked, new_status=HealthStatus.PASSING, reason="Heartbeat received.", now=now)
+            fields += locked.flip(HealthStatus.PASSING, reason="Heartbeat received.", at=now,
+                                  actor=actor_of(key=key, default="heartbeat"))
             locked.consecutive_failures = 0
             locked.critical_since = None
             fields += ["consecutive_failures", "critical_since"]
@@ -273,10 +260,10 @@ def service_set_maintenance(
         locked = _locked(service, key)
         if on:
             text = f"Maintenance{by}: {reason}" if reason else f"Maintenance{by}."
-            fields = _set_status(locked, new_status=HealthStatus.MAINTENANCE, reason=text, now=now)
+            fields = locked.flip(HealthStatus.MAINTENANCE, reason=text, at=now, actor=actor)
         elif locked.status == HealthStatus.MAINTENANCE:
             text = f"Maintenance ended{by}: {reason}" if reason else f"Maintenance ended{by}."
-            fields = _set_status(locked, new_status=HealthStatus.UNKNOWN, reason=text, now=now)
+            fields = locked.flip(HealthStatus.UNKNOWN, reason=text, at=now, actor=actor)
             locked.next_check_at = now
             locked.consecutive_failures = 0
             locked.consecutive_successes = 0
@@ -303,11 +290,9 @@ def service_deregister(
         if locked is None:
             return False
         service_check_manager(service=locked, key=key)
-        StatusChange.objects.create(
-            service=locked, service_name=locked.name, service_type=locked.type,
-            old_status=locked.status, new_status=StatusChange.DEREGISTERED,
-            reason=(f"Deregistered{by}: {reason}" if reason else f"Deregistered{by}.")[:500], at=now,
-        )
+        # The epitaph goes through the same rule; the row is deleted, not saved.
+        locked.flip(StatusChange.DEREGISTERED, at=now, actor=actor,
+                    reason=f"Deregistered{by}: {reason}" if reason else f"Deregistered{by}.")
         locked.delete()
         return True
 

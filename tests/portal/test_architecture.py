@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -37,3 +38,51 @@ def test_the_layers_contract_fails_on_an_upward_import(tmp_path):
     """))
     result = _lint_imports("--config", "setup.toml", cwd=tmp_path)
     assert result.returncode != 0 and "BROKEN" in result.stdout
+
+
+# --- One write path for a service's status ---------------------------------------------------
+
+PORTAL_PACKAGES = ("berrys_portal", "registry", "workflows", "dashboard", "simulators")
+STATUS_CHANGE_OWNER = ROOT / "registry" / "models.py"
+# Creating a StatusChange row: the constructor, a manager's create methods, handing the model
+# to a bulk writer (e.g. ``_copy_rows(StatusChange, [...])``), or raw SQL into its table.
+STATUS_CHANGE_WRITE = re.compile(
+    r"StatusChange\s*\("
+    r"|StatusChange\.objects\.(?:create|bulk_create|get_or_create|update_or_create)\b"
+    r"|StatusChange\s*,\s*\["
+    r"|(?:INSERT\s+INTO|COPY)\s+\"?registry_statuschange",
+    re.IGNORECASE,
+)
+
+
+def _status_change_writes(text: str) -> list[str]:
+    return [m.group(0) for m in STATUS_CHANGE_WRITE.finditer(text)]
+
+
+def test_the_pattern_recognises_every_way_status_changes_were_written():
+    # The five write sites this rule replaced, as they were written.
+    for snippet in (
+        "StatusChange.objects.create(service=svc, old_status=old)",
+        "_copy_rows(\n    StatusChange,\n    [\"service_id\", \"service_name\"],",
+        "StatusChange.objects.bulk_create(rows)",
+        "cursor.execute('INSERT INTO registry_statuschange (service_id) VALUES (%s)')",
+        "rows.append(StatusChange(service=svc))",
+    ):
+        assert _status_change_writes(snippet), snippet
+    assert not _status_change_writes("StatusChange.objects.filter(service=svc).order_by('-at')")
+
+
+def test_status_changes_are_written_only_by_the_registry_models_one_writer():
+    offenders = {}
+    for package in PORTAL_PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            if "migrations" in path.parts or path == STATUS_CHANGE_OWNER:
+                continue
+            found = _status_change_writes(path.read_text())
+            if found:
+                offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}, "write StatusChange rows through Service.flip / StatusChange.record only"
+    # In the owner: the class itself, and one bulk_create (StatusChange.record).
+    owner = STATUS_CHANGE_OWNER.read_text()
+    assert _status_change_writes(owner) == ["StatusChange("]  # class StatusChange(models.Model)
+    assert owner.count(".bulk_create(") == 1 and "cls.objects.bulk_create(rows)" in owner

@@ -77,7 +77,7 @@ def test_a_sweep_probes_each_due_service_and_records_what_it_saw(loopback, make_
         snap = HealthSnapshot.objects.get(service=svc)
         assert snap.status == status and snap.latency_ms > 0
         change = StatusChange.objects.get(service=svc)
-        assert (change.old_status, change.new_status) == ("unknown", status)
+        assert (change.old_status, change.new_status, change.actor) == ("unknown", status, "health-sweep")
     assert HealthSnapshot.objects.get(service=sick).details["database"] is False
     assert HealthSnapshot.objects.get(service=err).http_status == 500
 
@@ -182,7 +182,7 @@ def test_a_ttl_service_turns_critical_when_its_heartbeat_is_older_than_the_ttl(m
     svc.refresh_from_db()
     assert report.ttl_expired == 1
     assert svc.status == "critical" and svc.status_reason.startswith("TTL expired")
-    assert StatusChange.objects.filter(service=svc, new_status="critical").count() == 1
+    assert StatusChange.objects.filter(service=svc, new_status="critical", actor="health-ttl").count() == 1
 
 
 def test_a_service_critical_longer_than_deregister_after_is_deregistered_and_recorded(loopback, make_service):
@@ -201,6 +201,7 @@ def test_a_service_critical_longer_than_deregister_after_is_deregistered_and_rec
     assert not Service.objects.filter(pk=svc.pk).exists() and Service.objects.filter(pk=keeper.pk).exists()
     record = StatusChange.objects.get(new_status=StatusChange.DEREGISTERED)
     assert record.service_name == "doomed" and record.service is None and "critical for" in record.reason
+    assert record.actor == "health-deregister"
 
 
 def test_snapshots_older_than_the_retention_are_pruned_in_batches(make_service, settings):

@@ -1,0 +1,58 @@
+"""Service.flip: the one rule for a service's status change (StatusChange written only on a change)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from registry import services
+from registry.models import HealthStatus, Service, StatusChange, StatusFlip
+
+pytestmark = pytest.mark.django_db
+
+
+def _service(**kw) -> Service:
+    return Service.objects.create(name=kw.pop("name", "flip-1"), type="PLANNING_SYSTEM",
+                                  url="http://127.0.0.1:9/", **kw)
+
+
+def test_a_flip_sets_the_status_and_records_one_change_with_its_actor():
+    svc = _service()
+    at = timezone.now()
+    fields = svc.flip(HealthStatus.CRITICAL, reason="down", at=at, actor="olga")
+    svc.save(update_fields=fields)
+
+    svc.refresh_from_db()
+    assert (svc.status, svc.status_reason, svc.status_changed_at) == ("critical", "down", at)
+    change = StatusChange.objects.get(service=svc)
+    assert (change.old_status, change.new_status, change.reason, change.actor, change.at) == (
+        "unknown", "critical", "down", "olga", at)
+
+
+def test_a_flip_to_the_same_status_records_nothing_and_keeps_the_change_time():
+    svc = _service(status=HealthStatus.PASSING)
+    before = timezone.now() - timedelta(hours=1)
+    svc.status_changed_at = before
+    svc.flip(HealthStatus.PASSING, reason="still fine", at=timezone.now())
+    assert svc.status_changed_at == before and svc.status_reason == "still fine"
+    assert not StatusChange.objects.exists()
+
+
+def test_record_writes_only_real_changes_in_one_statement(django_assert_num_queries):
+    at = timezone.now()
+    flips = [StatusFlip(service_id=None, service_name=f"s{i}", service_type="T", old="unknown",
+                        new="passing" if i % 2 else "unknown", reason="", at=at, actor="health-sweep")
+             for i in range(6)]
+    with django_assert_num_queries(1):
+        assert StatusChange.record(flips) == 3
+    assert set(StatusChange.objects.values_list("actor", flat=True)) == {"health-sweep"}
+
+
+def test_maintenance_and_deregistration_name_their_actor():
+    svc = _service(name="flip-2")
+    services.service_set_maintenance(service=svc, on=True, reason="upgrade", actor="apikey:ops")
+    services.service_deregister(service=svc.pk, actor="olga", reason="retired")
+    rows = list(StatusChange.objects.order_by("at", "id").values_list("new_status", "actor"))
+    assert rows == [("maintenance", "apikey:ops"), (StatusChange.DEREGISTERED, "olga")]
