@@ -28,8 +28,8 @@ from registry.models import (
     HealthSnapshot,
     HealthStatus,
     Service,
-    StatusChange,
 )
+from registry.uptime import UP_STATUSES, service_uptime_days
 
 RUN_STATUSES = ["succeeded", "failed", "cancelled", "running", "waiting", "pending"]
 RUNS_CHART_CACHE_SECONDS = 60
@@ -47,8 +47,6 @@ def cache_set(key: str, value, timeout: int) -> None:
         cache.set(key, value, timeout)
     except Exception:  # noqa: BLE001
         pass
-UP = {HealthStatus.PASSING, HealthStatus.WARNING}
-DOWN = {HealthStatus.CRITICAL}
 
 
 def _run_model():
@@ -86,7 +84,7 @@ def dashboard_data(*, now: datetime | None = None) -> dict:
         {
             "type": t,
             "chips": service_chips(svcs),
-            "healthy": sum(s["status"] in UP for s in svcs),
+            "healthy": sum(s["status"] in UP_STATUSES for s in svcs),
             "total": len(svcs),
         }
         for t, svcs in sorted(by_type.items())
@@ -207,54 +205,8 @@ def _runs_panel(*, now: datetime) -> dict:
 
 
 def uptime_days(service: Service, *, now: datetime | None = None, days: int = 30) -> list[dict]:
-    """Per UTC day: the share of time the service was up (passing or warning) among
-    the time its status was known (critical counts as down; unknown and maintenance
-    are left out). ``None`` when the status was never known that day."""
-    now = now or timezone.now()
-    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    start = today - timedelta(days=days - 1)
-    # registry_statuschange_latest (service, -at): the changes inside the window ...
-    changes = list(
-        StatusChange.objects.filter(service=service, at__gte=start, at__lte=now)
-        .order_by("at")
-        .values_list("at", "new_status")
-    )
-    # ... and the status in force when the window opened.
-    before = (
-        StatusChange.objects.filter(service=service, at__lt=start)
-        .order_by("-at")
-        .values_list("new_status", flat=True)
-        .first()
-    )
-    registered = service.registered_at
-    status = before if before is not None else (HealthStatus.UNKNOWN if registered < start else None)
-    segments: list[tuple[datetime, datetime, str | None]] = []
-    cursor = start
-    for at, new_status in changes:
-        segments.append((cursor, at, status))
-        cursor, status = at, new_status
-    segments.append((cursor, now, status))
-    if not changes and before is None and service.status != HealthStatus.UNKNOWN:
-        # No recorded flips at all: the current status has held since registration.
-        segments = [(max(registered, start), now, service.status)]
-
-    result = []
-    for d in range(days):
-        d0 = start + timedelta(days=d)
-        d1 = min(d0 + timedelta(days=1), now)
-        up = down = 0.0
-        for s0, s1, st in segments:
-            lo, hi = max(s0, d0), min(s1, d1)
-            if hi <= lo or st is None:
-                continue
-            secs = (hi - lo).total_seconds()
-            if st in UP:
-                up += secs
-            elif st in DOWN:
-                down += secs
-        uptime = None if up + down == 0 else 100.0 * up / (up + down)
-        result.append({"date": d0, "uptime": uptime})
-    return result
+    """Per UTC day, the share of time the service was up, in percent (registry.uptime)."""
+    return service_uptime_days(service=service, days=days, now=now)
 
 
 def service_charts(service: Service, *, now: datetime | None = None, points: int = 120,

@@ -27,6 +27,7 @@ from berrys_portal.roles import can_operate_services
 from registry import health, services
 from registry.breakers import breaker_config, breaker_for, breaker_snapshots, events_flush
 from registry.models import Alert, BreakerEvent, HealthSnapshot, HealthStatus, Service, StatusChange
+from registry.uptime import service_uptime
 
 CHECK_NOW_LIMIT = 50
 
@@ -200,7 +201,7 @@ class HealthAdminMixin:
         cfg = breaker_config(service)
         uptime = {}
         for label, days in (("24 h", 1), ("7 d", 7), ("30 d", 30)):
-            value = health.service_uptime(service=service, window=timedelta(days=days))
+            value = service_uptime(service=service, window=timedelta(days=days))
             uptime[label] = "–" if value is None else f"{value * 100:.2f} %"
         return {
             "health_snapshots": snapshots[:10],

@@ -869,36 +869,3 @@ def health_snapshots_prune(*, now: datetime | None = None, batch_size: int | Non
     cutoff = (now or timezone.now()) - timedelta(days=settings.HEALTH_SNAPSHOT_RETENTION_DAYS)
     return rows_prune(queryset=HealthSnapshot.objects.all(), age_field="checked_at", cutoff=cutoff,
                       batch_size=batch_size or settings.HEALTH_PRUNE_BATCH_SIZE)
-
-
-# --- Uptime (admin) ------------------------------------------------------------------------------
-
-UP_STATUSES = frozenset({HealthStatus.PASSING, HealthStatus.WARNING})
-DOWN_STATUSES = frozenset({HealthStatus.CRITICAL})
-
-
-def service_uptime(*, service: Service, window: timedelta, now: datetime | None = None) -> float | None:
-    """Share of ``window`` the service was up (passing/warning) vs down (critical), from StatusChange.
-
-    Time in unknown or maintenance counts neither way. None when nothing is known.
-    """
-    now = now or timezone.now()
-    start = now - window
-    before = (
-        StatusChange.objects.filter(service=service, at__lte=start).order_by("-at")
-        .values_list("new_status", flat=True).first()
-    )
-    changes = list(
-        StatusChange.objects.filter(service=service, at__gt=start, at__lte=now).order_by("at")
-        .values_list("at", "new_status")
-    )
-    status, since = (before or HealthStatus.UNKNOWN), max(start, service.registered_at or start)
-    up = down = 0.0
-    for at, new_status in [*changes, (now, None)]:
-        span = max(0.0, (at - since).total_seconds())
-        if status in UP_STATUSES:
-            up += span
-        elif status in DOWN_STATUSES:
-            down += span
-        status, since = new_status, max(since, at)
-    return None if up + down == 0 else up / (up + down)

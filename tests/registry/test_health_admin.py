@@ -13,6 +13,7 @@ from registry import health
 from registry.admin_health import latency_points
 from registry.breakers import breaker_for, events_flush
 from registry.models import BreakerEvent, HealthSnapshot, HealthStatus, StatusChange
+from registry.uptime import service_uptime
 from tests.personas import logged_in, staff_user
 from tests.registry.loopback import Reply
 
@@ -43,9 +44,9 @@ def test_uptime_is_computed_from_status_changes(make_service):
         StatusChange.objects.create(service=svc, service_name=svc.name, service_type=svc.type,
                                     old_status=old, new_status=new, at=now - timedelta(hours=hours_ago))
     # Last 24 h: up 18 h + 3 h, down 3 h.
-    assert health.service_uptime(service=svc, window=timedelta(days=1), now=now) == pytest.approx(21 / 24)
+    assert service_uptime(service=svc, window=timedelta(days=1), now=now) == pytest.approx(21 / 24)
     # Last 7 d: unknown before the first change counts neither way: 27 h up of 30.
-    assert health.service_uptime(service=svc, window=timedelta(days=7), now=now) == pytest.approx(27 / 30)
+    assert service_uptime(service=svc, window=timedelta(days=7), now=now) == pytest.approx(27 / 30)
 
 
 def test_the_latency_chart_is_an_inline_svg_with_failed_probes_marked():
@@ -128,3 +129,16 @@ def test_viewers_cannot_reset_breakers_and_anonymous_users_must_log_in(viewer, m
     viewer.post("/admin/registry/service/", {"action": "reset_breaker", "_selected_action": [svc.pk]})
     assert breaker_for(svc).snapshot().state == "open"
     assert Client().get(f"/admin/registry/service/{svc.pk}/change/").status_code == 302
+
+
+def test_the_admin_figures_and_the_daily_bars_are_one_computation(make_service):
+    # A service whose status has held since registration (no recorded change): both the
+    # admin's figure and the dashboard's bars count it (the admin's used to say "–").
+    from registry.uptime import service_uptime_days
+
+    now = timezone.now()
+    svc = make_service(status="passing")
+    svc.registered_at = now - timedelta(days=3)
+    assert service_uptime(service=svc, window=timedelta(days=1), now=now) == 1.0
+    days = service_uptime_days(service=svc, days=5, now=now)
+    assert [d["uptime"] for d in days][-3:] == [100.0, 100.0, 100.0] and days[0]["uptime"] is None
