@@ -394,14 +394,24 @@ SERVER_EMAIL = env_str("SERVER_EMAIL", "portal@localhost")
 # --- Workflows ----------------------------------------------------------------
 WORKFLOW_RESPONSE_BODY_LIMIT = env_int("WORKFLOW_RESPONSE_BODY_LIMIT", 8192, minimum=256)
 WORKFLOW_MAX_DELIVERIES = env_int("WORKFLOW_MAX_DELIVERIES", 3, minimum=1)
-WORKFLOW_STEP_LEASE_SECONDS = env_int("WORKFLOW_STEP_LEASE_SECONDS", 60, minimum=5)
+# Short leases renewed by the running worker's heartbeat: a dead worker's step is re-sent
+# within about lease + reconcile period. The heartbeat must beat well inside the lease.
+WORKFLOW_STEP_LEASE_SECONDS = env_int("WORKFLOW_STEP_LEASE_SECONDS", 15, minimum=3)
+WORKFLOW_HEARTBEAT_SECONDS = env_float("WORKFLOW_HEARTBEAT_SECONDS", WORKFLOW_STEP_LEASE_SECONDS / 3,
+                                       minimum=0.2)
+if WORKFLOW_HEARTBEAT_SECONDS * 2 > WORKFLOW_STEP_LEASE_SECONDS:
+    raise ImproperlyConfigured("WORKFLOW_HEARTBEAT_SECONDS must be at most half of WORKFLOW_STEP_LEASE_SECONDS")
 WORKFLOW_PREPARED_STATEMENTS = env_bool("WORKFLOW_PREPARED_STATEMENTS", True)
 WORKFLOW_RECONCILE_GRACE_SECONDS = env_int("WORKFLOW_RECONCILE_GRACE_SECONDS", 30, minimum=1)
 # Extra modules holding workflow definitions (the tests' workers use it); see workflows.definitions.
 WORKFLOW_DEFINITION_MODULES = env_list("WORKFLOW_DEFINITION_MODULES", [])
 # Celery queue for step tasks (tests give each worker its own).
 WORKFLOW_QUEUE = env_str("WORKFLOW_QUEUE", "celery")
-WORKFLOW_RECONCILE_EVERY_SECONDS = env_int("WORKFLOW_RECONCILE_EVERY_SECONDS", 15, minimum=1)
+WORKFLOW_RECONCILE_EVERY_SECONDS = env_int("WORKFLOW_RECONCILE_EVERY_SECONDS", 5, minimum=1)
+# Grace for a queued step when the broker holds no message for the queue at all (flushed
+# or restarted broker): its message is gone, re-send it at the next pass.
+WORKFLOW_RECONCILE_EMPTY_QUEUE_GRACE_SECONDS = env_int("WORKFLOW_RECONCILE_EMPTY_QUEUE_GRACE_SECONDS", 3,
+                                                       minimum=1)
 # Celery's Django fixup closes the DB connection after EVERY task unless this is set:
 # a new PostgreSQL connection per workflow step cost ~40 ms. With it, connections are
 # reused (berrys_portal.celery drops broken/old ones before each task, as Django does per request).

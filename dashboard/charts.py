@@ -122,7 +122,7 @@ def timeline(steps: list[dict], start: datetime, end: datetime, *, width: int = 
         bars, waits = [], []
         prev_end = None
         for att in step["attempts"]:
-            x0, x1 = x(att["started_at"]), x(att["finished_at"])
+            x0, x1 = x(att["started_at"]), x(att["finished_at"] or end)  # None: still in flight
             if prev_end is not None and x0 > prev_end + 0.5:
                 waits.append({"x1": prev_end, "x2": x0, "y": y + row / 2 - 3})
             bars.append(Rect(x0, y + 3, max(x1 - x0, 3), row - 12, color(att["outcome"] or "running"),

@@ -10,6 +10,7 @@ processes that talk to the portal over HTTP, like the real services would.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -97,6 +98,9 @@ class SimulatedService:
     slug: str = ""
     version: str = "1.0.0"
     capabilities: tuple[str, ...] = ()
+    # A careful service: a repeated Idempotency-Key gets the first answer, not a second effect.
+    honours_idempotency_key: bool = True
+    IDEMPOTENCY_HEADER = "Idempotency-Key"
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0):
         self.host = host
@@ -111,6 +115,10 @@ class SimulatedService:
         self._hang_released = threading.Event()
         self._next_id = 0
         self._start_tag = _start_tag()
+        # (method, route, key) -> the first answer; one lock per key makes a repeat that
+        # arrives while the first is still being handled wait for, then return, its answer.
+        self._answers: dict[tuple[str, str, str], tuple[int, Any]] = {}
+        self._key_locks: dict[tuple[str, str, str], threading.Lock] = {}
         self.port = port
         self.setup_routes()
 
@@ -225,7 +233,31 @@ class SimulatedService:
         with self.lock:
             return 200, json.loads(json.dumps(self.store, default=str))
 
-    def dispatch(self, method: str, raw_path: str, body: Any) -> tuple[int, Any]:
+    def dispatch(self, method: str, raw_path: str, body: Any, headers: Any = None) -> tuple[int, Any]:
+        key = headers.get(self.IDEMPOTENCY_HEADER) if headers is not None else None
+        if not key or not self.honours_idempotency_key or method == "GET":
+            return self._dispatch(method, raw_path, body)
+        path = urlsplit(raw_path).path
+        if path.rstrip("/") in ("/_control", "/_state", "/health"):
+            return self._dispatch(method, raw_path, body)
+        scope = (method, self._route_name(method, path), key)
+        with self.lock:
+            key_lock = self._key_locks.setdefault(scope, threading.Lock())
+        with key_lock:
+            with self.lock:
+                answer = self._answers.get(scope)
+                if answer is not None:
+                    self.counters["idempotent replays"] = self.counters.get("idempotent replays", 0) + 1
+            if answer is not None:
+                return answer[0], copy.deepcopy(answer[1])
+            status, payload = self._dispatch(method, raw_path, body)
+            # A 5xx did nothing the caller can rely on: its retry (same key) must run again.
+            if status < 500:
+                with self.lock:
+                    self._answers[scope] = (status, copy.deepcopy(payload))
+            return status, payload
+
+    def _dispatch(self, method: str, raw_path: str, body: Any) -> tuple[int, Any]:
         parts = urlsplit(raw_path)
         path = parts.path
         if path.rstrip("/") == "/_control":
@@ -330,7 +362,7 @@ def _make_handler(service: SimulatedService) -> type[BaseHTTPRequestHandler]:
                 self._send(400, {"detail": "Body is not valid JSON"})
                 return
             try:
-                status, payload = service.dispatch(self.command, self.path, body)
+                status, payload = service.dispatch(self.command, self.path, body, self.headers)
             except HttpError as exc:
                 status, payload = exc.status, exc.body
             except Exception as exc:  # noqa: BLE001 - a simulator bug answers 500, like a real service

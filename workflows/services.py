@@ -15,6 +15,7 @@ from uuid import UUID
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from berrys_portal.errors import Conflict, InvalidInput, NotFound
@@ -90,6 +91,8 @@ def run_retry(
             status=StepStatus.PENDING, output=None, error="", attempt_count=0, deliveries=0,
             next_attempt_at=None, lease_expires_at=None, wait_until=None, started_at=None,
             finished_at=None,
+            # A deliberate operator action: a new effect, so a new Idempotency-Key.
+            generation=F("generation") + 1,
         )
         run.input, run.context = new_input, context
         run.status, run.error, run.failed_step = RunStatus.RUNNING, "", ""

@@ -16,7 +16,7 @@ from workflows.models import StepRun
 COLOURS = {
     "succeeded": "#2e7d32", "fallback": "#ef6c00", "skipped": "#9e9e9e", "failed": "#c62828",
     "running": "#1565c0", "retrying": "#f9a825", "waiting": "#6a1b9a", "queued": "#90a4ae",
-    "pending": "#cfd8dc", "retry": "#f9a825",
+    "pending": "#cfd8dc", "retry": "#f9a825", "sent": "#1565c0", "worker_lost": "#6d4c41",
 }
 WIDTH, LABEL, ROW, BAR = 900, 170, 22, 12
 
@@ -29,7 +29,7 @@ def run_timeline_svg(*, started_at: datetime | None, steps: list[StepRun], now: 
     if not started_at or not spans:
         return mark_safe('<p class="help">Nothing has run yet.</p>')
     t0 = min([started_at] + [a.started_at for a in attempts] + [b for b, _ in spans])
-    t1 = max([e for _, e in spans] + [a.finished_at for a in attempts] + [t0])
+    t1 = max([e for _, e in spans] + [a.finished_at or now for a in attempts] + [t0])
     total = max((t1 - t0).total_seconds(), 0.001)
     plot = WIDTH - LABEL - 10
 
@@ -51,10 +51,10 @@ def run_timeline_svg(*, started_at: datetime | None, steps: list[StepRun], now: 
                 f"</title></rect>"
             )
         for a in step.attempts.all():
-            start, end = x(a.started_at), x(a.finished_at)
+            start, end = x(a.started_at), x(a.finished_at or now)
             colour = COLOURS.get(a.outcome, "#1565c0")
-            ms = (a.finished_at - a.started_at).total_seconds() * 1000
-            label = f"attempt {a.number}: {a.outcome or '?'} {a.response_status or ''} {ms:.0f} ms"
+            ms = ((a.finished_at or now) - a.started_at).total_seconds() * 1000
+            label = f"attempt {a.number}: {a.get_outcome_display() or '?'} {a.response_status or ''} {ms:.0f} ms"
             parts.append(
                 f'<rect x="{start:.1f}" y="{y + 2}" width="{max(end - start, 2):.1f}" height="{BAR - 4}" '
                 f'fill="{colour}"><title>{escape(label)}</title></rect>'

@@ -144,6 +144,7 @@ class StubServer:
     def __init__(self):
         self.routes: dict[tuple[str, str], Callable] = {}
         self.requests: list[tuple[str, str, object, float]] = []
+        self.headers: list[dict[str, str]] = []  # each request's headers, parallel to requests
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -157,6 +158,7 @@ class StubServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
+                stub.headers.append(dict(self.headers.items()))
                 stub.requests.append((self.command, self.path, body, time.monotonic()))
                 route = stub.routes.get((self.command, self.path))
                 status, payload = route(body) if route else (404, {"detail": "no route"})

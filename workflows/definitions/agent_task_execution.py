@@ -44,6 +44,8 @@ register(Workflow(
         ),
         _http(
             name="execution_plan", service_type=ServiceType.MODEL_ORCHESTRATION,
+            # Model Orchestration cannot dedupe (each call is a fresh model run): at least once.
+            service_dedupes=False,
             path="/plans/execution",
             build_request=lambda ctx: {"task_id": ctx["task_id"], "task": ctx["task"]},
             read_response=read_execution_plan,
@@ -58,6 +60,8 @@ register(Workflow(
         ),
         _http(
             name="execute_task", service_type=ServiceType.MODEL_ORCHESTRATION,
+            # Model Orchestration cannot dedupe (each call is a fresh model run): at least once.
+            service_dedupes=False,
             path="/executions",
             build_request=execution_request,
             read_response=lambda ctx, body: {"execution": body},

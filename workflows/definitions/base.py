@@ -7,6 +7,7 @@ calling, persisting and retrying; a definition only says *what* to do.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 # Client errors that a retry cannot fix (408 Request Timeout, 425 Too Early and
 # 429 Too Many Requests are transient and stay retryable).
 CLIENT_ERROR_STATUSES = frozenset(set(range(400, 500)) - {408, 425, 429})
+# RFC 9110 token characters.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 class DefinitionError(ValueError):
@@ -132,6 +135,10 @@ class Step:
     build_request: Callable[[Context], Any] | None = None
     read_response: Callable[[Context, Any], Output] | None = None
     timeout: float | None = None
+    # The header carrying the step's idempotency key on every call (None: send none).
+    idempotency_header: str | None = "Idempotency-Key"
+    # False for a service known not to honour the key: the step is then "at least once".
+    service_dedupes: bool = True
     # --- every kind ---
     required: bool = True
     fallback: Callable[[Context], Output] | None = None
@@ -164,6 +171,19 @@ class Step:
             raise DefinitionError(f"{where}: kind must be 'http', 'local' or 'human'")
         if self.timeout is not None and self.timeout <= 0:
             raise DefinitionError(f"{where}: timeout must be positive")
+        if self.idempotency_header is not None and not _HEADER_NAME.match(self.idempotency_header):
+            raise DefinitionError(f"{where}: idempotency_header must be an HTTP header name (or None)")
+
+    @property
+    def delivery(self) -> str:
+        """``"exactly once"`` when the service dedupes on the step's key, else ``"at least once"``.
+
+        A worker lost mid-call means the call is sent again; only a service that honours
+        the key turns that repeat into the first answer. Empty for local and human steps.
+        """
+        if self.kind != "http":
+            return ""
+        return "exactly once" if self.idempotency_header and self.service_dedupes else "at least once"
 
     @property
     def path_fields(self) -> list[str]:
@@ -274,6 +294,8 @@ class Workflow:
                     "has_fallback": s.fallback is not None,
                     "max_attempts": s.retry.max_attempts,
                     "timeout": s.timeout,
+                    "idempotency_header": s.idempotency_header if s.kind == "http" else None,
+                    "delivery": s.delivery,
                     "description": s.description or (s.human.prompt if s.human else ""),
                 }
                 for s in self.steps

@@ -118,6 +118,8 @@ register(Workflow(
         ),
         _http(
             name="execution_preview", service_type=ServiceType.MODEL_ORCHESTRATION,
+            # Model Orchestration cannot dedupe (each call is a fresh model run): at least once.
+            service_dedupes=False,
             path="/plans/execution",
             build_request=lambda ctx: {"task_id": ctx["assignments"][0]["task_id"],
                                        "task": ctx["tactical_plan"]["tasks"][0]},
