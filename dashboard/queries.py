@@ -302,7 +302,8 @@ def run_charts(run, *, now: datetime | None = None) -> dict:
         step["attempts"] = attempts.get(step["id"], [])
 
     times = [t for s in step_rows for t in (s["started_at"], s["finished_at"]) if t]
-    times += [t for s in step_rows for a in s["attempts"] for t in (a["started_at"], a["finished_at"])]
+    # A try still in flight ("sent") has no finished_at yet.
+    times += [t for s in step_rows for a in s["attempts"] for t in (a["started_at"], a["finished_at"]) if t]
     start = run.started_at or run.created_at
     if times:
         start = min([start, *times])
