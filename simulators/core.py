@@ -119,6 +119,7 @@ class SimulatedService:
         # arrives while the first is still being handled wait for, then return, its answer.
         self._answers: dict[tuple[str, str, str], tuple[int, Any]] = {}
         self._key_locks: dict[tuple[str, str, str], threading.Lock] = {}
+        self.key_effects: dict[tuple[str, str, str], int] = {}
         self.port = port
         self.setup_routes()
 
@@ -235,12 +236,14 @@ class SimulatedService:
 
     def dispatch(self, method: str, raw_path: str, body: Any, headers: Any = None) -> tuple[int, Any]:
         key = headers.get(self.IDEMPOTENCY_HEADER) if headers is not None else None
-        if not key or not self.honours_idempotency_key or method == "GET":
-            return self._dispatch(method, raw_path, body)
         path = urlsplit(raw_path).path
-        if path.rstrip("/") in ("/_control", "/_state", "/health"):
+        if not key or method == "GET" or path.rstrip("/") in ("/_control", "/_state", "/health"):
             return self._dispatch(method, raw_path, body)
         scope = (method, self._route_name(method, path), key)
+        if not self.honours_idempotency_key:
+            status, payload = self._dispatch(method, raw_path, body)
+            self._count_effect(scope, status)
+            return status, payload
         with self.lock:
             key_lock = self._key_locks.setdefault(scope, threading.Lock())
         with key_lock:
@@ -251,11 +254,22 @@ class SimulatedService:
             if answer is not None:
                 return answer[0], copy.deepcopy(answer[1])
             status, payload = self._dispatch(method, raw_path, body)
+            self._count_effect(scope, status)
             # A 5xx did nothing the caller can rely on: its retry (same key) must run again.
             if status < 500:
                 with self.lock:
                     self._answers[scope] = (status, copy.deepcopy(payload))
             return status, payload
+
+    def _count_effect(self, scope: tuple[str, str, str], status: int) -> None:
+        """Successful executions per key: more than one is a duplicate effect (benches and tests read it)."""
+        if 200 <= status < 300:
+            with self.lock:
+                self.key_effects[scope] = self.key_effects.get(scope, 0) + 1
+
+    def duplicate_effects(self) -> int:
+        with self.lock:
+            return sum(n - 1 for n in self.key_effects.values() if n > 1)
 
     def _dispatch(self, method: str, raw_path: str, body: Any) -> tuple[int, Any]:
         parts = urlsplit(raw_path)

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -68,7 +68,14 @@ from workflows.models import (
 logger = logging.getLogger(__name__)
 
 SYSTEM = "system"
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+_HOSTNAME = socket.gethostname()
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process. Not a module constant: the pool processes are forked
+    after import, and a dead pool process must be told apart from its live parent."""
+    return f"{_HOSTNAME}:{os.getpid()}"
+
 # Errors that mean "the service is not there to call": never retried by the engine,
 # they go straight to fallback / skip / fail.
 UNAVAILABLE = (ServiceNotFoundError, NoEligibleServiceError, CircuitOpenError)
@@ -243,6 +250,52 @@ def _activate(run: WorkflowRun, step: StepRun, spec: Step, now: datetime) -> Non
     _enqueue_on_commit(step.pk)
 
 
+# --------------------------------------------------------------------------- dead workers
+
+
+def _process_dead_here(worker: str) -> bool:
+    """True if ``worker`` ("host:pid") names a process on this host that no longer runs.
+
+    Only a same-host question can be answered without waiting (a process on another host
+    is known dead only when its lease expires). A zombie counts as dead; a pid reused by
+    another process counts as alive, which only means waiting for the lease.
+    """
+    host, _, pid = worker.rpartition(":")
+    if host != _HOSTNAME or not pid.isdigit():
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except OSError:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+
+
+def _expire_if_holder_died(step_id: int) -> bool:
+    """Expire the lease of a running step whose try in flight belongs to a dead local process."""
+    row = (StepAttempt.objects.filter(step_id=step_id, outcome=AttemptOutcome.SENT)
+           .order_by("-number").values_list("worker", "number").first())
+    if row is None or not _process_dead_here(row[0]):
+        return False
+    return StepRun.objects.filter(pk=step_id, status=StepStatus.RUNNING, attempts_total=row[1]).update(
+        lease_expires_at=_now() - timedelta(microseconds=1)) == 1
+
+
+def _expire_dead_holders_here() -> int:
+    """The reconciler's half of the same: every try in flight held by a dead process of this host."""
+    in_flight = StepAttempt.objects.filter(
+        outcome=AttemptOutcome.SENT, worker__startswith=_HOSTNAME + ":",
+    ).values_list("step_id", "worker", "number")[:500]
+    return sum(_expire_if_holder_died(step_id) for step_id, worker, _ in in_flight if _process_dead_here(worker))
+
+
 # --------------------------------------------------------------------------- leases
 
 
@@ -293,6 +346,35 @@ class LeaseKeeper:
             mine |= Q(pk=step_id, attempts_total=token)
         return StepRun.objects.filter(mine, status=StepStatus.RUNNING).update(lease_expires_at=lease)
 
+    def hand_back(self, *, why: str) -> int:
+        """Give the steps this process holds back at once (the worker is stopping).
+
+        Each goes back to ``queued`` with its message re-sent now, instead of waiting for
+        its lease to expire; its open try is closed as worker_lost. If the call was in
+        fact answered, the repeat carries the same idempotency key, and the completion
+        of the try handed back is refused by the fencing token.
+        """
+        now = _now()
+        handed = 0
+        for step_id, token in self.held().items():
+            with transaction.atomic():
+                row = (StepRun.objects.select_for_update()
+                       .filter(pk=step_id, attempts_total=token, status=StepStatus.RUNNING)
+                       .values_list("run_id", "name").first())
+                if row is None:
+                    continue
+                StepRun.objects.filter(pk=step_id).update(status=StepStatus.QUEUED, next_attempt_at=now,
+                                                          lease_expires_at=None)
+                StepAttempt.objects.filter(step_id=step_id, outcome=AttemptOutcome.SENT).update(
+                    outcome=AttemptOutcome.WORKER_LOST, finished_at=now, error=WORKER_LOST.format(why=why))
+                RunEvent.objects.create(run_id=row[0], kind=RunEvent.Kind.REQUEUED, actor=SYSTEM,
+                                        step_name=row[1], details={"reason": why})
+                _enqueue_on_commit(step_id)
+            handed += 1
+        with self._lock:
+            self._held.clear()
+        return handed
+
     def _loop(self) -> None:
         from django.db import close_old_connections
 
@@ -307,6 +389,29 @@ class LeaseKeeper:
 
 
 lease_keeper = LeaseKeeper()
+
+
+def worker_process_stopping(*, timeout: float = 5.0) -> None:
+    """Called when a pool process is stopping mid-step: hand its steps back, then let it die.
+
+    The hand-back runs in a thread of its own (its own DB connection): the signal may have
+    interrupted the main thread in the middle of a query on the main thread's connection.
+    """
+    if not lease_keeper.held():
+        return
+
+    def work() -> None:
+        try:
+            handed = lease_keeper.hand_back(why="worker stopping: step handed back")
+            logger.warning("worker stopping: handed %d step(s) back", handed)
+        except Exception:  # noqa: BLE001 - the lease expiry is the fallback
+            logger.warning("could not hand steps back; their leases will expire", exc_info=True)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=work, name="workflow-hand-back")
+    thread.start()
+    thread.join(timeout)
 
 
 # --------------------------------------------------------------------------- execute
@@ -407,7 +512,7 @@ def _claim_pg(step_id: int) -> StepRun | None:
     now = _now()
     params = {"id": step_id, "now": now, "due": now + timedelta(seconds=1),
               "lease": now + timedelta(seconds=settings.WORKFLOW_STEP_LEASE_SECONDS),
-              "worker": WORKER_ID[:200], "cap": settings.WORKFLOW_MAX_DELIVERIES,
+              "worker": worker_id()[:200], "cap": settings.WORKFLOW_MAX_DELIVERIES,
               "lost": WORKER_LOST.format(why="its lease expired")}
     row = _hot_statement(_CLAIM_SQL, params)
     if row is None:
@@ -451,7 +556,7 @@ def _claim_orm(step_id: int) -> StepRun | None:
                 and step.deliveries <= settings.WORKFLOW_MAX_DELIVERIES):
             step.attempt_id = StepAttempt.objects.create(
                 step_id=step_id, number=step.attempts_total, outcome=AttemptOutcome.SENT,
-                worker=WORKER_ID[:200], started_at=now,
+                worker=worker_id()[:200], started_at=now,
             ).pk
     return step
 
@@ -465,6 +570,10 @@ def step_execute(*, step_id: int) -> str:
 
 def _step_execute(*, step_id: int) -> str:
     step = _claim(step_id)
+    if step is None and _expire_if_holder_died(step_id):
+        # Its worker died on this host (Celery re-delivers a killed child's message at
+        # once): take the step over now rather than after its lease.
+        step = _claim(step_id)
     if step is None:
         return "not claimed"
     run = step.run
@@ -507,10 +616,25 @@ def _step_execute(*, step_id: int) -> str:
     except Exception as error:  # noqa: BLE001 - every failure is an attempt outcome
         exc = error
         record.error = error_message(error)
+    except SystemExit:
+        # A pool process told to stop (billiard turns SIGTERM into SystemExit: a cold
+        # shutdown, or SIGTERM to the whole process group as systemd and container
+        # runtimes send): hand the step back now instead of leaving it to its lease.
+        worker_process_stopping()
+        raise
     finally:
         lease_keeper.release(step.pk)
     record.finished_at = _now()
-    result = _decide(run, step, token, wf, spec, record, output, exc)
+    try:
+        result = _decide(run, step, token, wf, spec, record, output, exc)
+    except (OperationalError, InterfaceError):
+        # The database connection broke (backend terminated, failover) after the call was
+        # made: record it on a new connection rather than leave the step to its lease.
+        # Safe to repeat: the decision is fenced by the token (a committed first try
+        # makes this one "lost lease").
+        logger.warning("recording step %s failed on a broken connection; retrying once", step.pk)
+        connection.close()
+        result = _decide(run, step, token, wf, spec, record, output, exc)
     metrics.observe_step(
         workflow=run.workflow, step=step.name, outcome=record.outcome or result,
         duration_seconds=(record.finished_at - record.started_at).total_seconds(),
@@ -568,7 +692,7 @@ def _save_attempt(step: StepRun, record: AttemptRecord, number: int) -> None:
         request_method=record.method[:10], request_url=record.url[:2000], request_body=record.request_body,
         response_status=record.status, response_body=_truncate(record.response),
         latency_ms=record.latency_ms, error=record.error, outcome=record.outcome,
-        worker=WORKER_ID[:200], started_at=record.started_at, finished_at=record.finished_at,
+        worker=worker_id()[:200], started_at=record.started_at, finished_at=record.finished_at,
     )
     if record.attempt_id is not None:
         StepAttempt.objects.filter(pk=record.attempt_id).update(**fields)
@@ -713,7 +837,7 @@ def _complete_pg(run, step, token, record, number, status, output, error, contex
         "request_body": Jsonb(record.request_body) if record.request_body is not None else None,
         "response_status": record.status, "response_body": _truncate(record.response),
         "latency_ms": record.latency_ms, "attempt_error": record.error, "outcome": record.outcome,
-        "worker": WORKER_ID[:200], "started_at": record.started_at, "finished_at": record.finished_at,
+        "worker": worker_id()[:200], "started_at": record.started_at, "finished_at": record.finished_at,
         "context": Jsonb(context), "last": last, "run": run.pk, "next": next_index,
     }
     step_done, run_moved, next_id = _hot_statement(_COMPLETE_SQL, params)
@@ -772,6 +896,8 @@ def steps_reconcile(*, batch: int = 500) -> dict[str, int]:
     Each step is touched at most once per pass (its due time / lease is pushed forward
     before its message is sent). Returns counts of what was done.
     """
+    # Tries held by dead processes of this host: their leases end now, not in a lease's time.
+    _expire_dead_holders_here()
     now = _now()
     grace = timedelta(seconds=settings.WORKFLOW_RECONCILE_GRACE_SECONDS)
     counts = {"requeued": 0, "lease_expired": 0, "timed_out": 0}

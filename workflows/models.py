@@ -228,6 +228,8 @@ class StepAttempt(models.Model):
         indexes = [
             # Run page: attempts of the run's steps, in order.
             models.Index(fields=["step", "number"], name="workflows_attempt_step"),
+            # Reconciler: tries in flight (few at any time), to find those whose worker died.
+            models.Index(fields=["worker"], name="workflows_attempt_in_flight", condition=Q(outcome="sent")),
         ]
 
     def __str__(self) -> str:

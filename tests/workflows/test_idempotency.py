@@ -134,3 +134,37 @@ def test_a_step_longer_than_its_lease_is_kept_by_the_heartbeat(engine_env, stub)
     assert len(calls) == 1
     assert not RunEvent.objects.filter(run=run, kind=RunEvent.Kind.REQUEUED).exists()
     assert list(run.steps.get().attempts.values_list("outcome", flat=True)) == ["succeeded"]
+
+
+@pytest.mark.slow
+def test_a_stopping_worker_hands_its_step_back_at_once(engine_env, demo_services):
+    """SIGTERM to the worker's process group (systemd, container stop): the pool process
+    running the step hands it back before dying, so it does not wait for its lease."""
+    worker = engine_env
+    arrived, release = threading.Event(), threading.Event()
+    calls = []
+
+    def held(body):
+        calls.append(body)
+        if len(calls) == 1:
+            arrived.set()
+            release.wait(10)
+        return 200, {"phases": ["x"]}
+
+    demo_services.routes[("POST", "/plans/strategic/p-1")] = held
+    run, _ = run_start(workflow="test_demo", input={"name": "A"}, triggered_by="test")
+    assert arrived.wait(20)
+    worker.stop()  # SIGTERM to the whole group
+    release.set()
+    plan = run.steps.get(name="plan")
+    assert plan.status == StepStatus.QUEUED  # handed back, not left running until the lease ends
+    (lost,) = plan.attempts.all()
+    assert lost.outcome == AttemptOutcome.WORKER_LOST and "handed back" in lost.error
+    assert RunEvent.objects.filter(run=run, kind=RunEvent.Kind.REQUEUED,
+                                   details__reason="worker stopping: step handed back").exists()
+    worker.start()
+    run = wait_for_run(run.pk, timeout=30)
+    assert run.status == RunStatus.SUCCEEDED
+    keys = {h["Idempotency-Key"] for (_, p, *_), h in zip(demo_services.requests, demo_services.headers,
+                                                           strict=True) if p == "/plans/strategic/p-1"}
+    assert keys == {f"{run.pk}:plan:1"}
