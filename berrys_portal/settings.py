@@ -153,6 +153,23 @@ if CELERY_BROKER_URL is None:
         # The default 1 s poll adds up to a second per workflow step hop in the demo.
         "polling_interval": env_float("CELERY_FILESYSTEM_POLL_SECONDS", 0.2, minimum=0.01),
     }
+elif CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://")):
+    # RabbitMQ, the durable choice: Celery declares durable queues and sends persistent
+    # messages by default; publisher confirms make a publish return only once the broker
+    # has the message. Quorum queues (RabbitMQ >= 3.8) replicate it across a cluster and
+    # survive a node restart; CELERY_QUEUE_TYPE=classic for an older server. The type is
+    # fixed when a queue is first declared: changing it needs the queue deleted.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+    CELERY_TASK_DEFAULT_QUEUE_TYPE = env_str("CELERY_QUEUE_TYPE", "quorum")
+    if CELERY_TASK_DEFAULT_QUEUE_TYPE not in ("quorum", "classic"):
+        raise ImproperlyConfigured("CELERY_QUEUE_TYPE must be quorum or classic")
+    # Queues named per call (the workflow and health queues) are created with the same type.
+    CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = CELERY_TASK_DEFAULT_QUEUE_TYPE
+    # Quorum queues refuse global QoS; Celery then uses per-consumer prefetch.
+    CELERY_WORKER_DETECT_QUORUM_QUEUES = True
+    # A retry's countdown on a quorum queue uses RabbitMQ-native delayed delivery, which
+    # needs topic exchanges (a queue's own name as the routing key still matches only it).
+    CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
 else:
     # Tasks whose countdown exceeds this are re-delivered by Redis; the workflow
     # engine never schedules a countdown longer than it (the reconciler takes over).

@@ -380,6 +380,11 @@ class LeaseKeeper:
 
         while True:
             self._wake.wait(settings.WORKFLOW_HEARTBEAT_SECONDS)
+            if not self.held():
+                # Idle: keep no connection open (a test database can then be dropped, and a
+                # pooler sees one client less); the next renewal opens one again.
+                connection.close()
+                continue
             try:
                 self.renew()
             except Exception:  # noqa: BLE001 - the database may be down; the next beat tries again
