@@ -228,7 +228,8 @@ class SimulatedService:
     def control(self, method: str, body: Any) -> tuple[int, Any]:
         if method == "POST":
             self.set_faults(body if body is not None else {})
-        return 200, {"service": self.slug, "faults": asdict(self.faults), "counters": dict(self.counters)}
+        return 200, {"service": self.slug, "faults": asdict(self.faults), "counters": dict(self.counters),
+                     "duplicate_effects": self.duplicate_effects()}
 
     def state(self) -> tuple[int, Any]:
         with self.lock:

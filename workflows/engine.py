@@ -640,11 +640,26 @@ def _step_execute(*, step_id: int) -> str:
         logger.warning("recording step %s failed on a broken connection; retrying once", step.pk)
         connection.close()
         result = _decide(run, step, token, wf, spec, record, output, exc)
+    if result == "lost lease":
+        _record_late_refusal(run, step, token, record)
     metrics.observe_step(
         workflow=run.workflow, step=step.name, outcome=record.outcome or result,
         duration_seconds=(record.finished_at - record.started_at).total_seconds(),
     )
     return result
+
+
+def _record_late_refusal(run: WorkflowRun, step: StepRun, token: int, record: AttemptRecord) -> None:
+    """This worker lost the step's lease while it ran (partitioned, stalled): its result was
+    refused by the fencing token. Say so on the run; the step itself is someone else's now."""
+    logger.warning("late completion refused: step %s of run %s was taken over (fencing token %s)",
+                   step.pk, run.pk, token)
+    try:
+        RunEvent.objects.create(run_id=run.pk, kind=RunEvent.Kind.LATE_REFUSED, actor=worker_id()[:200],
+                                step_name=step.name,
+                                details={"attempt": token, "outcome": record.outcome, "status": record.status})
+    except Exception:  # noqa: BLE001 - only a note; the refusal itself already happened
+        logger.warning("could not record the refused completion", exc_info=True)
 
 
 def _call_http(spec: Step, ctx: dict, record: AttemptRecord, key: str) -> dict[str, Any]:

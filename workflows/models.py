@@ -249,6 +249,7 @@ class RunEvent(models.Model):
         TIMED_OUT = "timed_out", "Wait timed out"
         REQUEUED = "requeued", "Re-enqueued by the reconciler"
         DELIVERY_CAP = "delivery_cap", "Delivery cap reached"
+        LATE_REFUSED = "late_refused", "Late completion refused (lease lost)"
 
     # No index of its own: workflows_event_run (run, at) starts with it.
     run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="events", db_index=False)
