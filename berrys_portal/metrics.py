@@ -186,6 +186,37 @@ class PortalStateCollector(Collector):
             runs.add_metric([workflow, run_status], float(n))
         yield runs
 
+        yield from _step_age_gauges()
+
+
+def _step_age_gauges():
+    """How long the oldest running step has run, and how late the oldest queued step is: a
+    stuck queue or a lost worker shows here before any run times out. Both read partial
+    indexes over the few running / queued steps."""
+    from django.db.models import Min
+    from django.utils import timezone
+
+    from workflows.models import STEP_CLAIMABLE, StepRun, StepStatus
+
+    now = timezone.now()
+    oldest_running = StepRun.objects.filter(status=StepStatus.RUNNING).aggregate(t=Min("started_at"))["t"]
+    oldest_due = StepRun.objects.filter(status__in=STEP_CLAIMABLE, next_attempt_at__lte=now).aggregate(
+        t=Min("next_attempt_at"))["t"]
+    running = GaugeMetricFamily(
+        "berrys_workflow_oldest_running_step_seconds",
+        "Seconds since the longest-running step started (0: none running). Above the longest step "
+        "timeout plus the lease means a worker is stuck or lost.",
+    )
+    running.add_metric([], (now - oldest_running).total_seconds() if oldest_running else 0.0)
+    yield running
+    queued = GaugeMetricFamily(
+        "berrys_workflow_oldest_queued_step_seconds",
+        "Seconds the most overdue queued/retrying step has waited since it was due (0: none). A growing "
+        "value with idle workers means lost messages or no consumer on WORKFLOW_QUEUE.",
+    )
+    queued.add_metric([], (now - oldest_due).total_seconds() if oldest_due else 0.0)
+    yield queued
+
 
 # --- Multi-process plumbing ----------------------------------------------------------
 

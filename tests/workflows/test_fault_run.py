@@ -85,6 +85,16 @@ def _unfinished(ids) -> int:
             + WorkflowRun.objects.filter(pk__in=[c for c in children if c]).exclude(status__in=RUN_FINISHED).count())
 
 
+def _stuck() -> list:
+    """The steps still in the way, for the failure message."""
+    from workflows.models import StepRun
+
+    return list(StepRun.objects.exclude(status__in=["succeeded", "skipped", "fallback", "pending"])
+                .filter(run__status__in=["running", "pending"])
+                .values_list("run__workflow", "name", "status", "deliveries", "attempts_total",
+                             "next_attempt_at", "lease_expires_at")[:20])
+
+
 def test_twenty_runs_under_faults_succeed_with_every_effect_once(engine_env, berrys, broker):
     worker = engine_env
     beat = Beat()
@@ -112,7 +122,8 @@ def test_twenty_runs_under_faults_succeed_with_every_effect_once(engine_env, ber
                     break
             except Exception:  # noqa: BLE001 - a terminated backend of ours: ask again
                 connection.close()
-            assert time.monotonic() < deadline, f"not settled {SETTLE_LIMIT:.0f} s after the last fault"
+            assert time.monotonic() < deadline, (
+                f"not settled {SETTLE_LIMIT:.0f} s after the last fault: {_stuck()}")
             time.sleep(0.2)
         settled = time.monotonic() - last_fault
     finally:
