@@ -2,8 +2,13 @@
 
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerSplitView,
+)
 
+from berrys_portal.errors import json_page_not_found
 from registry.gateway import GatewayView
 
 urlpatterns = [
@@ -12,10 +17,14 @@ urlpatterns = [
     re_path(r"^api/schema/?$", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves its init script from this URL (?script): no inline script for the CSP.
     re_path(r"^api/docs/?$", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),
+    re_path(r"^api/redoc/?$", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("", include("dashboard.urls")),
     path("", include("registry.urls")),
     path("workflows/", include("workflows.urls")),
     re_path(r"^gateway/(?P<service_type>[^/]+)/(?P<path>.*)$", GatewayView.as_view(), name="gateway"),
+    # Last: any other path under the API's prefixes is the API's JSON 404 in every profile
+    # (with DEBUG on, as in the demo, Django would answer its HTML debug page instead).
+    re_path(r"^(?:registry|discovery|workflows|gateway|api)(?:/.*)?$", json_page_not_found, name="api-not-found"),
 ]
 
 handler404 = "berrys_portal.errors.json_page_not_found"

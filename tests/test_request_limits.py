@@ -125,3 +125,12 @@ def test_under_gunicorn_oversize_requests_get_the_api_error_shape(gunicorn):
     # Beyond gunicorn's own ceiling (8190 for the line, its maximum): still gunicorn's plain 400.
     status, _, body = _raw(gunicorn, "/registry/services?name=" + "x" * 9000)
     assert status == 400 and "Request Line is too large" in body
+
+
+@pytest.mark.parametrize(("name", "value"), [("API_MAX_REQUEST_LINE_BYTES", "8190"), ("API_MAX_HEADER_BYTES", "20000"),
+                                             ("API_MAX_HEADERS", "200"), ("API_MAX_JSON_DEPTH", "501")])
+def test_limits_gunicorn_would_answer_first_are_refused_at_start_up(name, value):
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "berrys_portal.settings_test", name: value}
+    proc = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "ImproperlyConfigured" in proc.stderr and name in proc.stderr

@@ -250,7 +250,7 @@ def test_a_dripping_upstream_is_cut_at_the_total_deadline(upstream):
     started = time.monotonic()
     with pytest.raises(ServiceConnectionError, match="timeout"):
         _call(upstream, "/drip", timeout=1.5)
-    assert 1.4 < time.monotonic() - started < 3.0  # a per-read timeout would never fire here
+    assert 1.4 < time.monotonic() - started < 4.5  # a per-read timeout would never fire here
 
 
 @pytest.mark.parametrize("path", ["/gzip-bomb", "/huge"])
@@ -313,7 +313,7 @@ def test_the_gateway_answers_hostile_upstreams_in_the_error_shape(full_client, g
     started = time.monotonic()
     drip = full_client.get("/gateway/HOSTILE_UPSTREAM/drip")
     assert drip.status_code == 502 and "timeout" in drip.json()["detail"].lower()
-    assert time.monotonic() - started < 8  # the deadline (1.5 s) per try, 3 tries with backoff
+    assert time.monotonic() - started < 12  # the deadline (1.5 s) per try, 3 tries with backoff
 
 
 def test_the_gateway_answers_503_with_retry_after_beyond_its_bounds(full_client, gateway_upstream, settings):

@@ -275,7 +275,7 @@ def test_a_heartbeat_after_ttl_expiry_closes_the_breaker_the_expiry_opened(loopb
         health.health_sweep()
     assert breaker_for(svc).snapshot().state == "open"  # critical opened it at once
 
-    service_heartbeat(service=svc.pk)
+    service_heartbeat(service=svc.pk, key=None)
     svc.refresh_from_db()
     assert svc.status == "passing"
     assert breaker_for(svc).snapshot().state == "closed"  # no wait for the reset timeout
@@ -290,5 +290,5 @@ def test_a_heartbeat_leaves_an_operators_forced_open_breaker_open(make_service):
     with time_machine.travel(timezone.now() + timedelta(seconds=31)):
         health.health_sweep()
     breaker_for(svc).force_open(reason="investigating", actor="ops")
-    service_heartbeat(service=svc.pk)
+    service_heartbeat(service=svc.pk, key=None)
     assert breaker_for(svc).snapshot().state == "open"

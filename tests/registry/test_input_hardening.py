@@ -270,3 +270,33 @@ def test_globs_keep_their_meaning_under_re2(fresh_rules):
     assert adapt("/plans/xb/c") == {"x": 1}
     assert adapt("/plans/abc/d") == {"x": 1}
     assert adapt("/plans/ab/") == {}
+
+
+@pytest.mark.django_db
+def test_a_service_answering_json_nested_5000_deep_is_passed_on_as_text_not_a_500(full_client, loopback):
+    from tests.registry.loopback import Reply
+
+    deep = "[" * 5000 + "]" * 5000
+    upstream = loopback({"/x": Reply(200, deep)})
+    service = Service.objects.create(name="pc", type="PROJECT_COORDINATOR", url=upstream.url,
+                                     status=HealthStatus.PASSING)
+    breaker_forget(service_id=service.pk)
+    response = full_client.get("/gateway/PROJECT_COORDINATOR/x")
+    assert response.status_code == 200
+    assert response.json() == deep  # the service's bytes, as a string: never decoded
+
+
+@pytest.mark.django_db
+def test_literal_globs_and_rules_sharing_a_pattern_still_apply_each_rule(fresh_rules):
+    for order, field in enumerate(("a", "b", "c")):
+        RequestAdapterRule.objects.create(service_type="PLANNING_SYSTEM", method="POST", endpoint_pattern="/plans",
+                                          order=order, action="drop", field=field)
+    RequestAdapterRule.objects.create(service_type="PLANNING_SYSTEM", method="*", endpoint_pattern="/plans/*",
+                                      order=9, action="drop", field="d")
+    body = {"a": 1, "b": 2, "c": 3, "d": 4}
+    adapt = lambda path, method="POST": adapt_request(  # noqa: E731
+        service_type="PLANNING_SYSTEM", method=method, endpoint=path, data=body)
+    assert adapt("/plans") == {"d": 4}
+    assert adapt("/plans/") == {"a": 1, "b": 2, "c": 3}
+    assert adapt("/plans/x", method="GET") == {"a": 1, "b": 2, "c": 3}
+    assert adapt("/plansx") == body and adapt("/Plans") == body

@@ -91,6 +91,7 @@ class DemoOnTerminal:
     def __init__(self, clone: Path, portal_port: int, base_port: int):
         self.clone = clone
         self.lines: list[str] = []
+        self.times: list[float] = []  # when each line was read (time.monotonic())
         self.events: queue.Queue[str] = queue.Queue()
         self.stack_started = threading.Event()
         self.master, slave = os.openpty()
@@ -119,11 +120,16 @@ class DemoOnTerminal:
             *complete, pending = pending.split(b"\n")
             for raw in complete:
                 line = raw.decode(errors="replace").rstrip("\r")
+                self.times.append(time.monotonic())
                 self.lines.append(line)
                 if "DEMO READY" in line or "DEMO FAILED" in line or "What to click" in line:
                     self.events.put(line)
                 elif "Starting the demo" in line:
                     self.stack_started.set()
+
+    def seen_at(self, text: str) -> float | None:
+        """When the first line containing ``text`` was read, or None."""
+        return next((at for at, line in zip(self.times, self.lines, strict=False) if text in line), None)
 
     def output(self, last: int = 60) -> str:
         return "\n".join(self.lines[-last:])
@@ -221,6 +227,14 @@ def test_make_demo_starts_on_the_embedded_defaults_stops_on_ctrl_c_and_restarts_
         assert "DEMO READY" in status.stdout and "Login:  operator" in status.stdout
         assert "model-orchestration" in status.stdout
         first_ids = _run_ids(summary)
+        # Idle, the stack prints nothing per poll: no heartbeat access lines, no beat / worker
+        # INFO line per scheduled task (heartbeats every 10 s, a health sweep every 5 s).
+        ready_at = demo.seen_at("What to click")
+        time.sleep(max(0.0, ready_at + 12 - time.monotonic()))
+        idle = demo.lines[len(summary.splitlines()):]
+        routine = [line for line in idle if re.search(
+            r"/heartbeat|Sending due task|Task \S+ received|Task \S+ succeeded", line)]
+        assert routine == [], "\n".join(routine)
     except BaseException:
         demo.kill()
         raise
