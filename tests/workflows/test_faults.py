@@ -92,10 +92,10 @@ def test_a_step_that_kills_its_worker_every_time_fails_after_the_delivery_cap(en
     run, _ = run_start(workflow="test_killer", input={}, triggered_by="test")
     (run,) = reconcile_until_finished([run.pk], timeout=60)
     assert run.status == RunStatus.FAILED
-    assert run.error.startswith("Delivery cap reached: step boom was delivered 3 times")
-    assert "WORKFLOW_MAX_DELIVERIES=2" in run.error
+    assert run.error.startswith("Delivery cap reached: step boom was delivered 4 times")
+    assert "WORKFLOW_MAX_DELIVERIES=3" in run.error
     step = run.steps.get()
-    assert (step.status, step.deliveries) == (StepStatus.FAILED, 3)
+    assert (step.status, step.deliveries) == (StepStatus.FAILED, 4)
     assert run.events.filter(kind=RunEvent.Kind.DELIVERY_CAP).exists()
 
 
