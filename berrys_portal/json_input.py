@@ -19,6 +19,7 @@ past the limit; both checks are C-level regex passes in the common case.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -67,7 +68,8 @@ def json_string_problem(value: str) -> str | None:
 
 def json_value_check(value: Any, *, max_depth: int | None = None, root: tuple[Any, ...] = ()) -> None:
     """Raise ``InvalidInput`` naming the place if ``value`` nests deeper than ``max_depth``
-    (default ``API_MAX_JSON_DEPTH``) or holds a string (key or value) PostgreSQL cannot store.
+    (default ``API_MAX_JSON_DEPTH``) or holds a string (key or value) or a number (NaN,
+    infinities) PostgreSQL cannot store.
 
     Iterative, so a hostile depth cannot exhaust the stack here.
     """
@@ -80,6 +82,9 @@ def json_value_check(value: Any, *, max_depth: int | None = None, root: tuple[An
             if problem:
                 raise _invalid(path, problem)
             continue
+        if isinstance(node, float) and not math.isfinite(node):
+            # NaN / Infinity (Python's decoder accepts them; 1e400 is inf): jsonb cannot hold them.
+            raise _invalid(path, "Numbers must be finite (no NaN or Infinity).")
         if not isinstance(node, dict | list):
             continue
         if depth >= limit:
@@ -98,7 +103,11 @@ def json_value_storable_check(value: Any) -> None:
     """``json_value_check`` for a decoded value of any size, e.g. a service's answer about to be
     stored: one C-level ``json.dumps`` and a regex pass decide; the walk (which names the place)
     only runs when something is wrong."""
-    text = json.dumps(value, default=str)  # ensure_ascii: NUL and surrogates become \u escapes
+    try:
+        # ensure_ascii: NUL and surrogates become \u escapes; allow_nan=False: NaN and inf raise.
+        text = json.dumps(value, default=str, allow_nan=False)
+    except ValueError:
+        text = "\\u0000"  # not storable: let the walk find the place and name it
     if _SUSPECT_ESCAPE.search(text) is None or _escapes_clean(text):
         return
     json_value_check(value, max_depth=10**6)

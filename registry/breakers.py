@@ -40,6 +40,7 @@ import pybreaker
 import redis
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connections, transaction
+from django.db import Error as DjangoDbError
 from django.db.models import F
 
 from registry.models import BreakerEvent, BreakerState, Criticality, Service
@@ -511,7 +512,7 @@ def _backend_call(op: str, *args: Any, **kwargs: Any) -> Any:
     if backend is not None:
         try:
             return getattr(backend, op)(*args, **kwargs)
-        except (redis.RedisError, DatabaseError) as exc:
+        except (redis.RedisError, DjangoDbError) as exc:  # DjangoDbError: InterfaceError too
             _store_failed(exc)
     return getattr(_memory, op)(*args, **kwargs)
 
@@ -551,7 +552,10 @@ def _write_event(service_id: int, service_name: str, t: Transition, actor: str, 
     except Exception:  # noqa: BLE001 - recording must never take the caller down
         logger.exception("Could not record breaker transition of service %s", service_id)
     finally:
-        connections.close_all()  # this thread's own connection; keeps no session open
+        # This thread's own connection: kept while more events wait (a connection per event
+        # cost ~30 ms each: 100 services turning critical took 3 s), closed once idle.
+        if _event_writer._work_queue.empty():
+            connections.close_all()
 
 
 def _record(service_id: int, service_name: str, t: Transition, actor: str = "") -> None:

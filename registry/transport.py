@@ -71,8 +71,10 @@ class _Watchdog:
     def watch(self, call: _Call) -> None:
         with self._cond:
             heapq.heappush(self._heap, (call.deadline, next(self._seq), call))
-            if len(self._heap) == 1:
-                self._cond.notify()  # it was waiting with nothing to watch
+            if self._heap[0][2] is call:
+                # The earliest deadline now (nothing else watched, or a shorter timeout than
+                # every call in flight): wake the thread so it waits for this one instead.
+                self._cond.notify()
 
     def _run(self) -> None:
         while True:

@@ -107,3 +107,14 @@ def test_peer_text_is_scrubbed_for_storage_and_answers_are_checked_fast():
     with pytest.raises(InvalidInput) as caught:
         json_value_storable_check({"items": [{"id": "x\x00"}]})
     assert list(caught.value.errors) == ["items[0].id"]
+
+
+def test_non_finite_numbers_are_refused_where_they_would_be_stored():
+    from berrys_portal.json_input import json_value_storable_check
+
+    with pytest.raises(InvalidInput) as caught:
+        json_value_storable_check({"a": [1.5, float("inf")]})
+    assert list(caught.value.errors) == ["a[1]"]
+    with pytest.raises(InvalidInput):
+        json_value_storable_check(json.loads('{"x": 1e400}'))
+    json_value_storable_check({"a": 1e300, "b": -0.0})

@@ -37,3 +37,14 @@ def test_admin_paths_keep_djangos_html_404(admin_client, settings):
     settings.DEBUG = False
     response = admin_client.get("/admin/nope/")
     assert response.status_code == 404 and response["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("method", ["post", "patch", "put", "delete"])
+def test_a_write_to_an_unknown_api_path_is_a_json_404_not_a_csrf_page(method):
+    """API callers send no CSRF token: a write to an unknown path is the API's 404, not Django's
+    HTML CSRF 403 (found by the schema fuzzer: PATCH /registry/services/-1)."""
+    from django.test import Client
+
+    response = getattr(Client(enforce_csrf_checks=True), method)("/registry/services/-1")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"

@@ -109,6 +109,17 @@ def test_nul_and_lone_surrogates_anywhere_in_a_registration_are_a_400_naming_the
 
 
 @pytest.mark.django_db
+def test_the_gateway_refuses_nul_in_a_body_naming_it_before_calling_the_service(full_client, loopback):
+    upstream = loopback()
+    service = Service.objects.create(name="pc", type="PROJECT_COORDINATOR", url=upstream.url,
+                                     status=HealthStatus.PASSING)
+    breaker_forget(service_id=service.pk)
+    response = post_json(full_client, "/gateway/PROJECT_COORDINATOR/projects", '{"name": "a\\u0000"}')
+    assert_400_naming(response, "name")
+    assert upstream.hits == []
+
+
+@pytest.mark.django_db
 def test_a_valid_surrogate_pair_and_other_escapes_are_accepted(register_client):
     body = json.dumps(registration(metadata={"emoji": "\U0001f600", "tab": "a\tb", "u": "\u00e9"}))
     assert "\\ud83d\\ude00" in body  # json.dumps escapes it as a pair: the walk runs, and passes
@@ -300,3 +311,23 @@ def test_literal_globs_and_rules_sharing_a_pattern_still_apply_each_rule(fresh_r
     assert adapt("/plans/") == {"a": 1, "b": 2, "c": 3}
     assert adapt("/plans/x", method="GET") == {"a": 1, "b": 2, "c": 3}
     assert adapt("/plansx") == body and adapt("/Plans") == body
+
+
+@pytest.mark.parametrize("answer", ["ok\u0000", "\ud800", float("nan")], ids=["nul", "surrogate", "nan"])
+def test_a_health_answer_holding_nul_does_not_stop_the_sweep_for_everyone(loopback, make_service, answer):
+    """The sweep stores each answer's details: one the database cannot hold (PostgreSQL's jsonb
+    refuses NUL, lone surrogates, NaN) used to fail the whole batch's write."""
+    from tests.registry.loopback import Reply
+
+    server = loopback({"/nul": Reply(200, {"status": answer, "database": answer}),
+                       "/ok": Reply(200, {"status": "healthy"})})
+    odd = make_service(url=server.url, health_path="/nul")
+    healthy = make_service(url=server.url, health_path="/ok")
+    from registry import health
+
+    health.health_sweep()
+    healthy.refresh_from_db()
+    odd.refresh_from_db()
+    assert healthy.status == "passing"
+    assert odd.status in ("passing", "warning") and odd.last_checked_at is not None
+    assert odd.snapshots.exists()

@@ -66,6 +66,8 @@ def _embedded_env(clone: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {
         "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE", "WORKFLOW_QUEUE",
         "WORKFLOW_DEFINITION_MODULES", "PORTAL_VAR_DIR", "PORT",
+        # settings_test puts these in this process's environment; a newcomer's shell has none.
+        "DJANGO_ENV", "PROMETHEUS_MULTIPROC_DIR", "SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS", "BREAKER_STORE",
     }}
     env["PYTHONPATH"] = str(clone)
     return env
@@ -132,7 +134,15 @@ class DemoOnTerminal:
         return next((at for at, line in zip(self.times, self.lines, strict=False) if text in line), None)
 
     def output(self, last: int = 60) -> str:
-        return "\n".join(self.lines[-last:])
+        """The last lines, and the last few of each process (a worker's start-up banner
+        must not hide what the driver said)."""
+        plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in self.lines]
+        by_process: dict[str, list[str]] = {}
+        for line in plain:
+            name = line[9:].split("|", 1)[0].strip() if "|" in line[:30] else "make"
+            by_process.setdefault(name, []).append(line)
+        tails = "\n".join(line for lines in by_process.values() for line in lines[-8:])
+        return "\n".join(plain[-last:]) + "\n--- the last lines of each process ---\n" + tails
 
     def wait_ready(self) -> str:
         if not self.stack_started.wait(PREPARE_WITHIN):

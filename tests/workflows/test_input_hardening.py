@@ -89,6 +89,8 @@ def test_a_lone_surrogate_in_edited_retry_input_is_a_400_naming_the_field(workfl
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(("text", "message"), [('{"name": "\\u0000"}', "name: Must not contain NUL"),
+                                               ('{"name": NaN}', "name: Numbers must be finite"),
+                                               ('{"name": [1e400]}', "name[0]: Numbers must be finite"),
                                                ('{"name": ' + "[" * 900 + "]" * 900 + "}", "API_MAX_JSON_DEPTH")])
 def test_the_admins_edit_input_form_refuses_the_same_input(admin_client, text, message):
     run = make_failed_run()
@@ -231,8 +233,8 @@ def test_the_start_workflow_command_applies_the_same_rule(text, words):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bad", ["p\u0000-1", "p\ud800"])
-def test_a_service_answering_nul_or_a_lone_surrogate_fails_the_step_instead_of_wedging_it(engine_env, stub, bad):
+@pytest.mark.parametrize("bad", ["p\u0000-1", "p\ud800", float("inf")])
+def test_a_service_answering_what_jsonb_cannot_hold_fails_the_step_instead_of_wedging_it(engine_env, stub, bad):
     # Storing the step's output (jsonb) used to raise on every delivery: the run stayed "running".
     server = stub()
     server.routes[("POST", "/projects")] = lambda body: (201, {"id": bad})

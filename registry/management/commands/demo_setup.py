@@ -24,11 +24,8 @@ from registry.breakers import breaker_forget
 from registry.models import ApiKey, Service
 
 DEMO_KEY_NAME = "demo"
-# The simulators register (and so own) every simulated service with it, the driver starts runs and
-# creates tasks through the gateway, and the README's commands use it too (gateway calls to every
-# type, runs started from the shell, /metrics): every scope but registry:admin.
-DEMO_KEY_SCOPES = ["gateway", "metrics", "registry:read", "registry:write", "workflows:operate"]
-DEMO_KEY_GATEWAY_ALLOW = ["*:*"]
+DEMO_KEY_SCOPES = ["gateway", "registry:read", "registry:write", "workflows"]
+DEMO_KEY_GATEWAY_ALLOW = ["AGENT_ORCHESTRATOR:POST"]  # the driver creates tasks through the gateway
 DEMO_KEY_DAYS = 30
 
 
