@@ -28,7 +28,9 @@ PG_FORWARD = [
 CREATE OR REPLACE FUNCTION registry_service_index_bump() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE v bigint;
 BEGIN
-  UPDATE registry_registryindex SET value = value + 1 WHERE id = 1 RETURNING value INTO v;
+  -- An upsert: the row may be gone (a flushed test database, a restore of a partial dump).
+  INSERT INTO registry_registryindex (id, value) VALUES (1, 2)
+    ON CONFLICT (id) DO UPDATE SET value = registry_registryindex.value + 1 RETURNING value INTO v;
   IF TG_OP = 'DELETE' THEN
     INSERT INTO registry_typeindex (type, value) VALUES (OLD.type, v)
       ON CONFLICT (type) DO UPDATE SET value = EXCLUDED.value;
@@ -75,7 +77,8 @@ PG_BACKWARD = [
     "DROP FUNCTION IF EXISTS registry_service_index_bump();",
 ]
 
-_SQ_BUMP = "UPDATE registry_registryindex SET value = value + 1 WHERE id = 1;"
+_SQ_BUMP = ("INSERT INTO registry_registryindex (id, value) VALUES (1, 2) "
+            "ON CONFLICT(id) DO UPDATE SET value = value + 1;")
 _SQ_V = "(SELECT value FROM registry_registryindex WHERE id = 1)"
 
 
