@@ -24,8 +24,10 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 
 from registry import consul
 from registry.auth import _key_lookup, _touch_last_used, hash_key
@@ -119,6 +121,16 @@ def _options(request: HttpRequest, extra: set[str], repeatable: set[str] = froze
             "consistency": "stale" if stale else "consistent" if consistent else "leader"}
 
 
+def _sync(request: HttpRequest, fn: Callable, *args):
+    """Run sync (ORM) code from the view.
+
+    On the ASGI server: in the shared executor (``thread_sensitive=False``), so a waiting
+    request never owns a thread. Under WSGI (and the test client) there is a request
+    thread already: run there, inside its transaction and connection.
+    """
+    return sync_to_async(fn, thread_sensitive=not isinstance(request, ASGIRequest))(*args)
+
+
 # One computation per (endpoint, arguments, index) however many watchers wake at once.
 _inflight: dict[tuple, asyncio.Future] = {}
 _answers: dict[tuple, tuple[int, bytes]] = {}
@@ -132,10 +144,11 @@ def _compute(service_type: str | None, build: Callable[[], Any]) -> tuple[int, b
     return index, json.dumps(build(), separators=(",", ":")).encode()
 
 
-async def _answer(key: tuple, service_type: str | None, build: Callable[[], Any]) -> tuple[int, bytes]:
+async def _answer(request: HttpRequest, key: tuple, service_type: str | None,
+                  build: Callable[[], Any]) -> tuple[int, bytes]:
     feed_index = index_feed().state.of(service_type)
     cached = _answers.get(key)
-    if cached is not None and cached[0] >= feed_index and feed_index > 1:
+    if cached is not None and cached[0] == feed_index:
         return cached
     loop = asyncio.get_running_loop()
     flight_key = (id(loop), *key)
@@ -145,7 +158,7 @@ async def _answer(key: tuple, service_type: str | None, build: Callable[[], Any]
     future: asyncio.Future = loop.create_future()
     _inflight[flight_key] = future
     try:
-        result = await sync_to_async(_compute, thread_sensitive=False)(service_type, build)
+        result = await _sync(request, _compute, service_type, build)
         future.set_result(result)
         if len(_answers) >= _ANSWERS_MAX:
             _answers.clear()
@@ -168,18 +181,18 @@ async def _serve(request: HttpRequest, *, extra: set[str], repeatable: set[str] 
         options = _options(request, extra, repeatable)
         if check is not None:
             check()
-        await sync_to_async(_authorize, thread_sensitive=False)(request)
+        await _sync(request, _authorize, request)
     except _Refused as refused:
         return refused.response()
     if options["index"] > 0:
         feed = index_feed()
-        await sync_to_async(feed.start, thread_sensitive=False)()
+        await sync_to_async(feed.start, thread_sensitive=False)()  # no database work: any thread
         if feed.state.of(service_type) <= options["index"]:
             await feed.wait_async(after=options["index"], service_type=service_type,
                                   timeout=wait_timeout(options["wait"]))
-        index, body = await _answer(key, service_type, build)
+        index, body = await _answer(request, key, service_type, build)
     else:
-        index, body = await sync_to_async(_compute, thread_sensitive=False)(service_type, build)
+        index, body = await _sync(request, _compute, service_type, build)
     response = HttpResponse(body, content_type="application/json")
     response["X-Consul-Index"] = str(index)
     response["X-Consul-KnownLeader"] = "true"
@@ -189,6 +202,7 @@ async def _serve(request: HttpRequest, *, extra: set[str], repeatable: set[str] 
     return response
 
 
+@csrf_exempt  # token-authenticated, no cookies: a non-GET gets Consul's 405, not a CSRF 403
 async def agent_self_view(request: HttpRequest) -> HttpResponse:
     """``GET /v1/agent/self``. Like Consul's agent endpoints: no index headers, no blocking."""
     if request.method != "GET":
@@ -198,12 +212,13 @@ async def agent_self_view(request: HttpRequest) -> HttpResponse:
             bad = sorted(set(request.GET) - {"token", "dc"})
             raise _Refused(400, f"Invalid query parameters: {', '.join(bad)}.", "invalid",
                            {name: ["Not supported here. Accepted: token."] for name in bad})
-        await sync_to_async(_authorize, thread_sensitive=False)(request)
+        await _sync(request, _authorize, request)
     except _Refused as refused:
         return refused.response()
     return JsonResponse(consul.agent_self())
 
 
+@csrf_exempt  # token-authenticated, no cookies: a non-GET gets Consul's 405, not a CSRF 403
 async def catalog_services_view(request: HttpRequest) -> HttpResponse:
     """``GET /v1/catalog/services``: ``{name: [tags]}``."""
     return await _serve(request, extra=set(), key=("services",), service_type=None,
@@ -214,6 +229,7 @@ def _tags(request: HttpRequest) -> list[str]:
     return request.GET.getlist("tag")
 
 
+@csrf_exempt  # token-authenticated, no cookies: a non-GET gets Consul's 405, not a CSRF 403
 async def catalog_service_view(request: HttpRequest, name: str) -> HttpResponse:
     """``GET /v1/catalog/service/{name}`` (``?tag=`` repeatable, ANDed)."""
     service_type, tags = consul.consul_type(name), _tags(request)
@@ -224,6 +240,7 @@ async def catalog_service_view(request: HttpRequest, name: str) -> HttpResponse:
     )
 
 
+@csrf_exempt  # token-authenticated, no cookies: a non-GET gets Consul's 405, not a CSRF 403
 async def health_service_view(request: HttpRequest, name: str) -> HttpResponse:
     """``GET /v1/health/service/{name}`` (``?passing``, ``?tag=``)."""
     service_type, tags = consul.consul_type(name), _tags(request)
@@ -241,6 +258,7 @@ async def health_service_view(request: HttpRequest, name: str) -> HttpResponse:
     )
 
 
+@csrf_exempt  # token-authenticated, no cookies: a non-GET gets Consul's 405, not a CSRF 403
 async def health_state_view(request: HttpRequest, state: str) -> HttpResponse:
     """``GET /v1/health/state/{state}``: any, passing, warning or critical."""
 

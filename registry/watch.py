@@ -198,8 +198,8 @@ class IndexFeed:
         cursor.execute("SELECT value FROM registry_registryindex WHERE id = 1")
         row = cursor.fetchone()
         index = int(row[0]) if row else 1
-        if index == self.state.index:
-            return index, self.state.types
+        # Always re-read the types (a small table): after a restore the global index may
+        # come back to a value it had before, with other types behind it.
         cursor.execute("SELECT type, value FROM registry_typeindex")
         return index, {t: int(v) for t, v in cursor.fetchall()}
 
