@@ -137,6 +137,10 @@ _answers: dict[tuple, tuple[int, bytes]] = {}
 _ANSWERS_MAX = 1000
 
 
+def answers_clear() -> None:
+    _answers.clear()
+
+
 def _compute(service_type: str | None, build: Callable[[], Any]) -> tuple[int, bytes]:
     # The index is read before the body: a body newer than its index only makes the next
     # blocking query return at once, never miss a change.

@@ -252,3 +252,13 @@ def index_feed(alias: str = "default") -> IndexFeed:
         with _feeds_lock:
             feed = _feeds.setdefault(alias, IndexFeed(alias))
     return feed
+
+
+def index_feed_stop(alias: str = "default", *, timeout: float = 5.0) -> None:
+    """Stop this process's feed and close its connection (tests, before the database goes away)."""
+    with _feeds_lock:
+        feed = _feeds.pop(alias, None)
+    if feed is not None:
+        feed.stop()
+        if feed._thread is not None:
+            feed._thread.join(timeout)

@@ -28,8 +28,10 @@ PG_FORWARD = [
 CREATE OR REPLACE FUNCTION registry_service_index_bump() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE v bigint;
 BEGIN
-  -- An upsert: the row may be gone (a flushed test database, a restore of a partial dump).
-  INSERT INTO registry_registryindex (id, value) VALUES (1, 2)
+  -- An upsert: the row may be gone (a flushed test database, a partial restore); then it
+  -- restarts above every type's index, so no index ever moves backwards.
+  INSERT INTO registry_registryindex (id, value)
+    VALUES (1, (SELECT COALESCE(MAX(value), 1) FROM registry_typeindex) + 1)
     ON CONFLICT (id) DO UPDATE SET value = registry_registryindex.value + 1 RETURNING value INTO v;
   IF TG_OP = 'DELETE' THEN
     INSERT INTO registry_typeindex (type, value) VALUES (OLD.type, v)
@@ -77,7 +79,8 @@ PG_BACKWARD = [
     "DROP FUNCTION IF EXISTS registry_service_index_bump();",
 ]
 
-_SQ_BUMP = ("INSERT INTO registry_registryindex (id, value) VALUES (1, 2) "
+_SQ_BUMP = ("INSERT INTO registry_registryindex (id, value) "
+            "VALUES (1, (SELECT COALESCE(MAX(value), 1) FROM registry_typeindex) + 1) "
             "ON CONFLICT(id) DO UPDATE SET value = value + 1;")
 _SQ_V = "(SELECT value FROM registry_registryindex WHERE id = 1)"
 

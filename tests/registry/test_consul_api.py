@@ -16,7 +16,7 @@ from registry.models import HealthStatus, Service
 from registry.watch import index_read
 from tests.registry.loopback import Reply
 
-pytestmark = pytest.mark.both_dbs
+pytestmark = [pytest.mark.both_dbs, pytest.mark.usefixtures("fresh_index_feed")]
 
 HEALTHY = Reply(200, {"status": "healthy"})
 
@@ -27,9 +27,11 @@ def key(transactional_db) -> str:
 
 
 @pytest.fixture
-def agent(live_server, key) -> consul.Consul:
+def agent(live_server, key):
     host, port = live_server.url.removeprefix("http://").split(":")
-    return consul.Consul(host=host, port=int(port), token=key, connections_timeout=30)
+    client = consul.Consul(host=host, port=int(port), token=key, connections_timeout=30)
+    yield client
+    client.http.session.close()  # ends the server's keep-alive thread (and its database connection)
 
 
 def _service(**fields) -> Service:
