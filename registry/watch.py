@@ -89,6 +89,42 @@ def wait_timeout(wait: float | None) -> float:
     return base + random.uniform(0, base / JITTER_FRACTION)
 
 
+def watch_params(index_text: str | None, wait_text: str | None) -> tuple[int, float | None]:
+    """``?index`` and ``?wait`` of a native watch; InvalidInput (400) naming a bad one."""
+    from berrys_portal.errors import InvalidInput
+
+    errors: dict[str, list[str]] = {}
+    index, wait = 0, None
+    if index_text is not None:
+        try:
+            index = index_parse(index_text)
+        except ValueError:
+            errors["index"] = ["An unsigned integer: the index header of your previous answer."]
+    if wait_text is not None:
+        try:
+            wait = duration_parse(wait_text)
+        except ValueError:
+            errors["wait"] = ["A duration such as 30s, 5m or 1m30s (at most 10m)."]
+    if errors:
+        raise InvalidInput(f"Invalid query parameters: {', '.join(errors)}.", errors=errors)
+    return index, wait
+
+
+def watch_sync(*, index: int, wait: float | None, service_type: str | None = None) -> int:
+    """Block (this thread) until the index passes ``index`` or the wait ends; the index now.
+
+    ``index`` 0: no wait. The answer is built after this returns; the index is read first
+    (an answer newer than its index only makes the next watch return at once).
+    """
+    if index > 0:
+        feed = index_feed()
+        feed.wait_sync(after=index, service_type=service_type, timeout=wait_timeout(wait))
+    return index_read(service_type=service_type)
+
+
+INDEX_HEADER = "X-Registry-Index"
+
+
 # --- The per-process feed -------------------------------------------------------------------
 
 
