@@ -86,6 +86,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("RunSignalView", "POST"): Rule(RUN_ACTORS, 200, owned="run", everyone={"workflows:operate"}, not_owner=404,
                                     path=RUN + "/signal", body={"data": {"ok": True}}),
     ("DefinitionListView", "GET"): Rule(RUN_READERS | REGISTRY_READERS, 200, path="/workflows/definitions"),
+    ("ReadinessView", "GET"): Rule(RUN_READERS | REGISTRY_READERS | {"metrics"}, 200, path="/workflows/readiness"),
     # The Consul-compatible read API: registry:read or metrics (Prometheus' Consul SD uses a metrics key).
     ("agent_self_view", "GET"): Rule(REGISTRY_READERS | {"metrics"}, 200, path="/v1/agent/self"),
     ("catalog_services_view", "GET"): Rule(REGISTRY_READERS | {"metrics"}, 200, path="/v1/catalog/services"),
