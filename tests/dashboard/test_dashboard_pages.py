@@ -154,3 +154,13 @@ def test_the_dashboard_shows_each_workflows_readiness(viewer_client):
     assert "without <b>TOOL_INTEGRATION</b>" in row and "discover_tools: skipped" in row
     row = page.split('id="bp-readiness-project_planning"')[1].split("</tr>")[0]
     assert ">blocked<" in row and "needs <b>PLANNING_SYSTEM</b>: no instance registered" in row
+
+
+def test_a_workflows_run_list_says_whether_it_can_start(viewer_client):
+    _svc("ao", "AGENT_ORCHESTRATOR")
+    page = viewer_client.get("/admin/workflows/workflowrun/?workflow=agent_task_execution").content.decode()
+    banner = page.split('id="bp-workflow-readiness"')[1].split("</div>\n</div>")[0]
+    assert "<b>agent_task_execution</b> is <b>blocked</b>" in banner
+    assert "Needs <b>MODEL_ORCHESTRATION</b>: no instance registered" in banner
+    assert "Runs without <b>TOOL_INTEGRATION</b>" in banner
+    assert 'id="bp-workflow-readiness"' not in viewer_client.get("/admin/workflows/workflowrun/").content.decode()
