@@ -217,7 +217,12 @@ class IndexFeed:
         self._loaded.wait(5.0)
 
     def stop(self) -> None:
+        """Stop the thread and release every watcher (each answers with the index it has)."""
         self._stop.set()
+        with self._lock:
+            waiters, self._waiters = list(self._waiters), set()
+        for waiter in waiters:
+            waiter.wake()
 
     def _publish(self, index: int, types: dict[str, int]) -> None:
         with self._lock:
