@@ -45,7 +45,7 @@ demo-run:
 	@BIN=$(BIN) PORTAL_PORT=$(PORT) SIMULATORS_BASE_PORT=$(SIMULATORS_BASE_PORT) $(BIN)/python -m simulators.demo_stack -f Procfile
 
 # The running demo's banner (URLs, login, sample runs, what to click) and its services' health.
-demo-status: install
+demo-status:
 	@$(BIN)/python -m simulators.demo_status --portal http://127.0.0.1:$(PORT) --api-key-file var/demo/api.key --banner-file var/demo/banner.txt
 
 # Two passes: the whole suite on PostgreSQL + Redis (DATABASE_URL / REDIS_URL, defaults in

@@ -5,8 +5,13 @@ Run from the repository root::
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/portal_gw_bench REDIS_URL=redis://127.0.0.1:6379/4 \\
         .venv/bin/python -m bench.gateway [--seconds 5] [--threads 8] [--repeats 3]
 
-The database named in DATABASE_URL is dropped and re-created. Gunicorn (2 sync
-workers) serves the portal on PostgreSQL; the simulated Tool Integration service
+The database named in DATABASE_URL is dropped and re-created. Gunicorn with the
+production configuration (berrys_portal/gunicorn_conf.py: 2 gthread workers) serves the
+portal on PostgreSQL, with the egress policy and the caps of every gateway call in place
+(address vetted and pinned, total deadline, body cap after decompression, no redirects).
+The per-key / per-target concurrency bounds are raised to the client's thread count for the
+run: with the defaults, one key driving 8 threads would be answered 503 + Retry-After by
+design, and this measures what a call costs, not that bound. The simulated Tool Integration service
 (a real process) answers ``GET /tools``. Three figures, each the median of
 ``--repeats`` runs:
 
@@ -111,11 +116,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--worker-class", default="gthread", help="gunicorn worker class (production: gthread)")
     args = parser.parse_args()
 
     _recreate_database(os.environ["DATABASE_URL"])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DEBUG": "0", "LOG_LEVEL": "WARNING",
-           "API_WRITE_THROTTLE_RATE": "1000000/min"}
+           "API_WRITE_THROTTLE_RATE": "1000000/min", "GATEWAY_MAX_CONCURRENT": str(args.threads),
+           "GATEWAY_MAX_CONCURRENT_PER_KEY": str(args.threads),
+           "GATEWAY_MAX_CONCURRENT_PER_TARGET": str(args.threads)}
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
 
     import django
@@ -127,11 +135,12 @@ def main() -> None:
 
     sims = SimulatorProcess.start(only=[TI])
     Service.objects.create(name="tool-integration", type=TI, url=sims.urls[TI], status=HealthStatus.PASSING)
-    _, key = api_key_create(name="bench", scopes=["gateway"], gateway_allow=[f"{TI}:*"])
+    _, key = api_key_create(name="bench", scopes=["gateway"], gateway_allow=[f"{TI}:GET"])
     port = _free_port()
     gunicorn = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "berrys_portal.wsgi:application",
-         "-b", f"127.0.0.1:{port}", "-w", "2", "--log-level", "warning"],
+        [str(Path(sys.executable).parent / "gunicorn"), "-c", "berrys_portal/gunicorn_conf.py",
+         "berrys_portal.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", "2", "--log-level", "warning",
+         "--access-logfile", "/dev/null", "-k", args.worker_class],
         cwd=ROOT, env=env,
     )
     try:
@@ -162,7 +171,8 @@ def main() -> None:
     def med(name: str, field: str) -> float:
         return statistics.median(r[field] for r in results[name])
 
-    print(f"\nGateway vs direct call ({args.threads} threads, {args.seconds:.0f} s, median of {args.repeats})")
+    print(f"\nGateway vs direct call ({args.threads} threads, {args.seconds:.0f} s, median of {args.repeats}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print(f"{'path':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'req/s ratio':>13}")
     for name, label in (("direct", "direct to the simulator"), ("gateway", "through /gateway")):
         ratio = med(name, "rps") / med("direct", "rps")

@@ -1,14 +1,23 @@
 """Benchmark of the health sweep (not a test): prints a table of figures.
 
-Scenarios (from the health issue):
-  A. 1,000 services, 10 % hang past their 2 s timeout: sweep wall time (target ≤ 3.5 s).
-  B. 10,000 healthy services served by a few local server processes: sweep wall
-     time including database writes (target ≤ 20 s), against a bare thread-pool
-     requests loop over the same URLs (the baseline), as a throughput ratio (goal ≥ 0.7).
+Scenarios (health and egress issues), the prober on aiohttp under the egress policy:
+  A. 1,000 services, 10 % hang past their 2 s timeout: sweep wall time (target ≤ 3.5 s),
+     beside a bare aiohttp loop (500 in flight) over the same URLs.
+  B. 10,000 healthy services: sweep wall time including database writes (target ≤ 20 s),
+     against a bare aiohttp loop (64 in flight, the sweep's concurrency) over the same
+     URLs in the same run, as a throughput ratio (goal ≥ 0.7).
+  C. ``manage.py check_health --all`` over scenario A's 1,000 services (its 100 hanging
+     ones turning critical, with status changes, breaker events and alerts): wall time
+     minus Django's own start-up (``manage.py check`` in the same run), target ≤ 3.5 s.
+
+The services are spread over ``--servers`` processes × ``--ports`` ports each: the prober
+limits concurrency and rate per destination (address and port), as it must against a
+hostile registrant, so the services of one benchmark look like many small services, not
+thousands of them behind one port.
 
 Run (uses your own database and Redis db; creates and deletes BENCH_HEALTH services):
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/portal_health REDIS_URL=redis://127.0.0.1:6379/2 \\
-        .venv/bin/python bench/health.py [--repeats 3] [--services 10000] [--servers 4]
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/portal_egress REDIS_URL=redis://127.0.0.1:6379/4 \\
+        .venv/bin/python bench/health.py [--repeats 3] [--services 10000] [--servers 4] [--ports 50]
 """
 
 from __future__ import annotations
@@ -20,7 +29,6 @@ import statistics
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +45,7 @@ HANG_SECONDS = 6.0
 # --- health servers, each in its own process ------------------------------------------------
 
 
-def _serve(queue) -> None:
+def _serve(queue, ports: int) -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     body = b'{"status": "healthy", "database": true, "cache": true, "dependencies": true}'
@@ -67,18 +75,20 @@ def _serve(queue) -> None:
         def handle_error(self, request, client_address):
             pass  # clients that timed out on a hanging probe: expected
 
-    server = Server(("127.0.0.1", 0), Handler)
-    queue.put(server.server_address[1])
-    server.serve_forever()
+    servers = [Server(("127.0.0.1", 0), Handler) for _ in range(ports)]
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    queue.put([server.server_address[1] for server in servers])
+    servers[0].serve_forever()
 
 
-def start_servers(n: int) -> tuple[list, list[int]]:
+def start_servers(n: int, ports_each: int) -> tuple[list, list[int]]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_serve, args=(queue,), daemon=True) for _ in range(n)]
+    procs = [ctx.Process(target=_serve, args=(queue, ports_each), daemon=True) for _ in range(n)]
     for p in procs:
         p.start()
-    ports = [queue.get(timeout=30) for _ in procs]
+    ports = [port for _ in procs for port in queue.get(timeout=60)]
     return procs, ports
 
 
@@ -151,47 +161,97 @@ def measure_sweep() -> float:
     return elapsed
 
 
-_local = threading.local()
+def measure_baseline(urls: list[str], *, in_flight: int, timeout: float) -> float:
+    """A bare aiohttp loop: the same GETs, no policy, no limits per destination, no database."""
+    import asyncio
+
+    import aiohttp
+
+    async def main() -> float:
+        connector = aiohttp.TCPConnector(limit=in_flight)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            gate = asyncio.Semaphore(in_flight)
+
+            async def one(url: str) -> int:
+                async with gate:
+                    try:
+                        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                            await r.read()
+                            return r.status
+                    except (TimeoutError, aiohttp.ClientError):
+                        return 0
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one(u) for u in urls))
+            return time.perf_counter() - started
+
+    return asyncio.run(main())
 
 
-def _get(url: str, timeout: float) -> int:
-    import requests
+def measure_prober(urls: list[str], *, timeout: float) -> float:
+    """The sweep's prober alone (policy, limits, aiohttp; no claiming, no database)."""
+    import queue as queue_mod
 
-    session = getattr(_local, "s", None)
-    if session is None:
-        session = _local.s = requests.Session()
-    try:
-        return session.get(url, timeout=timeout).status_code
-    except requests.RequestException:
-        return 0
+    from django.conf import settings
+
+    from registry import prober
+
+    gate = prober.Gate(max_in_flight=settings.HEALTH_SWEEP_MAX_IN_FLIGHT,
+                       concurrency=settings.HEALTH_SWEEP_CONCURRENCY,
+                       slow_after=settings.HEALTH_SWEEP_SLOW_AFTER_SECONDS)
+    done: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
+    started = time.perf_counter()
+    prober.prober().submit(urls, url_of=lambda u: u, timeout_of=lambda u: timeout,
+                           done=lambda job, response, error, seconds: done.put(error), gate=gate)
+    for _ in urls:
+        done.get()
+    return time.perf_counter() - started
 
 
-def measure_baseline(urls: list[str], *, threads: int, timeout: float) -> float:
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+def measure_check_health() -> tuple[float, float]:
+    """(check_health --all wall time, Django start-up: `manage.py check`), as subprocesses."""
+    import subprocess
+
+    _reset_round()
+    env = dict(os.environ, DEBUG="0", LOG_LEVEL="WARNING", BREAKER_REDIS_PREFIX="bench:breaker")
+
+    def timed(*cmd: str) -> float:
         started = time.perf_counter()
-        list(pool.map(lambda u: _get(u, timeout), urls))
+        subprocess.run([sys.executable, "manage.py", *cmd], cwd=ROOT, env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return time.perf_counter() - started
+
+    return timed("check_health", "--all"), timed("check")
 
 
 def scenario_a(args, ports) -> list[tuple]:
-    """1,000 services, 10 % hanging past a 2 s timeout."""
+    """1,000 services, 10 % hanging past a 2 s timeout; then check_health --all over them."""
     from django.conf import settings
 
     n = args.hang_services
     urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/{'hang' if i % 10 == 0 else 'ok'}/{i}" for i in range(n)]
     _create(urls, timeout=2.0)
     wide = settings.HEALTH_SWEEP_MAX_IN_FLIGHT
-    sweep, base64, base_wide = [], [], []
-    for _ in range(args.repeats):
+    sweep, base, command, startup = [], [], [], []
+    for _ in range(args.repeats):  # interleaved so both see the same machine load
         sweep.append(measure_sweep())
-        base64.append(measure_baseline(urls, threads=64, timeout=2.0))
-        base_wide.append(measure_baseline(urls, threads=wide, timeout=2.0))
+        base.append(measure_baseline(urls, in_flight=wide, timeout=2.0))
+        if "C" in args.only:
+            total, start = measure_check_health()
+            command.append(total - start)
+            startup.append(start)
     a = statistics.median(sweep)
-    return [
+    rows = [
         (f"A: sweep, {n} svc, 10% hang (2 s timeout)", "s", a, "≤ 3.5", "ok" if a <= 3.5 else "MISS"),
-        ("A: baseline, bare pool of 64 threads", "s", statistics.median(base64), "", ""),
-        (f"A: baseline, bare pool of {wide} threads", "s", statistics.median(base_wide), "", ""),
+        (f"A: baseline, bare aiohttp, {wide} in flight", "s", statistics.median(base), "", ""),
     ]
+    if command:
+        c = statistics.median(command)
+        rows += [
+            ("C: check_health --all minus Django start-up", "s", c, "≤ 3.5", "ok" if c <= 3.5 else "MISS"),
+            ("C: Django start-up (manage.py check)", "s", statistics.median(startup), "", ""),
+        ]
+    return rows
 
 
 def scenario_b(args, ports) -> list[tuple]:
@@ -199,18 +259,21 @@ def scenario_b(args, ports) -> list[tuple]:
     n = args.services
     urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/ok/{i}" for i in range(n)]
     _create(urls, timeout=5.0)
-    sweep, base = [], []
+    sweep, base, alone = [], [], []
     for _ in range(args.repeats):  # interleaved so both see the same machine load
         sweep.append(measure_sweep())
-        base.append(measure_baseline(urls, threads=args.baseline_threads, timeout=5.0))
-    b, bb = statistics.median(sweep), statistics.median(base)
+        base.append(measure_baseline(urls, in_flight=args.baseline_in_flight, timeout=5.0))
+        alone.append(measure_prober(urls, timeout=5.0))
+    b, bb, pa = statistics.median(sweep), statistics.median(base), statistics.median(alone)
     ratio = bb / b
     return [
         (f"B: sweep, {n} healthy svc, with DB writes", "s", b, "≤ 20", "ok" if b <= 20 else "MISS"),
-        (f"B: baseline, bare pool of {args.baseline_threads} threads", "s", bb, "", ""),
+        (f"B: baseline, bare aiohttp, {args.baseline_in_flight} in flight", "s", bb, "", ""),
         ("B: sweep throughput", "probes/s", n / b, "", ""),
         ("B: baseline throughput", "probes/s", n / bb, "", ""),
         ("B: sweep / baseline throughput", "ratio", ratio, "≥ 0.7", "ok" if ratio >= 0.7 else "MISS"),
+        ("B: prober alone (no database)", "s", pa, "", ""),
+        ("B: prober alone / baseline throughput", "ratio", bb / pa, "", ""),
     ]
 
 
@@ -227,7 +290,7 @@ def run(args) -> None:
     if not settings.REDIS_URL or "postgres" not in settings.DATABASES["default"]["ENGINE"]:
         sys.exit("Set DATABASE_URL (PostgreSQL) and REDIS_URL to your own database / Redis db.")
     call_command("migrate", verbosity=0)
-    procs, ports = start_servers(args.servers)
+    procs, ports = start_servers(args.servers, args.ports)
     rows: list[tuple[str, str, float, str, str]] = []
     try:
         _cleanup()
@@ -248,8 +311,8 @@ def run(args) -> None:
 
 
 def _print(args, rows) -> None:
-    print(f"\nHealth sweep benchmark — median of {args.repeats} runs, {args.servers} server processes, "
-          f"{os.cpu_count()} CPUs")
+    print(f"\nHealth sweep benchmark — median of {args.repeats} runs, {args.servers} server processes "
+          f"× {args.ports} ports, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"{'measure':<48} {'unit':<9} {'value':>9}  {'target':<7} result")
     print("-" * 84)
     for name, unit, value, target, result in rows:
@@ -262,8 +325,9 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=10_000)
     parser.add_argument("--hang-services", type=int, default=1_000)
     parser.add_argument("--servers", type=int, default=4)
-    parser.add_argument("--baseline-threads", type=int, default=64)
-    parser.add_argument("--only", default="AB", help="scenarios to run: A, B or AB")
+    parser.add_argument("--ports", type=int, default=50, help="ports per server process")
+    parser.add_argument("--baseline-in-flight", type=int, default=64)
+    parser.add_argument("--only", default="ABC", help="scenarios to run: any of A, B, C (C needs A)")
     run(parser.parse_args())
 
 

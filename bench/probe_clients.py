@@ -5,11 +5,16 @@ against the health bench's loopback servers, through
 
 * requests ``Session.get`` on a pool of 64 threads (the health issue's baseline),
 * ``http.client`` connections on 64 threads,
-* the portal's asyncio prober (64 probes at a time),
+* a bare aiohttp loop (64 at a time),
+* the portal's prober: aiohttp under the egress policy, with per-destination limits (64 at a time),
 
 reporting GETs per second and the client process's CPU per GET, median of ``--repeats``.
 
-    .venv/bin/python bench/probe_clients.py [--gets 4000] [--servers 4] [--repeats 3]
+    .venv/bin/python bench/probe_clients.py [--gets 4000] [--servers 4] [--ports 50] [--repeats 3]
+
+The URLs are spread over ``--servers`` processes × ``--ports`` ports: the prober limits
+each destination (address and port) to 20 probes started per second, as it must against a
+hostile registrant.
 """
 
 from __future__ import annotations
@@ -83,16 +88,22 @@ def main() -> None:
     parser.add_argument("--gets", type=int, default=4000)
     parser.add_argument("--servers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ports", type=int, default=50)
     args = parser.parse_args()
 
-    from bench.health import start_servers
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "berrys_portal.settings")
+    import django
 
-    procs, ports = start_servers(args.servers)
+    django.setup()  # the prober reads its limits from the settings
+    from bench.health import measure_baseline, start_servers
+
+    procs, ports = start_servers(args.servers, args.ports)
     urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/ok/{i}" for i in range(args.gets)]
     clients = [
         ("requests Session, 64 threads", lambda u: _pool(_requests_get, u)),
         ("http.client, 64 threads", lambda u: _pool(_http_client_get, u)),
-        ("asyncio prober, 64 at a time", _prober),
+        ("aiohttp bare, 64 at a time", lambda u: measure_baseline(u, in_flight=64, timeout=5.0)),
+        ("portal prober, 64 at a time", _prober),
     ]
     rates: dict[str, list[float]] = {name: [] for name, _ in clients}
     cpus: dict[str, list[float]] = {name: [] for name, _ in clients}
@@ -119,4 +130,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main()  # spawned server processes re-import this module: keep the work under the guard

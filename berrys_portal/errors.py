@@ -196,6 +196,15 @@ def json_page_not_found(request, exception=None):
     return JsonResponse({"detail": f"No endpoint at {request.path}.", "code": "not_found"}, status=404)
 
 
+def json_bad_request(request, exception=None):
+    """``handler400``: Django's own refusals (too many query parameters, a disallowed Host, other
+    ``SuspiciousOperation``s) in the API's error shape; Django's page for the admin."""
+    if _is_html_path(request):
+        return django_defaults.bad_request(request, exception)
+    detail = str(exception) if exception is not None and str(exception) else "Bad request."
+    return JsonResponse({"detail": detail, "code": "bad_request"}, status=400)
+
+
 def json_server_error(request):
     """``handler500``: a crash still answers in the API's error shape (details are in the log)."""
     if _is_html_path(request):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from berrys_portal import gunicorn_errors
 from berrys_portal.env import env_bind
 
 # Django settings set PROMETHEUS_MULTIPROC_DIR too, but the master imports this
@@ -29,11 +30,15 @@ worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 accesslog = "-"
 
+# gunicorn's own refusals (beyond the limits below, malformed requests) answer in the API's
+# JSON shape too instead of its HTML page. Installed here, in the master, before workers fork.
+gunicorn_errors.install()
+
 # Above the portal's own limits (settings API_MAX_REQUEST_LINE_BYTES 4094, API_MAX_HEADER_BYTES
 # 8190, API_MAX_HEADERS 100), so a request between the two is answered by
 # berrys_portal.middleware.RequestLimitsMiddleware in the API's JSON shape (414/431) and
 # not by gunicorn's HTML 400. 8190 is the largest request line gunicorn accepts as a
-# limit (0 would mean none at all); beyond these gunicorn still answers its own 400.
+# limit (0 would mean none at all); beyond these gunicorn answers itself (JSON, see above).
 limit_request_line = 8190
 limit_request_field_size = 16384
 limit_request_fields = 200

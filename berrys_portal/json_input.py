@@ -19,6 +19,7 @@ past the limit; both checks are C-level regex passes in the common case.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -35,6 +36,8 @@ _BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _LEAF_PAIR = re.compile(r"\[\]|\{\}")
+# Every escape in order: in the JSON text "\\u0000" the escaped backslash is one escape, no NUL.
+_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
 
 NUL_MESSAGE = "Must not contain NUL characters (\\u0000)."
 SURROGATE_MESSAGE = "Must be valid Unicode: lone surrogates (\\ud800-\\udfff) are refused."
@@ -65,7 +68,8 @@ def json_string_problem(value: str) -> str | None:
 
 def json_value_check(value: Any, *, max_depth: int | None = None, root: tuple[Any, ...] = ()) -> None:
     """Raise ``InvalidInput`` naming the place if ``value`` nests deeper than ``max_depth``
-    (default ``API_MAX_JSON_DEPTH``) or holds a string (key or value) PostgreSQL cannot store.
+    (default ``API_MAX_JSON_DEPTH``) or holds a string (key or value) or a number (NaN,
+    infinities) PostgreSQL cannot store.
 
     Iterative, so a hostile depth cannot exhaust the stack here.
     """
@@ -78,6 +82,9 @@ def json_value_check(value: Any, *, max_depth: int | None = None, root: tuple[An
             if problem:
                 raise _invalid(path, problem)
             continue
+        if isinstance(node, float) and not math.isfinite(node):
+            # NaN / Infinity (Python's decoder accepts them; 1e400 is inf): jsonb cannot hold them.
+            raise _invalid(path, "Numbers must be finite (no NaN or Infinity).")
         if not isinstance(node, dict | list):
             continue
         if depth >= limit:
@@ -90,6 +97,25 @@ def json_value_check(value: Any, *, max_depth: int | None = None, root: tuple[An
                 stack.append((item, depth + 1, path + (key,)))
         else:
             stack.extend((item, depth + 1, path + (index,)) for index, item in enumerate(node))
+
+
+def json_value_storable_check(value: Any) -> None:
+    """``json_value_check`` for a decoded value of any size, e.g. a service's answer about to be
+    stored: one C-level ``json.dumps`` and a regex pass decide; the walk (which names the place)
+    only runs when something is wrong."""
+    try:
+        # ensure_ascii: NUL and surrogates become \u escapes; allow_nan=False: NaN and inf raise.
+        text = json.dumps(value, default=str, allow_nan=False)
+    except ValueError:
+        text = "\\u0000"  # not storable: let the walk find the place and name it
+    if _SUSPECT_ESCAPE.search(text) is None or _escapes_clean(text):
+        return
+    json_value_check(value, max_depth=10**6)
+
+
+def text_scrub(text: str) -> str:
+    """``text`` with NUL and lone surrogates replaced by U+FFFD, for storing what a peer sent."""
+    return _BAD_CHAR.sub("\ufffd", text)
 
 
 def _invalid(path: tuple[Any, ...], message: str) -> Exception:
@@ -118,6 +144,26 @@ def _too_deep(text: str, limit: int) -> bool:
     return True
 
 
+def _escapes_clean(text: str) -> bool:
+    """Whether no ``\\u`` escape in ``text`` decodes to NUL or to half a surrogate pair
+    (a high escape directly followed by a low one is a pair, as the decoder reads it).
+    A Python loop, but over the escapes only, and only run when the quick search saw one."""
+    high_end = -1  # where an unpaired high-surrogate escape ended
+    for match in _ESCAPE.finditer(text):
+        code = match.group(1)
+        point = int(code, 16) if code else -1
+        if high_end >= 0:
+            if match.start() == high_end and 0xDC00 <= point <= 0xDFFF:
+                high_end = -1
+                continue
+            return False
+        if point == 0 or 0xDC00 <= point <= 0xDFFF:
+            return False
+        if 0xD800 <= point <= 0xDBFF:
+            high_end = match.end()
+    return high_end < 0
+
+
 def _depth_error(limit: int) -> Exception:
     return _invalid((), f"Nested deeper than {limit} levels (API_MAX_JSON_DEPTH).")
 
@@ -135,9 +181,24 @@ def json_loads_checked(text: str | bytes) -> Any:
         value = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:  # only malformed text the pre-check let through can get here
         raise _depth_error(limit) from None
-    if _SUSPECT_ESCAPE.search(text) is not None:
-        json_value_check(value, max_depth=limit)
+    if _SUSPECT_ESCAPE.search(text) is not None and not _escapes_clean(text):
+        json_value_check(value, max_depth=limit)  # exact, and names the place
     return value
+
+
+def json_loads_bounded(text: str | bytes) -> Any:
+    """``json.loads`` for JSON the portal did not get from its own callers (a service's answer):
+    ``ValueError`` if it nests deeper than ``API_MAX_JSON_DEPTH``, so the caller treats it as
+    text instead of crashing in the decoder (RecursionError) or later, walking it. Strings are
+    not checked: an answer may carry NUL; whoever stores it must check."""
+    if isinstance(text, bytes):
+        text = text.decode(json.detect_encoding(text), "surrogatepass")  # as json.loads does
+    if _too_deep(text, json_depth_limit()):
+        raise ValueError(f"JSON nested deeper than {json_depth_limit()} levels")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 class PortalJSONParser(JSONParser):

@@ -107,10 +107,13 @@ def runs_prune(*, cutoff: datetime, batch_size: int) -> int:
         return list(old.select_for_update(skip_locked=True).values_list("pk", flat=True)[:n])
 
     def delete_ids(ids: list) -> None:
-        StepAttempt.objects.filter(step__run_id__in=ids).delete()
-        RunEvent.objects.filter(run_id__in=ids).delete()
-        StepRun.objects.filter(run_id__in=ids).delete()
-        WorkflowRun.objects.filter(pk__in=ids, status__in=RUN_FINISHED).delete()
+        # Children first, each statement driven by an index on the parent's id (no joins: a
+        # join through the models' default ordering made PostgreSQL scan whole tables).
+        step_ids = list(StepRun.objects.filter(run_id__in=ids).order_by().values_list("pk", flat=True))
+        StepAttempt.objects.filter(step_id__in=step_ids).order_by().delete()
+        RunEvent.objects.filter(run_id__in=ids).order_by().delete()
+        StepRun.objects.filter(pk__in=step_ids).order_by().delete()
+        WorkflowRun.objects.filter(pk__in=ids, status__in=RUN_FINISHED).order_by().delete()
 
     return prune_batches(select_ids=select_ids, delete_ids=delete_ids, batch_size=batch_size)
 

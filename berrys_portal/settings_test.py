@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/berrys_portal")
-os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Not db 0 (where a developer's own things usually live); the suite deletes what it creates.
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("DJANGO_ENV", "test")
 # Tests change the registry from one process and call from another (workers): they
 # want every call to see it at once. tests/registry/test_client.py turns it back on.

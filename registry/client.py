@@ -236,9 +236,13 @@ class ServiceClient:
                     DeadlineExceeded, ResponseTooLarge) as exc:
                 call.latency_ms = (time.perf_counter() - started) * 1000
                 kind = _failure_kind(exc)
-                call.error = f"{kind}: {type(exc).__name__}: {exc}"
-                logger.warning("%s %s failed: %s (try %d)", method, url, call.error, attempt,
-                               extra={"service": instance.name})
+                # What callers see names the category and our own words, never bytes from the
+                # peer (a requests error can quote a banner: "BadStatusLine('SSH-2.0-…')").
+                # The raw error goes to the log only.
+                ours = not isinstance(exc, requests.RequestException)
+                call.error = f"{kind}: {exc}" if ours else f"{kind}: {type(exc).__name__}"
+                logger.warning("%s %s failed: %s: %s: %s (try %d)", method, url, kind, type(exc).__name__,
+                               exc, attempt, extra={"service": instance.name})
                 breaker.failed(permit, call.error)
                 recent_instances.forget(service_type)  # a retry sees the registry as it is now
                 transient = isinstance(exc, requests.RequestException | DeadlineExceeded)
@@ -246,7 +250,8 @@ class ServiceClient:
                     self.sleep(self.backoff_delay(attempt - 1))
                     continue
                 raise _attach(
-                    ServiceConnectionError(f"Could not reach {instance.name} ({url}): {kind.lower()}: {exc}"),
+                    ServiceConnectionError(f"Could not reach {instance.name} ({url}): {call.error[0].lower()}"
+                                           f"{call.error[1:]}"),
                     call, tries,
                 ) from exc
 

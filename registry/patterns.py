@@ -63,8 +63,22 @@ def glob_to_regex(pattern: str) -> str:
     return "(?s:" + "".join(out) + ")"
 
 
+class _Literal:
+    """A glob without wildcards (``/projects``, the shipped chat-bug rule): string equality.
+    RE2's Python wrapper costs ~6 µs a match against ~0.05 µs for this."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def fullmatch(self, value: str) -> bool:
+        return value == self.text
+
+
 def pattern_compile(pattern: str, *, glob: bool) -> Any:
-    """A compiled RE2 pattern with ``fullmatch``; ``PatternError`` if RE2 refuses it."""
+    """An object with ``fullmatch(path)`` (truthy on a match), compiled by RE2 unless it is a
+    literal glob; ``PatternError`` if RE2 refuses it."""
+    if glob and not any(char in pattern for char in "*?["):
+        return _Literal(pattern)
     source = glob_to_regex(pattern) if glob else pattern
     try:
         return re2.compile(source, _OPTIONS)

@@ -43,6 +43,7 @@ counting against ``concurrency`` so they do not hold back the fast ones).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import ssl
@@ -126,13 +127,40 @@ class Target:
     path: str  # path and query, already quoted
 
 
+@functools.lru_cache(maxsize=20_000)
 def target_for(url: str) -> Target:
+    """Parse a health URL once (ValueError / EgressDenied name what is wrong; not cached)."""
     scheme, host, port = egress.url_parts(url)  # ValueError / EgressDenied (credentials)
     parts = urlsplit(url)
     from requests.utils import requote_uri  # quotes unsafe characters as requests would
 
     path = requote_uri((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
     return Target(scheme, host, port, path)
+
+
+_NO_CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
+
+
+def _policy_key() -> tuple:
+    """The settings the policy reads: a cached verdict is only reused while they are unchanged."""
+    return (tuple(settings.REGISTRY_ALLOWED_NETWORKS), settings.EGRESS_ALLOW_LOOPBACK,
+            settings.EGRESS_ALLOW_SELF, settings.PORTAL_PORT)
+
+
+@functools.lru_cache(maxsize=20_000)
+def _literal_destination(url: str, policy: tuple) -> egress.Destination:
+    """An IP-literal URL's verdict needs no DNS, so it is the same every time (per policy)."""
+    target = target_for(url)
+    literal = egress.literal_address(target.host)
+    egress.address_check(literal, port=target.port)  # raises EgressDenied (not cached)
+    return egress.Destination(target.scheme, target.host, target.port, literal)
+
+
+@functools.lru_cache(maxsize=20_000)
+def _pinned_url(url: str, dest: egress.Destination) -> yarl.URL:
+    addr = str(dest.address)
+    shown = f"[{addr}]" if ":" in addr else addr
+    return yarl.URL(f"{dest.scheme}://{shown}:{dest.port}{target_for(url).path}", encoded=True)
 
 
 class _DestinationLimit:
@@ -237,17 +265,13 @@ class Prober:
         target = target_for(url)
         literal = egress.literal_address(target.host)
         if literal is not None:
-            egress.address_check(literal, port=target.port)
-            return egress.Destination(target.scheme, target.host, target.port, literal)
+            return _literal_destination(url, _policy_key())
         addresses = await self.loop.run_in_executor(None, egress.host_resolve, target.host, target.port)
         return egress.Destination(target.scheme, target.host, target.port, addresses[0])
 
     async def fetch(self, url: str, dest: egress.Destination, *, max_body: int, timeout: float) -> Response:
         """GET ``url`` at the vetted ``dest`` (no redirect followed); raises Probe* errors."""
-        target = target_for(url)
-        addr = str(dest.address)
-        shown = f"[{addr}]" if ":" in addr else addr
-        pinned = yarl.URL(f"{dest.scheme}://{shown}:{dest.port}{target.path}", encoded=True)
+        pinned = _pinned_url(url, dest)
         kwargs: dict[str, Any] = {}
         if dest.scheme == "https":
             kwargs["server_hostname"] = dest.tls_name  # SNI, and the certificate is checked against it
@@ -255,7 +279,7 @@ class Prober:
             async with asyncio.timeout(timeout):  # the whole probe, whatever aiohttp's phases do
                 async with self._client().get(
                     pinned, headers={"Host": dest.host_header}, allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=timeout), **kwargs,
+                    timeout=_NO_CLIENT_TIMEOUT, **kwargs,  # asyncio.timeout above bounds it all
                 ) as resp:
                     if 300 <= resp.status < 400:
                         return Response(resp.status, b"", location=resp.headers.get("Location", ""))

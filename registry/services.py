@@ -5,7 +5,9 @@ read-modify-write, and records status flips as ``StatusChange`` rows. Inputs are
 already validated (``registry.serializers``); these functions hold the rules.
 
 Identity: ``key`` is the API key acting (``None``: an operator in the admin or a
-management command, trusted). A key may change only the services it registered
+management command, trusted). It is a required argument of the functions a
+service's own requests reach (register, update, heartbeat), so a new way in —
+another API, a compatibility endpoint — has to say who is acting. A key may change only the services it registered
 (``Service.owner``) unless it has ``registry:admin``; services without an owner
 (registered before ownership existed, or by an operator) are changed only by
 registry:admin keys and operators, and an operator gives them an owner in the
@@ -128,7 +130,7 @@ def _audit_quota(key: ApiKey, exc: QuotaExceeded, target: str) -> None:
                  details={"detail": exc.message})
 
 
-def service_register(*, data: dict[str, Any], key: ApiKey | None = None) -> tuple[Service, bool]:
+def service_register(*, data: dict[str, Any], key: ApiKey | None) -> tuple[Service, bool]:
     """Create the instance identified by (name, url), or update it in place.
 
     Returns ``(service, created)``. Idempotent under concurrency: the insert runs
@@ -192,7 +194,7 @@ def _service_register(data: dict[str, Any], key: ApiKey | None) -> tuple[Service
         return service, False
 
 
-def service_update(*, service: Service | int, data: dict[str, Any], key: ApiKey | None = None) -> Service:
+def service_update(*, service: Service | int, data: dict[str, Any], key: ApiKey | None) -> Service:
     """Change a registered instance's optional fields (not its identity, not its status).
 
     Through the API (a ``key``) the type is fixed too (409), and a new health URL
@@ -219,7 +221,7 @@ def service_update(*, service: Service | int, data: dict[str, Any], key: ApiKey 
         raise
 
 
-def service_heartbeat(*, service: Service | int, key: ApiKey | None = None) -> Service:
+def service_heartbeat(*, service: Service | int, key: ApiKey | None) -> Service:
     """Record a sign of life.
 
     For a TTL service (not probed) the heartbeat *is* the check: an instance that

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import os
 import socket
 import threading
@@ -33,6 +32,7 @@ from requests.adapters import HTTPAdapter, _urllib3_request_context
 from urllib3 import exceptions as urllib3_errors
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from berrys_portal.json_input import json_loads_bounded
 from registry import egress
 
 
@@ -58,6 +58,8 @@ class _Call:
 class _Watchdog:
     """One thread per process; shuts down the socket of a call whose deadline passed."""
 
+    GRAIN = 0.05  # a deadline may be overshot by this much
+
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, _Call]] = []
         self._seq = itertools.count()
@@ -70,27 +72,35 @@ class _Watchdog:
         with self._cond:
             heapq.heappush(self._heap, (call.deadline, next(self._seq), call))
             if self._heap[0][2] is call:
+                # The earliest deadline now (nothing else watched, or a shorter timeout than
+                # every call in flight): wake the thread so it waits for this one instead.
                 self._cond.notify()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._heap or self._heap[0][0] > time.monotonic():
-                    wait = (self._heap[0][0] - time.monotonic()) if self._heap else None
-                    self._cond.wait(wait)
-                    # drop finished calls from the top so they do not pile up
-                    while self._heap and self._heap[0][2].done:
-                        heapq.heappop(self._heap)
-                _, _, call = heapq.heappop(self._heap)
-            if call.done:
-                continue
-            call.fired = True
-            sock = getattr(call.conn, "sock", None)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                now = time.monotonic()
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                if self._heap[0][0] > now:
+                    # Wake at most every GRAIN seconds: calls that end on time (nearly all)
+                    # are dropped in batches, not with a thread wake-up each.
+                    self._cond.wait(max(self._heap[0][0] - now, self.GRAIN))
+                    continue
+                due = []
+                while self._heap and self._heap[0][0] <= now:
+                    due.append(heapq.heappop(self._heap)[2])
+            for call in due:
+                if call.done:
+                    continue
+                call.fired = True
+                sock = getattr(call.conn, "sock", None)
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
 
 
 _watchdog: _Watchdog | None = None
@@ -195,7 +205,7 @@ class Answer:
         if not self.content:
             return None
         try:
-            return json.loads(self.content)
+            return json_loads_bounded(self.content)  # a hostile answer's nesting cannot crash us
         except ValueError:
             return self.content.decode(self.encoding or "utf-8", errors="replace")
 

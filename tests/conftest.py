@@ -78,6 +78,27 @@ def _fresh_breaker_state():
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _redis_left_as_found():
+    """Delete, at the end, every Redis key the session created (breaker hashes, throttle
+    counters, the test workers' queues and kombu bindings) in the suite's Redis db(s);
+    keys that were there before the session are left alone."""
+    import redis
+    from django.conf import settings
+
+    urls = {url for url in (settings.REDIS_URL, settings.CELERY_BROKER_URL) if url and url.startswith("redis")}
+    before = {}
+    for url in urls:
+        with redis.Redis.from_url(url) as client:
+            before[url] = set(client.scan_iter(count=1000))
+    yield
+    for url in urls:
+        with redis.Redis.from_url(url) as client:
+            new = [key for key in client.scan_iter(count=1000) if key not in before[url]]
+            for start in range(0, len(new), 500):
+                client.delete(*new[start:start + 500])
+
+
 @pytest.fixture(scope="module")
 def sims():
     """The five simulated Berrys services as one real process, for a test module."""

@@ -77,3 +77,44 @@ def test_the_refusal_names_the_place():
 def test_strings_that_look_like_brackets_do_not_count_as_depth():
     assert not _too_deep(json.dumps({"a": "[[[[[[[[[[" * 10, "b": "\\\"[[[["}), 2)
     assert _too_deep('[[["]]]"]]]', 2)
+
+
+@pytest.mark.parametrize(("text", "refused"), [
+    (r'"\ud83d\ude00"', False),  # a pair
+    (r'"\\ud83d"', False),  # an escaped backslash, then letters
+    (r'"\\u0000"', False),
+    (r'"\\ud83d\udc00"', True),  # looks like a pair, but the first half is not an escape
+    (r'"\ud83d\\ude00"', True),
+    (r'"\ud83d\ud83d\ude00"', True),  # two highs, one low
+    (r'"\ud83d"', True),
+    (r'"\uDC00"', True),
+    (r'"a\u0000b"', True),
+    (r'{"\u0000": 1}', True),
+])
+def test_escape_sequences_are_read_as_the_decoder_reads_them(text, refused):
+    if refused:
+        with pytest.raises(InvalidInput):
+            json_loads_checked(text)
+    else:
+        assert json_loads_checked(text) == json.loads(text)
+
+
+def test_peer_text_is_scrubbed_for_storage_and_answers_are_checked_fast():
+    from berrys_portal.json_input import json_value_storable_check, text_scrub
+
+    assert text_scrub("a\x00b\ud800c\U0001f600") == "a\ufffdb\ufffdc\U0001f600"
+    json_value_storable_check({"ok": ["\U0001f600", "a\\u0000"], "n": 1})  # a pair; a literal backslash-u
+    with pytest.raises(InvalidInput) as caught:
+        json_value_storable_check({"items": [{"id": "x\x00"}]})
+    assert list(caught.value.errors) == ["items[0].id"]
+
+
+def test_non_finite_numbers_are_refused_where_they_would_be_stored():
+    from berrys_portal.json_input import json_value_storable_check
+
+    with pytest.raises(InvalidInput) as caught:
+        json_value_storable_check({"a": [1.5, float("inf")]})
+    assert list(caught.value.errors) == ["a[1]"]
+    with pytest.raises(InvalidInput):
+        json_value_storable_check(json.loads('{"x": 1e400}'))
+    json_value_storable_check({"a": 1e300, "b": -0.0})

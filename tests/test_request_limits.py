@@ -122,6 +122,41 @@ def test_under_gunicorn_oversize_requests_get_the_api_error_shape(gunicorn):
     status, ctype, body = _raw(gunicorn, "/registry/services?name=" + "x" * 4000, ["X-Padding: " + "y" * 8000])
     assert (status, ctype) == (401, "application/json"), body[:300]
 
-    # Beyond gunicorn's own ceiling (8190 for the line, its maximum): still gunicorn's plain 400.
-    status, _, body = _raw(gunicorn, "/registry/services?name=" + "x" * 9000)
-    assert status == 400 and "Request Line is too large" in body
+    # Beyond gunicorn's own ceilings (8190 for the line is its maximum) gunicorn answers itself,
+    # in the same shape (berrys_portal/gunicorn_errors.py): it used to be an HTML page.
+    status, ctype, body = _raw(gunicorn, "/registry/services?name=" + "x" * 9000)
+    assert (status, ctype) == (414, "application/json"), body[:300]
+    assert json.loads(body)["code"] == "request_line_too_long"
+    assert "Request Line is too large" in json.loads(body)["detail"]
+
+    status, ctype, body = _raw(gunicorn, "/health", [f"X-Padding: {'y' * 20000}"])
+    assert (status, ctype) == (431, "application/json"), body[:300]
+    assert json.loads(body)["code"] == "header_too_large"
+
+
+@pytest.mark.slow
+def test_under_gunicorn_a_malformed_request_gets_the_api_error_shape(gunicorn):
+    with socket.create_connection(("127.0.0.1", gunicorn), timeout=20) as sock:
+        sock.sendall(b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n")
+        head, _, body = sock.recv(65536).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert json.loads(body)["code"] == "bad_request"
+
+
+@pytest.mark.parametrize(("name", "value"), [("API_MAX_REQUEST_LINE_BYTES", "8190"), ("API_MAX_HEADER_BYTES", "20000"),
+                                             ("API_MAX_HEADERS", "200"), ("API_MAX_JSON_DEPTH", "501")])
+def test_limits_gunicorn_would_answer_first_are_refused_at_start_up(name, value):
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "berrys_portal.settings_test", name: value}
+    proc = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "ImproperlyConfigured" in proc.stderr and name in proc.stderr
+
+
+@pytest.mark.django_db
+def test_more_query_parameters_than_django_reads_is_a_json_400():
+    # Django refuses past DATA_UPLOAD_MAX_NUMBER_FIELDS (1000) with SuspiciousOperation: its page was HTML.
+    response = Client().get("/registry/services?" + "&".join(["a"] * 1500))
+    assert response.status_code == 400 and response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "bad_request" and "DATA_UPLOAD_MAX_NUMBER_FIELDS" in response.json()["detail"]
+    page = Client().get("/admin/login/?" + "&".join(["a"] * 1500))
+    assert page.status_code == 400 and page["Content-Type"].startswith("text/html")  # the admin keeps Django's

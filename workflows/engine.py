@@ -48,6 +48,7 @@ from berrys_portal.errors import (
     ServiceResponseError,
     WorkflowError,
 )
+from berrys_portal.json_input import json_value_storable_check, text_scrub
 from berrys_portal.logging import log_context, log_context_update
 from registry.client import service_client
 from workflows import definitions
@@ -122,7 +123,7 @@ def error_message(exc: BaseException) -> str:
 def _truncate(body: Any) -> str:
     if body is None:
         return ""
-    text = body if isinstance(body, str) else json.dumps(body, default=str)
+    text = text_scrub(body) if isinstance(body, str) else json.dumps(body, default=str)
     limit = settings.WORKFLOW_RESPONSE_BODY_LIMIT
     return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit} more characters]"
 
@@ -415,6 +416,13 @@ def _call_http(spec: Step, ctx: dict, record: AttemptRecord) -> dict[str, Any]:
         raise
     _copy_call(record, result.call)
     record.status, record.response = result.status, result.body
+    try:
+        # PostgreSQL's jsonb refuses NUL and lone surrogates: an answer carrying them would crash
+        # every delivery of this step when its output is stored. It is the service's error.
+        json_value_storable_check(result.body)
+    except InvalidInput as exc:
+        where = "; ".join(f"{place}: {' '.join(msgs)}" for place, msgs in (exc.errors or {}).items())
+        raise WorkflowError(f"The service's answer cannot be stored ({where})") from None
     try:
         return spec.output_from_response(ctx, result.body)
     except Exception as exc:

@@ -15,7 +15,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
-from workflows.models import StepAttempt, StepRun, WorkflowRun
+from workflows.models import RunStatus, StepAttempt, StepRun, StepStatus, WorkflowRun
 
 # Keys services put their error text under, most specific first: the guide's
 # Project Coordinator answers {"detail": "Internal Server Error", "error": "<the cause>"}.
@@ -82,11 +82,11 @@ def _cut(text: str) -> str:
 
 def failure_headline(*, run: WorkflowRun, steps: Iterable[StepRun]) -> FailureHeadline | None:
     """The failed run's headline, from its failed step's last attempt (attempts prefetched or not)."""
-    if run.status != "failed":
+    if run.status != RunStatus.FAILED:
         return None
     steps = list(steps)
     step = next((s for s in steps if s.name == run.failed_step), None) or next(
-        (s for s in steps if s.status == "failed"), None)
+        (s for s in steps if s.status == StepStatus.FAILED), None)
     if step is None:
         return FailureHeadline(step=run.failed_step, service="", http_status=None, request="",
                                cause=run.error, attempts=0)

@@ -193,3 +193,24 @@ def test_the_admin_and_the_dashboard_render_under_the_csp_with_no_violations(
         assert page.console_errors == []
     finally:
         context.close()
+
+
+def test_swagger_ui_renders_under_the_csp_with_no_violations(browser, live_server, transactional_db):
+    _user("cspv", VIEWERS, "cspv-pass-123")
+    context, page = _login(browser, live_server, "cspv", "cspv-pass-123")
+    try:
+        policy = page.request.get(f"{live_server.url}/api/docs/").headers["content-security-policy"]
+        assert "script-src 'self'" in policy
+        # Swagger UI: its bundle, its init script and the schema all from the portal.
+        page.goto(f"{live_server.url}/api/docs/")
+        expect(page.locator(".swagger-ui .info .title")).to_contain_text("Berrys Portal API")
+        expect(page.locator(".opblock").first).to_be_visible()
+        _shot(page, "swagger-ui-under-csp", full_page=False)
+        assert page.console_errors == []
+        # ReDoc too: its search worker (blob:) is allowed; the one refusal is its maker's CDN logo.
+        page.goto(f"{live_server.url}/api/redoc")
+        expect(page.locator("h1").first).to_contain_text("Berrys Portal API")
+        page.wait_for_load_state("networkidle")
+        assert [e for e in page.console_errors if "cdn.redoc.ly/redoc/logo-mini.svg" not in e] == []
+    finally:
+        context.close()

@@ -30,6 +30,8 @@ from registry.models import RequestAdapterRule, Service
 from tests.dashboard.factories import failed_run
 from tests.personas import logged_in, staff_user
 
+pytestmark = pytest.mark.both_dbs
+
 
 def _one_row_of_each() -> None:
     """A row for every model the admin shows today (other models fall back to any row they have)."""

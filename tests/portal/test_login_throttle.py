@@ -16,6 +16,8 @@ from tests.personas import logged_in, staff_user
 
 PASSWORD = "right-pass-123"
 
+pytestmark = pytest.mark.both_dbs
+
 
 @pytest.fixture
 def throttle(settings, db):

@@ -60,6 +60,7 @@ def retention(settings):
     return settings
 
 
+@pytest.mark.both_dbs
 @pytest.mark.django_db
 def test_finished_runs_past_retention_go_with_their_steps_attempts_and_events_and_active_runs_stay(retention):
     with time_machine.travel(T0, tick=False):
@@ -84,6 +85,7 @@ def test_finished_runs_past_retention_go_with_their_steps_attempts_and_events_an
         RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PENDING}
 
 
+@pytest.mark.both_dbs
 @pytest.mark.django_db
 def test_history_tables_are_pruned_by_age_keeping_each_services_latest_status_change(retention):
     keeper = Service.objects.create(name="quiet", type="PLANNING_SYSTEM", url="http://127.0.0.1:9401")
@@ -102,6 +104,7 @@ def test_history_tables_are_pruned_by_age_keeping_each_services_latest_status_ch
     assert list(Alert.objects.values_list("created_at", flat=True)) == [T0 + timedelta(days=10)]
 
 
+@pytest.mark.both_dbs
 @pytest.mark.django_db
 def test_pruning_deletes_in_bounded_batches_one_short_statement_per_batch(retention):
     with time_machine.travel(T0, tick=False):
@@ -123,6 +126,7 @@ def test_pruning_deletes_in_bounded_batches_one_short_statement_per_batch(retent
     assert WorkflowRun.objects.count() == 0 and HealthSnapshot.objects.count() == 0
 
 
+@pytest.mark.both_dbs
 @pytest.mark.django_db
 def test_the_beat_task_prunes_and_setup_periodic_tasks_installs_it(retention):
     from django_celery_beat.models import PeriodicTask
@@ -136,6 +140,7 @@ def test_the_beat_task_prunes_and_setup_periodic_tasks_installs_it(retention):
     assert row.enabled and row.interval.every == retention.RETENTION_PRUNE_EVERY_SECONDS
 
 
+@pytest.mark.both_dbs
 @pytest.mark.django_db
 def test_the_admin_shows_the_retention_in_force(admin_client, retention):
     retention.WORKFLOW_RUN_RETENTION_DAYS = 12

@@ -52,7 +52,7 @@ def test_the_service_list_shows_the_columns_and_a_status_badge(operator, service
     response = operator.get("/admin/registry/service/?status__exact=passing&q=planner")
     assert response.status_code == 200
     html = response.content.decode()
-    for column in ("column-name", "column-type", "column-status_badge", "column-url",
+    for column in ("column-name", "column-type_wrapped", "column-status_badge", "column-url", "column-approval",
                    "column-last_heartbeat", "column-criticality", "column-breaker_badge", "column-last_checked"):
         assert column in html
     assert "Passing</span>" in html

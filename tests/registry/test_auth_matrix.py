@@ -71,6 +71,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("PortalHealthView", "GET"): Rule(None, 200, path="/health"),
     ("SpectacularAPIView", "GET"): Rule(None, 200, path="/api/schema"),
     ("SpectacularSwaggerSplitView", "GET"): Rule(None, 200, path="/api/docs"),
+    ("SpectacularRedocView", "GET"): Rule(None, 200, path="/api/redoc"),
+    ("json_page_not_found", "GET"): Rule(None, 404, path="/api/nope"),  # the API prefixes' catch-all
     ("metrics_view", "GET"): Rule({"metrics"}, 200, path="/metrics"),
     ("PrometheusSdView", "GET"): Rule({"metrics"}, 200, path="/registry/prometheus-sd"),
     ("RunListView", "GET"): Rule(RUN_READERS, 200, path="/workflows/runs"),
@@ -103,7 +105,8 @@ for _method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
                                            body={} if _method in ("POST", "PUT", "PATCH") else None)
 
 # Function views (no DRF class to read methods from): their methods, named here.
-FUNCTION_VIEWS = {"metrics_view": ("GET",), "agent_self_view": ("GET",), "catalog_services_view": ("GET",),
+FUNCTION_VIEWS = {"metrics_view": ("GET",), "json_page_not_found": ("GET",),
+                  "agent_self_view": ("GET",), "catalog_services_view": ("GET",),
                   "catalog_service_view": ("GET",), "health_service_view": ("GET",), "health_state_view": ("GET",)}
 
 

@@ -250,7 +250,7 @@ def test_a_dripping_upstream_is_cut_at_the_total_deadline(upstream):
     started = time.monotonic()
     with pytest.raises(ServiceConnectionError, match="timeout"):
         _call(upstream, "/drip", timeout=1.5)
-    assert 1.4 < time.monotonic() - started < 3.0  # a per-read timeout would never fire here
+    assert 1.4 < time.monotonic() - started < 4.5  # a per-read timeout would never fire here
 
 
 @pytest.mark.parametrize("path", ["/gzip-bomb", "/huge"])
@@ -267,8 +267,10 @@ def test_a_banner_that_is_not_http_is_a_connection_error(strict, make_service):
     banner = banner_server()
     try:
         svc = make_service(url=banner.url(), type="HOSTILE_UPSTREAM")
-        with pytest.raises(ServiceConnectionError):
+        with pytest.raises(ServiceConnectionError) as caught:
             _call(svc, "/x")
+        # The error a caller (a gateway key, a run's attempts) sees never quotes the banner.
+        assert "SSH" not in str(caught.value) and "SSH" not in caught.value.call.error
     finally:
         banner.close()
 
@@ -313,7 +315,7 @@ def test_the_gateway_answers_hostile_upstreams_in_the_error_shape(full_client, g
     started = time.monotonic()
     drip = full_client.get("/gateway/HOSTILE_UPSTREAM/drip")
     assert drip.status_code == 502 and "timeout" in drip.json()["detail"].lower()
-    assert time.monotonic() - started < 8  # the deadline (1.5 s) per try, 3 tries with backoff
+    assert time.monotonic() - started < 12  # the deadline (1.5 s) per try, 3 tries with backoff
 
 
 def test_the_gateway_answers_503_with_retry_after_beyond_its_bounds(full_client, gateway_upstream, settings):

@@ -112,7 +112,10 @@ def test_thresholds_delay_status_changes(loopback, make_service):
         "passing", "critical", "passing"]
 
 
-def test_hanging_services_do_not_delay_the_others(loopback, make_service):
+def test_hanging_services_do_not_delay_the_others(loopback, make_service, settings):
+    # Every service here sits behind one loopback server, i.e. one destination: lift its start
+    # rate (20/s by default, tested in test_prober.py) so this measures only the hanging probes.
+    settings.HEALTH_PROBE_PER_DESTINATION_RATE = 1000.0
     server = loopback({"/hang": Reply(hang=True), "/ok": HEALTHY})
     hanging = [make_service(url=server.url, health_path="/hang", check_timeout_seconds=1.0) for _ in range(8)]
     healthy = [make_service(url=server.url, health_path="/ok") for _ in range(40)]
@@ -275,7 +278,7 @@ def test_a_heartbeat_after_ttl_expiry_closes_the_breaker_the_expiry_opened(loopb
         health.health_sweep()
     assert breaker_for(svc).snapshot().state == "open"  # critical opened it at once
 
-    service_heartbeat(service=svc.pk)
+    service_heartbeat(service=svc.pk, key=None)
     svc.refresh_from_db()
     assert svc.status == "passing"
     assert breaker_for(svc).snapshot().state == "closed"  # no wait for the reset timeout
@@ -290,5 +293,5 @@ def test_a_heartbeat_leaves_an_operators_forced_open_breaker_open(make_service):
     with time_machine.travel(timezone.now() + timedelta(seconds=31)):
         health.health_sweep()
     breaker_for(svc).force_open(reason="investigating", actor="ops")
-    service_heartbeat(service=svc.pk)
+    service_heartbeat(service=svc.pk, key=None)
     assert breaker_for(svc).snapshot().state == "open"

@@ -398,3 +398,34 @@ def test_a_typo_in_the_mintable_scopes_setting_is_a_system_check_error():
         errors = check_scope_settings()
     assert [e.id for e in errors] == ["registry.E101"] and "metric" in errors[0].msg
     assert check_scope_settings() == []
+
+
+def test_keys_are_revoked_in_the_admin_never_deleted(db):
+    key, _ = api_key_create(name="svc", scopes=["registry:read"])
+    operator = logged_in(staff_user("olga", "Operators"))
+    assert operator.post(f"/admin/registry/apikey/{key.pk}/delete/", {"post": "yes"}).status_code == 403
+    response = operator.post("/admin/registry/apikey/", {"action": "delete_selected", "_selected_action": [key.pk]})
+    assert response.status_code == 403
+    assert ApiKey.objects.filter(pk=key.pk).exists()
+    operator.post("/admin/registry/apikey/", {"action": "revoke", "_selected_action": [key.pk]}, follow=True)
+    assert ApiKey.objects.get(pk=key.pk).revoked_at is not None
+    assert AuditEvent.objects.filter(action="key_revoked", actor="olga").count() == 1
+
+
+def test_after_upgrading_an_operator_gives_ownerless_services_to_their_key_in_bulk(planner):
+    legacy = [Service.objects.create(name=f"planning-system-{i}", type="PLANNING_SYSTEM",
+                                     url=f"http://127.0.0.1:81{i:02d}") for i in range(3)]
+    other = Service.objects.create(name="coordinator", type="PROJECT_COORDINATOR", url="http://127.0.0.1:8200")
+    out = io.StringIO()
+    call_command("assign_service_owner", "--key", planner.api_key.prefix, "--type", "PLANNING_SYSTEM",
+                 "--dry-run", stdout=out)
+    assert "3 service(s) (dry run)" in out.getvalue() and not Service.objects.filter(owner__isnull=False).exists()
+    call_command("assign_service_owner", "--key", planner.api_key.prefix, "--type", "PLANNING_SYSTEM",
+                 "--name", "planning-system-*", stdout=io.StringIO())
+    assert {s.owner_id for s in Service.objects.filter(pk__in=[s.pk for s in legacy])} == {planner.api_key.pk}
+    assert Service.objects.get(pk=other.pk).owner is None
+    assert AuditEvent.objects.filter(action="owner_changed", actor="command assign_service_owner").count() == 3
+    assert planner.post("/registry/services", dict(REAL, name="planning-system-0", url="http://127.0.0.1:8100"),
+                        format="json").status_code == 200
+    with pytest.raises(Exception, match="matches 0 unrevoked keys"):
+        call_command("assign_service_owner", "--key", "bp_nothing", stdout=io.StringIO())

@@ -66,6 +66,8 @@ def _embedded_env(clone: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {
         "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE", "WORKFLOW_QUEUE",
         "WORKFLOW_DEFINITION_MODULES", "PORTAL_VAR_DIR", "PORT",
+        # settings_test puts these in this process's environment; a newcomer's shell has none.
+        "DJANGO_ENV", "PROMETHEUS_MULTIPROC_DIR", "SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS", "BREAKER_STORE",
     }}
     env["PYTHONPATH"] = str(clone)
     return env
@@ -91,6 +93,7 @@ class DemoOnTerminal:
     def __init__(self, clone: Path, portal_port: int, base_port: int):
         self.clone = clone
         self.lines: list[str] = []
+        self.times: list[float] = []  # when each line was read (time.monotonic())
         self.events: queue.Queue[str] = queue.Queue()
         self.stack_started = threading.Event()
         self.master, slave = os.openpty()
@@ -119,14 +122,27 @@ class DemoOnTerminal:
             *complete, pending = pending.split(b"\n")
             for raw in complete:
                 line = raw.decode(errors="replace").rstrip("\r")
+                self.times.append(time.monotonic())
                 self.lines.append(line)
                 if "DEMO READY" in line or "DEMO FAILED" in line or "What to click" in line:
                     self.events.put(line)
                 elif "Starting the demo" in line:
                     self.stack_started.set()
 
+    def seen_at(self, text: str) -> float | None:
+        """When the first line containing ``text`` was read, or None."""
+        return next((at for at, line in zip(self.times, self.lines, strict=False) if text in line), None)
+
     def output(self, last: int = 60) -> str:
-        return "\n".join(self.lines[-last:])
+        """The last lines, and the last few of each process (a worker's start-up banner
+        must not hide what the driver said)."""
+        plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in self.lines]
+        by_process: dict[str, list[str]] = {}
+        for line in plain:
+            name = line[9:].split("|", 1)[0].strip() if "|" in line[:30] else "make"
+            by_process.setdefault(name, []).append(line)
+        tails = "\n".join(line for lines in by_process.values() for line in lines[-8:])
+        return "\n".join(plain[-last:]) + "\n--- the last lines of each process ---\n" + tails
 
     def wait_ready(self) -> str:
         if not self.stack_started.wait(PREPARE_WITHIN):
@@ -221,6 +237,14 @@ def test_make_demo_starts_on_the_embedded_defaults_stops_on_ctrl_c_and_restarts_
         assert "DEMO READY" in status.stdout and "Login:  operator" in status.stdout
         assert "model-orchestration" in status.stdout
         first_ids = _run_ids(summary)
+        # Idle, the stack prints nothing per poll: no heartbeat access lines, no beat / worker
+        # INFO line per scheduled task (heartbeats every 10 s, a health sweep every 5 s).
+        ready_at = demo.seen_at("What to click")
+        time.sleep(max(0.0, ready_at + 12 - time.monotonic()))
+        idle = demo.lines[len(summary.splitlines()):]
+        routine = [line for line in idle if re.search(
+            r"/heartbeat|Sending due task|Task \S+ received|Task \S+ succeeded", line)]
+        assert routine == [], "\n".join(routine)
     except BaseException:
         demo.kill()
         raise

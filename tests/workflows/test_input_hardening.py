@@ -89,6 +89,8 @@ def test_a_lone_surrogate_in_edited_retry_input_is_a_400_naming_the_field(workfl
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(("text", "message"), [('{"name": "\\u0000"}', "name: Must not contain NUL"),
+                                               ('{"name": NaN}', "name: Numbers must be finite"),
+                                               ('{"name": [1e400]}', "name[0]: Numbers must be finite"),
                                                ('{"name": ' + "[" * 900 + "]" * 900 + "}", "API_MAX_JSON_DEPTH")])
 def test_the_admins_edit_input_form_refuses_the_same_input(admin_client, text, message):
     run = make_failed_run()
@@ -214,3 +216,32 @@ def test_a_dot_dot_project_id_fails_the_step_without_a_request(engine_env, stub)
     run = wait_for_run(run.pk)
     assert run.status == RunStatus.FAILED and "segment" in run.error
     assert server.requests == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("text", "words"), [('{"name": "a\\u0000"}', "name: Must not contain NUL"),
+                                             ('{"name": ' + "[" * 2000 + "]" * 2000 + "}", "API_MAX_JSON_DEPTH"),
+                                             ("{", "not valid JSON")])
+def test_the_start_workflow_command_applies_the_same_rule(text, words):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match=words):
+        call_command("start_workflow", "test_demo", "--input", text, stdout=StringIO())
+    assert not WorkflowRun.objects.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad", ["p\u0000-1", "p\ud800", float("inf")])
+def test_a_service_answering_what_jsonb_cannot_hold_fails_the_step_instead_of_wedging_it(engine_env, stub, bad):
+    # Storing the step's output (jsonb) used to raise on every delivery: the run stayed "running".
+    server = stub()
+    server.routes[("POST", "/projects")] = lambda body: (201, {"id": bad})
+    server.register("PROJECT_COORDINATOR")
+    run, _ = run_start(workflow="test_demo", input={"name": "A"}, triggered_by="t")
+    run = wait_for_run(run.pk, timeout=30)
+    assert run.status == RunStatus.FAILED
+    assert "cannot be stored" in run.error and "id" in run.error
+    attempt = run.steps.get(name="create_project").attempts.get()
+    assert attempt.outcome == "failed" and attempt.response_status == 201

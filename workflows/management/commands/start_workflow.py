@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from django.core.management.base import BaseCommand, CommandError
 
 from berrys_portal.errors import PortalError
+from berrys_portal.json_input import json_loads_checked
 from workflows.engine import run_start
 from workflows.models import RUN_FINISHED, RunStatus, WorkflowRun
 
@@ -24,8 +24,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            data = json.loads(options["input"])
-        except json.JSONDecodeError as exc:
+            data = json_loads_checked(options["input"])  # the API's rule: depth, no NUL/lone surrogates
+        except PortalError as exc:
+            raise CommandError(f"--input: {exc.message}") from None
+        except ValueError as exc:
             raise CommandError(f"--input is not valid JSON: {exc}") from None
         try:
             run, created = run_start(workflow=options["workflow"], input=data,
