@@ -246,7 +246,9 @@ class DiscoveryView(APIView):
         flag = str(params.get("all", "")).strip().lower()
         if flag not in _TRUE | _FALSE:
             raise InvalidInput("all must be 1/0 or true/false.", errors={"all": ["Must be 1/0 or true/false."]})
-        index = watch_sync(**_watch(params.get("index"), params.get("wait"), service_type))
+        # The single pick is the hot path (one query): it answers the index only when watched.
+        watched = flag in _TRUE or "index" in params or "wait" in params
+        index = watch_sync(**_watch(params.get("index"), params.get("wait"), service_type)) if watched else None
         try:
             if flag in _TRUE:
                 eligible = service_eligible_list(service_type=service_type)
@@ -255,8 +257,11 @@ class DiscoveryView(APIView):
             else:
                 response = Response(ServiceSerializer(service_pick(service_type=service_type)).data)
         except PortalError as exc:  # a watcher needs the index on the 404 / 503 too
+            if index is None:
+                raise
             response = Response(exc.as_dict(), status=exc.status_code)
-        response[INDEX_HEADER] = str(index)
+        if index is not None:
+            response[INDEX_HEADER] = str(index)
         return response
 
 
