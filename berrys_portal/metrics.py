@@ -186,6 +186,19 @@ class PortalStateCollector(Collector):
             runs.add_metric([workflow, run_status], float(n))
         yield runs
 
+        from workflows.readiness import STATES, readiness_all
+
+        readiness = GaugeMetricFamily(
+            "berrys_workflow_readiness",
+            "1 for the workflow's current readiness (ready; degraded: an optional service is down; "
+            "blocked: a required one is), 0 for the others. See GET /workflows/readiness.",
+            labels=["workflow", "state"],
+        )
+        for report in readiness_all():
+            for state in STATES:
+                readiness.add_metric([report["workflow"], state], 1.0 if report["status"] == state else 0.0)
+        yield readiness
+
         yield from _step_age_gauges()
 
 

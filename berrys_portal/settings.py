@@ -309,6 +309,12 @@ REGISTRY_KEY_MAX_INSTANCES = env_int("REGISTRY_KEY_MAX_INSTANCES", 50, minimum=1
 REGISTRY_KEY_MAX_HOSTS = env_int("REGISTRY_KEY_MAX_HOSTS", 10, minimum=1)
 # Service types whose NEW instances wait for an operator's approval (admin) before discovery.
 REGISTRY_APPROVAL_TYPES = [t.upper() for t in env_list("REGISTRY_APPROVAL_TYPES", [])]
+
+# The Consul-compatible read API (/v1/, registry/consul.py): the datacenter and node name it
+# reports, and the Consul version whose answers the subset follows.
+CONSUL_DATACENTER = env_str("CONSUL_DATACENTER", "dc1")
+CONSUL_NODE_NAME = env_str("CONSUL_NODE_NAME", "berrys-portal")
+CONSUL_API_VERSION = "1.20.0"
 # Scopes an operator may mint in the admin; registry:admin additionally needs a superuser.
 API_KEY_ADMIN_MINTABLE_SCOPES = env_list(
     "API_KEY_ADMIN_MINTABLE_SCOPES",

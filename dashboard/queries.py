@@ -104,7 +104,16 @@ def dashboard_data(*, now: datetime | None = None) -> dict:
 
     runs = _runs_panel(now=now)
     overdue = health_oldest_overdue_seconds(now=now)
+    from workflows.readiness import readiness_all
+
+    readiness = readiness_all()  # 2 queries (+ the breaker store)
+    readiness_colors = {"ready": charts.color("passing"), "degraded": charts.color("warning"),
+                        "blocked": charts.color("critical")}
+    for report in readiness:
+        report["color"] = readiness_colors[report["status"]]
+        report["down"] = [r for r in report["required"] + report["optional"] if not r["available"]]
     return {
+        "readiness": readiness,
         "health_overdue_seconds": overdue,
         "health_overdue_warning": overdue > settings.HEALTH_OVERDUE_WARNING_SECONDS,
         "now": now,

@@ -248,6 +248,9 @@ class ServiceListQuerySerializer(StrictSerializer):
     )
     page = serializers.IntegerField(min_value=1, max_value=INT_MAX, required=False)
     page_size = serializers.IntegerField(min_value=1, max_value=500, required=False)
+    # A blocking watch (registry.watch): parsed by the view, not filters.
+    index = serializers.CharField(max_length=20, required=False)
+    wait = serializers.CharField(max_length=32, required=False)
 
 
 class ServiceSerializer(serializers.ModelSerializer):

@@ -12,7 +12,7 @@ from rest_framework import generics, permissions, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from berrys_portal.errors import InvalidInput, NotFound
+from berrys_portal.errors import InvalidInput, NotFound, PortalError
 from berrys_portal.pagination import PortalPagination
 from berrys_portal.query import query_params_read, query_params_validate
 from registry import services
@@ -31,6 +31,18 @@ from registry.serializers import (
     ServiceUpdateSerializer,
 )
 from registry.types import TYPE_PATTERN
+from registry.watch import INDEX_HEADER, watch_params, watch_sync
+
+_WATCH_PARAMS = [
+    OpenApiParameter("index", int, description=(
+        "Blocking watch: the X-Registry-Index of your previous answer. The answer waits until the "
+        "registry changes past it (or `wait` ends). 0 or absent: answer at once.")),
+    OpenApiParameter("wait", str, description=(
+        "How long a watch waits: a duration such as 30s or 5m (default 5m, at most 10m, "
+        "plus up to 1/16 random jitter).")),
+]
+_INDEX_HEADER = OpenApiParameter(INDEX_HEADER, int, OpenApiParameter.HEADER, response=True,
+                                 description="The registry index this answer reflects (pass it as `index`).")
 
 _ERROR_TEXT = {
     400: "Invalid input: `detail` summarises, `errors` names each field (unknown query parameters too).",
@@ -87,15 +99,20 @@ class ServiceCollectionView(generics.GenericAPIView):
             OpenApiParameter("name", str, description="Case-insensitive substring of the name."),
             OpenApiParameter("tag", str, many=True, description="Repeat to require several tags (ANDed)."),
             OpenApiParameter("capability", str, many=True, description="Repeat to require several (ANDed)."),
+            *_WATCH_PARAMS,
+            _INDEX_HEADER,
         ],
         responses={200: ServiceSerializer(many=True), **_errors(400, 404, *_READ_ERRORS)},
     )
     def get(self, request):
         filters = query_params_validate(request, serializer_class=ServiceListQuerySerializer,
                                         repeatable=("tag", "capability"))
+        index = watch_sync(**_watch(filters.pop("index", None), filters.pop("wait", None)))
         queryset = service_filter(Service.objects.all(), **filters).order_by("type", "name", "id")
         page = self.paginate_queryset(queryset)
-        return self.get_paginated_response(ServiceSerializer(page, many=True).data)
+        response = self.get_paginated_response(ServiceSerializer(page, many=True).data)
+        response[INDEX_HEADER] = str(index)
+        return response
 
     @extend_schema(
         operation_id="services_register",
@@ -187,6 +204,11 @@ class ServiceMaintenanceView(APIView):
         return Response(ServiceSerializer(service).data)
 
 
+def _watch(index: str | None, wait: str | None, service_type: str | None = None) -> dict:
+    index_value, wait_value = watch_params(index, wait)
+    return {"index": index_value, "wait": wait_value, "service_type": service_type}
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -202,6 +224,8 @@ class DiscoveryView(APIView):
         parameters=[
             OpenApiParameter("service_type", str, OpenApiParameter.PATH, description="e.g. PLANNING_SYSTEM"),
             OpenApiParameter("all", bool, description="List every eligible instance instead of one."),
+            *_WATCH_PARAMS,
+            _INDEX_HEADER,
         ],
         responses={
             200: PolymorphicProxySerializer(
@@ -218,16 +242,27 @@ class DiscoveryView(APIView):
                 "Type must be UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM.",
                 errors={"type": ["Type must be UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM."]},
             )
-        flag = str(query_params_read(request, allowed=("all",)).get("all", "")).strip().lower()
+        params = query_params_read(request, allowed=("all", "index", "wait"))
+        flag = str(params.get("all", "")).strip().lower()
         if flag not in _TRUE | _FALSE:
             raise InvalidInput("all must be 1/0 or true/false.", errors={"all": ["Must be 1/0 or true/false."]})
-        if flag in _TRUE:
-            eligible = service_eligible_list(service_type=service_type)
-            return Response(
-                {"type": service_type, "count": len(eligible),
-                 "services": ServiceSerializer(eligible, many=True).data}
-            )
-        return Response(ServiceSerializer(service_pick(service_type=service_type)).data)
+        # The single pick is the hot path (one query): it answers the index only when watched.
+        watched = flag in _TRUE or "index" in params or "wait" in params
+        index = watch_sync(**_watch(params.get("index"), params.get("wait"), service_type)) if watched else None
+        try:
+            if flag in _TRUE:
+                eligible = service_eligible_list(service_type=service_type)
+                response = Response({"type": service_type, "count": len(eligible),
+                                     "services": ServiceSerializer(eligible, many=True).data})
+            else:
+                response = Response(ServiceSerializer(service_pick(service_type=service_type)).data)
+        except PortalError as exc:  # a watcher needs the index on the 404 / 503 too
+            if index is None:
+                raise
+            response = Response(exc.as_dict(), status=exc.status_code)
+        if index is not None:
+            response[INDEX_HEADER] = str(index)
+        return response
 
 
 class PortalHealthView(APIView):

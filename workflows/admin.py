@@ -197,6 +197,21 @@ def _annotate_delivery(run: WorkflowRun, steps: list[StepRun]) -> None:
 class WorkflowRunAdmin(OperateAdminMixin, admin.ModelAdmin):
     list_display = ("short_id", "workflow", "status_badge", "duration", "failed_step", "started_at", "triggered_by")
     list_filter = (WorkflowFilter, "status", FailedRecentlyFilter)
+
+    def changelist_view(self, request, extra_context=None):
+        # One workflow's page (filtered by it): can it start now? (workflows/readiness.py)
+        name = request.GET.get("workflow")
+        if name:
+            from workflows.readiness import workflow_readiness
+
+            try:
+                report = workflow_readiness(workflow=definitions.get(name))
+            except definitions.UnknownWorkflow:
+                report = None
+            if report is not None:
+                report["down"] = [r for r in report["required"] + report["optional"] if not r["available"]]
+                extra_context = {**(extra_context or {}), "readiness": report}
+        return super().changelist_view(request, extra_context)
     search_fields = ("id",)
     search_help_text = "A run id, or its first 8+ characters."
     ordering = ("-created_at",)

@@ -35,6 +35,8 @@ register(Workflow(
     version=1,
     description="Execute an agent's task: execution plan, tools (optional), execution, task update.",
     required_inputs=("task_id",),
+    requires=(ServiceType.AGENT_ORCHESTRATOR, ServiceType.MODEL_ORCHESTRATION),
+    optional=(ServiceType.TOOL_INTEGRATION,),
     steps=[
         _http(
             name="get_task", service_type=ServiceType.AGENT_ORCHESTRATOR, method="GET",

@@ -148,6 +148,8 @@ class Step:
     local: Callable[[Context], Output] | None = None
     # --- human steps ---
     human: HumanSpec | None = None
+    # --- local steps: service types the code consults (declared for readiness) ---
+    uses: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"Step {self.name!r}"
@@ -235,10 +237,22 @@ class Workflow:
     steps: tuple[Step, ...]
     description: str = ""
     required_inputs: tuple[str, ...] = ()
+    # Readiness (workflows/readiness.py): the service types the workflow needs (``requires``)
+    # and can do without (``optional``), as in the guide's dependency table; ``callers`` are
+    # the ones among them that start it rather than being called by a step (the Web
+    # Dashboard). Checked against the steps below, so table and steps cannot drift apart.
+    # ``when_blocked``: "start" (runs start and wait for the service, the default) or
+    # "refuse" (POST /workflows/runs answers 409 naming the missing service).
+    requires: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    callers: tuple[str, ...] = ()
+    when_blocked: str = "start"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
         object.__setattr__(self, "required_inputs", tuple(self.required_inputs))
+        for name in ("requires", "optional", "callers"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.name or not self.name.replace("_", "").isalnum() or not self.name.islower():
             raise DefinitionError(f"Workflow name {self.name!r}: use lower_snake_case")
         if self.version < 1:
@@ -249,6 +263,40 @@ class Workflow:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise DefinitionError(f"Workflow {self.name!r}: duplicate step names {dupes}")
+        self._check_dependencies()
+
+    def _check_dependencies(self) -> None:
+        """The declared dependency table agrees with the steps (only when one is declared)."""
+        where = f"Workflow {self.name!r}"
+        if self.when_blocked not in ("start", "refuse"):
+            raise DefinitionError(f"{where}: when_blocked must be 'start' or 'refuse'")
+        if not (self.requires or self.optional or self.callers):
+            return
+        declared = set(self.requires) | set(self.optional)
+        if set(self.requires) & set(self.optional):
+            raise DefinitionError(f"{where}: {sorted(set(self.requires) & set(self.optional))} "
+                                  "both required and optional")
+        used = {s.service_type for s in self.steps if s.service_type} | {t for s in self.steps for t in s.uses}
+        hard = {s.service_type for s in self.steps if s.service_type and s.required and s.fallback is None}
+        problems = []
+        if hard - set(self.requires):
+            problems.append(f"steps that fail the run without {sorted(hard - set(self.requires))} "
+                            "but they are not in requires")
+        if used - declared:
+            problems.append(f"steps use {sorted(used - declared)}, not declared in requires or optional")
+        if declared - used - set(self.callers):
+            problems.append(f"{sorted(declared - used - set(self.callers))} declared but no step uses "
+                            "them (a caller? list it in callers)")
+        if set(self.callers) - declared:
+            problems.append(f"callers {sorted(set(self.callers) - declared)} not in requires or optional")
+        if problems:
+            raise DefinitionError(f"{where}: dependency table and steps disagree: " + "; ".join(problems))
+
+    def dependencies(self) -> tuple[list[str], list[str]]:
+        """(required, optional) service types: the declared table, else what the steps imply."""
+        if self.requires or self.optional or self.callers:
+            return sorted(self.requires), sorted(self.optional)
+        return self.required_services, self.optional_services
 
     def step(self, name: str) -> Step:
         for s in self.steps:

@@ -55,6 +55,9 @@ register(Workflow(
     description="Create a project from the dashboard's chat payload, then plan it if the "
     "Planning System and Agent Orchestrator are available.",
     required_inputs=("name",),
+    requires=(ServiceType.WEB_DASHBOARD, ServiceType.PROJECT_COORDINATOR),
+    optional=(ServiceType.PLANNING_SYSTEM, ServiceType.AGENT_ORCHESTRATOR),
+    callers=(ServiceType.WEB_DASHBOARD,),
     steps=[
         Step(
             name="create_project",
@@ -71,6 +74,7 @@ register(Workflow(
             name="start_planning",
             kind="local",
             local=start_planning,
+            uses=(ServiceType.PLANNING_SYSTEM, ServiceType.AGENT_ORCHESTRATOR),
             required=False,
             retry=BERRYS_RETRY,
             description="Start project_planning when the Planning System and Agent Orchestrator "

@@ -74,6 +74,8 @@ register(Workflow(
     description="Plan a project: strategic plan, tactical plan with tasks, agents, assignments; "
     "a locally generated fallback plan when the Planning System is unavailable.",
     required_inputs=("project_id",),
+    requires=(ServiceType.PROJECT_COORDINATOR, ServiceType.PLANNING_SYSTEM, ServiceType.AGENT_ORCHESTRATOR),
+    optional=(ServiceType.MODEL_ORCHESTRATION,),
     steps=[
         _http(
             name="get_project", service_type=ServiceType.PROJECT_COORDINATOR, method="GET",
