@@ -275,8 +275,10 @@ class ServiceSerializer(serializers.ModelSerializer):
 
 class DiscoveryListSerializer(serializers.Serializer):
     type = serializers.CharField()
-    count = serializers.IntegerField()
-    services = ServiceSerializer(many=True)
+    count = serializers.IntegerField(help_text="Eligible instances in all pages.")
+    next = serializers.URLField(allow_null=True, help_text="The next page, or null.")
+    previous = serializers.URLField(allow_null=True, help_text="The previous page, or null.")
+    services = ServiceSerializer(many=True, help_text="This page's instances, best tier first.")
 
 
 class PortalHealthSerializer(serializers.Serializer):

@@ -16,7 +16,7 @@ from berrys_portal.errors import InvalidInput, NotFound
 from berrys_portal.pagination import PortalPagination
 from berrys_portal.query import query_params_read, query_params_validate
 from registry import services
-from registry.discovery import service_eligible_list, service_pick
+from registry.discovery import service_eligible_queryset, service_none_eligible, service_pick
 from registry.filters import service_filter
 from registry.models import ApiKey, Service
 from registry.portal_health import portal_health
@@ -201,7 +201,9 @@ class DiscoveryView(APIView):
         summary="Discover an instance of a service type",
         parameters=[
             OpenApiParameter("service_type", str, OpenApiParameter.PATH, description="e.g. PLANNING_SYSTEM"),
-            OpenApiParameter("all", bool, description="List every eligible instance instead of one."),
+            OpenApiParameter("all", bool, description="List every eligible instance instead of one (paged)."),
+            OpenApiParameter("page", int, description="With all=1: the page, from 1."),
+            OpenApiParameter("page_size", int, description="With all=1: instances per page (default 50, at most 500)."),
         ],
         responses={
             200: PolymorphicProxySerializer(
@@ -218,16 +220,23 @@ class DiscoveryView(APIView):
                 "Type must be UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM.",
                 errors={"type": ["Type must be UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM."]},
             )
-        flag = str(query_params_read(request, allowed=("all",)).get("all", "")).strip().lower()
+        flag = str(query_params_read(request, allowed=("all", "page", "page_size")).get("all", "")).strip().lower()
         if flag not in _TRUE | _FALSE:
             raise InvalidInput("all must be 1/0 or true/false.", errors={"all": ["Must be 1/0 or true/false."]})
         if flag in _TRUE:
-            eligible = service_eligible_list(service_type=service_type)
-            return Response(
-                {"type": service_type, "count": len(eligible),
-                 "services": ServiceSerializer(eligible, many=True).data}
-            )
+            return self._all(request, service_type)
         return Response(ServiceSerializer(service_pick(service_type=service_type)).data)
+
+    def _all(self, request, service_type: str) -> Response:
+        """Every eligible instance, best first, a page at a time (``page``, ``page_size``)."""
+        paginator = PortalPagination()
+        page = paginator.paginate_queryset(service_eligible_queryset(service_type=service_type), request, view=self)
+        count = paginator.page.paginator.count
+        if not count:
+            raise service_none_eligible(service_type=service_type)
+        return Response({"type": service_type, "count": count, "next": paginator.get_next_link(),
+                         "previous": paginator.get_previous_link(),
+                         "services": ServiceSerializer(page, many=True).data})
 
 
 class PortalHealthView(APIView):
