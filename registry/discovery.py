@@ -39,7 +39,8 @@ class _PickQuery:
     one exists (a ``NOT EXISTS`` seek on the same index). So a pick costs the same with
     2 instances of a type or 2,000, and with 100 services or 100,000: at most six
     ``limit``-row seeks, sorted, ``limit`` rows back. The SQL is built once per
-    ``limit``; it is portable (PostgreSQL and SQLite run the same text).
+    ``limit``; it is portable (PostgreSQL and SQLite run the same text), and spells the
+    index's condition (``NOT "pending_approval"``) literally so both planners can use it.
     """
 
     def __init__(self) -> None:
@@ -48,7 +49,7 @@ class _PickQuery:
     def _build(self, limit: int) -> str:
         table = Service._meta.db_table
         cols = ", ".join(f'"{f.column}"' for f in Service._meta.concrete_fields)
-        healthy = (f'SELECT 1 FROM "{table}" h WHERE h."type" = %s AND h."pending_approval" = %s '
+        healthy = (f'SELECT 1 FROM "{table}" h WHERE h."type" = %s AND NOT h."pending_approval" '
                    "AND h.\"status\" IN ('passing', 'warning')")
         branches = []
         for rank, (status, only_if_none_healthy) in enumerate(_TIERS):
@@ -56,7 +57,7 @@ class _PickQuery:
             for part, cmp in ((0, ">"), (1, "<=")):
                 branches.append(
                     f'SELECT * FROM (SELECT {2 * rank + part} AS "pick_rank", {cols} FROM "{table}" '
-                    f'WHERE "type" = %s AND "pending_approval" = %s AND "status" = \'{status}\' '
+                    f'WHERE "type" = %s AND NOT "pending_approval" AND "status" = \'{status}\' '
                     f'AND "id" {cmp} %s{extra} ORDER BY "id" LIMIT {int(limit)}) t{rank}{part}'
                 )
         return (f"SELECT {cols} FROM ({' UNION ALL '.join(branches)}) picks "
@@ -66,9 +67,9 @@ class _PickQuery:
         params: list = []
         for _, only_if_none_healthy in _TIERS:
             for _ in range(2):
-                params += [service_type, False, cursor]
+                params += [service_type, cursor]
                 if only_if_none_healthy:
-                    params += [service_type, False]
+                    params.append(service_type)
         return params
 
     def __call__(self, service_type: str, *, cursor: int, limit: int) -> list[Service]:
