@@ -60,7 +60,12 @@ class _PickQuery:
                     f'WHERE "type" = %s AND NOT "pending_approval" AND "status" = \'{status}\' '
                     f'AND "id" {cmp} %s{extra} ORDER BY "id" LIMIT {int(limit)}) t{rank}{part}'
                 )
-        return (f"SELECT {cols} FROM ({' UNION ALL '.join(branches)}) picks "
+        # Any instance at all (rank 6, dropped from the answer): tells a 503 from a 404 without
+        # a second query when nothing is eligible.
+        branches.append(f'SELECT * FROM (SELECT 6 AS "pick_rank", {cols} FROM "{table}" WHERE "type" = %s '
+                        'LIMIT 1) registered')
+        union = " UNION ALL ".join(branches)
+        return (f'SELECT "pick_rank", {cols} FROM ({union}) picks '
                 f'ORDER BY "pick_rank", "id" LIMIT {int(limit)}')
 
     def params(self, service_type: str, cursor: int) -> list:
@@ -70,13 +75,19 @@ class _PickQuery:
                 params += [service_type, cursor]
                 if only_if_none_healthy:
                     params.append(service_type)
-        return params
+        return [*params, service_type]
 
     def __call__(self, service_type: str, *, cursor: int, limit: int) -> list[Service]:
+        """The picks; raises the guide's 404 / 503 when there is none."""
         sql = self._sql.get(limit)
         if sql is None:
             sql = self._sql[limit] = self._build(limit)
-        return list(Service.objects.raw(sql, self.params(service_type, cursor)))
+        rows = list(Service.objects.raw(sql, self.params(service_type, cursor)))
+        picks = [row for row in rows if row.pick_rank < 6]
+        if not picks:
+            raise (service_none_eligible(service_type=service_type) if rows
+                   else ServiceNotFoundError(f"No service of type {service_type} found"))
+        return picks
 
 
 _pick = _PickQuery()
@@ -89,8 +100,7 @@ _cursors: dict[str, int] = {}
 def _instances_of(service_type: str) -> list[Service]:
     """The ServiceClient's candidates: up to FAILOVER_CANDIDATES, rotated (see ``_pick``)."""
     instances = _pick(service_type, cursor=_cursors.get(service_type, 0), limit=FAILOVER_CANDIDATES)
-    if instances:
-        _cursors[service_type] = instances[0].pk
+    _cursors[service_type] = instances[0].pk
     return instances
 
 
@@ -195,8 +205,6 @@ def service_candidates(*, service_type: str, max_age: float = 0.0) -> list[Servi
         instances, turn = recent_instances.get(service_type, max_age)
     else:
         instances, turn = _instances_of(service_type), 0
-    if not instances:
-        raise service_none_eligible(service_type=service_type)
     if turn == 0:
         return instances
     tier = [s for s in instances if s.status == instances[0].status]
@@ -207,7 +215,5 @@ def service_candidates(*, service_type: str, max_age: float = 0.0) -> list[Servi
 def service_pick(*, service_type: str) -> Service:
     """One eligible instance of ``service_type``, rotating within the best tier: one row read."""
     picked = _pick(service_type, cursor=_cursors.get(service_type, 0), limit=1)
-    if not picked:
-        raise service_none_eligible(service_type=service_type)
     _cursors[service_type] = picked[0].pk
     return picked[0]
