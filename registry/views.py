@@ -162,7 +162,7 @@ class ServiceHeartbeatView(APIView):
         responses={200: ServiceSerializer, **_errors(404, 401, 403, 413, 429)},
     )
     def put(self, request, pk: str):
-        _service_or_404(int(pk))
+        # service_heartbeat answers the 404 itself: no read before it.
         return Response(ServiceSerializer(services.service_heartbeat(service=int(pk), key=_key(request))).data)
 
 

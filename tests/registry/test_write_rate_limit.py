@@ -11,6 +11,8 @@ from rest_framework.test import APIClient
 
 from registry.auth import api_key_create
 
+pytestmark = pytest.mark.both_dbs
+
 LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "rate-limit-test"}}
 PAYLOAD = {"name": "s", "type": "PLANNING_SYSTEM", "url": "http://127.0.0.1:9000"}
 
