@@ -221,6 +221,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--services", default=str(N_SERVICES),
                         help="Registered services, a comma-separated sweep, e.g. 100,1000,10000,100000")
+    parser.add_argument("--port", type=int, default=0, help="gunicorn's port (default: a free one)")
     parser.add_argument("--seed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.seed:
@@ -251,7 +252,7 @@ def main() -> None:
         seeded = subprocess.run([sys.executable, "-m", "bench.registry", "--seed"], cwd=ROOT, env=env, check=True,
                                 capture_output=True, text=True)
         data = json.loads(seeded.stdout.strip().splitlines()[-1])
-        port = _free_port()
+        port = args.port or _free_port()
         gunicorn = subprocess.Popen(
             [str(Path(sys.executable).parent / "gunicorn"), "berrys_portal.wsgi:application",
              "--workers", str(args.workers), "--worker-class", "sync", "--bind", f"127.0.0.1:{port}",

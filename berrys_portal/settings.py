@@ -382,6 +382,10 @@ SERVICE_CLIENT_RETRIES = env_int("SERVICE_CLIENT_RETRIES", 2, minimum=0)
 SERVICE_CLIENT_BACKOFF_BASE_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_BASE_SECONDS", 0.2, minimum=0)
 SERVICE_CLIENT_BACKOFF_CAP_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_CAP_SECONDS", 5.0, minimum=0)
 SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS = env_float("SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS", 1.0, minimum=0)
+# PostgreSQL: discovery's pick runs as a prepared statement (planning it costs more than
+# running it). Turn off behind a pooler that cannot keep prepared statements (PgBouncer
+# in transaction mode before 1.21).
+DISCOVERY_PREPARED_STATEMENT = env_bool("DISCOVERY_PREPARED_STATEMENT", True)
 # Egress bounds (egress issue): a ServiceClient answer larger than this, counted after
 # decompression, is an error; the gateway's concurrent calls per process, per API key and
 # per target service type beyond these answer 503 with Retry-After.

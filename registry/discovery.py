@@ -12,6 +12,9 @@ import itertools
 import logging
 import time
 
+import psycopg
+from django.conf import settings
+from django.db import connections, router
 from django.db.models import Case, IntegerField, QuerySet, Value, When
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
@@ -82,13 +85,56 @@ class _PickQuery:
         sql = self._sql.get(limit)
         if sql is None:
             sql = self._sql[limit] = self._build(limit)
-        rows = list(Service.objects.raw(sql, self.params(service_type, cursor)))
+        params = self.params(service_type, cursor)
+        alias = router.db_for_read(Service)
+        if connections[alias].vendor == "postgresql" and settings.DISCOVERY_PREPARED_STATEMENT:
+            rows = _fetch_prepared(alias, sql, params)
+        else:
+            rows = list(Service.objects.raw(sql, params, using=alias))
         picks = [row for row in rows if row.pick_rank < 6]
         if not picks:
             raise (service_none_eligible(service_type=service_type) if rows
                    else ServiceNotFoundError(f"No service of type {service_type} found"))
         return picks
 
+
+def _fetch_prepared(alias: str, sql: str, params: list) -> list[Service]:
+    """Run the pick as a prepared statement on this connection (PostgreSQL).
+
+    Planning the seven-branch query costs ~0.55 ms against ~0.2 ms to run it; prepared
+    once per connection, later picks skip the planner. Django leaves psycopg's automatic
+    preparation off (for poolers in transaction mode); this one statement asks for it
+    (``DISCOVERY_PREPARED_STATEMENT=0`` turns it off behind such a pooler). The cursor is
+    wrapped the way Django wraps its own, so the usual health check runs first and query
+    capture (tests, debug) sees the statement.
+    """
+    conn = connections[alias]
+    conn.close_if_health_check_failed()
+    conn.ensure_connection()
+    raw = psycopg.Cursor(conn.connection)  # server-side binding: a plan can be reused
+    wrapped = conn.make_debug_cursor(raw) if conn.queries_logged else conn.make_cursor(raw)
+    with wrapped as cursor:
+        with conn.wrap_database_errors:
+            if conn.queries_logged:
+                cursor.execute(sql, params)  # logged through the debug wrapper (prepared below too)
+            else:
+                raw.execute(sql, params, prepare=True)
+        rows = raw.fetchall()
+    picks = []
+    for row in rows:
+        values = list(row[1:])
+        for index, convert in _CONVERTERS:
+            values[index] = convert(values[index], None, conn)
+        instance = Service.from_db(alias, _ATTNAMES, values)
+        instance.pick_rank = row[0]
+        picks.append(instance)
+    return picks
+
+
+_ATTNAMES = [f.attname for f in Service._meta.concrete_fields]
+# Field-level conversions (JSON text -> objects); psycopg returns the rest typed already.
+_CONVERTERS = [(i, f.from_db_value) for i, f in enumerate(Service._meta.concrete_fields)
+               if hasattr(f, "from_db_value")]
 
 _pick = _PickQuery()
 # The rotation cursor: the id of the last instance this process picked, per type.

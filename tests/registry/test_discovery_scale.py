@@ -15,7 +15,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from berrys_portal.errors import NoEligibleServiceError, ServiceNotFoundError
-from registry.discovery import service_candidates, service_pick
+from registry.discovery import _cursors, _pick, service_candidates, service_pick
 from registry.models import HealthStatus, Service
 from tests import dbenv
 
@@ -50,13 +50,14 @@ def _seed(count: int) -> None:
             cursor.execute("ANALYZE registry_service")
 
 
-def _rows_touched(sql: str) -> tuple[int, str]:
+def _rows_touched(sql: str, params: list) -> tuple[int, str]:
     """Rows the query returns, and its plan (PostgreSQL: the most rows any plan node produced)."""
     with connection.cursor() as cursor:
-        cursor.execute(sql)
+        cursor.execute(sql, params)
         returned = len(cursor.fetchall())
+        sql = cursor.mogrify(sql, params) if connection.vendor == "postgresql" else sql
         if connection.vendor == "postgresql":
-            cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
+            cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")  # noqa: S608 - the query above
             plan = cursor.fetchone()[0]
             plan = plan if isinstance(plan, list) else __import__("json").loads(plan)
 
@@ -66,20 +67,23 @@ def _rows_touched(sql: str) -> tuple[int, str]:
                     yield from nodes(child)
 
             return returned, max(n["Actual Rows"] * n.get("Actual Loops", 1) for n in nodes(plan[0]["Plan"]))
-        cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+        cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
         return returned, " | ".join(str(row[-1]) for row in cursor.fetchall())
 
 
 def test_one_pick_among_100000_services_runs_one_query_touching_a_bounded_number_of_rows(db):
     _seed(100_000)  # 2,000 per type
     service_pick(service_type="TYPE_07")  # warm (the SQL is built once per process)
-    for pick in (lambda: [service_pick(service_type="TYPE_07")],
-                 lambda: service_candidates(service_type="TYPE_07")):
+    for limit, pick in ((1, lambda: [service_pick(service_type="TYPE_07")]),
+                        (8, lambda: service_candidates(service_type="TYPE_07"))):
+        cursor_before = _cursors["TYPE_07"]
         with CaptureQueriesContext(connection) as captured:
             picked = pick()
         assert len(captured.captured_queries) == 1
+        assert "UNION ALL" in captured.captured_queries[0]["sql"]
         assert all(s.type == "TYPE_07" and s.status == HealthStatus.PASSING for s in picked)
-        returned, touched = _rows_touched(captured.captured_queries[0]["sql"])
+        # The statement just run, run again with its parameters to count what it reads.
+        returned, touched = _rows_touched(_pick._build(limit), _pick.params("TYPE_07", cursor_before))
         assert returned == len(picked) <= 8
         if connection.vendor == "postgresql":
             assert touched <= 6 * 8  # six index seeks of at most `limit` rows, never the type's 2,000
