@@ -25,7 +25,10 @@ urlpatterns = [
     re_path(r"^gateway/(?P<service_type>[^/]+)/(?P<path>.*)$", GatewayView.as_view(), name="gateway"),
     # Last: any other path under the API's prefixes is the API's JSON 404 in every profile
     # (with DEBUG on, as in the demo, Django would answer its HTML debug page instead).
-    re_path(r"^(?:registry|discovery|workflows|gateway|api)(?:/.*)?$", csrf_exempt(json_page_not_found), name="api-not-found"),
+    # CSRF-exempt: it changes nothing, and a POST/PATCH to an unknown API path must get this 404
+    # (JSON), not the CSRF middleware's HTML 403.
+    re_path(r"^(?:registry|discovery|workflows|gateway|api)(?:/.*)?$", csrf_exempt(json_page_not_found),
+            name="api-not-found"),
 ]
 
 handler400 = "berrys_portal.errors.json_bad_request"

@@ -40,6 +40,7 @@ import pybreaker
 import redis
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connections, transaction
+from django.db import Error as DjangoDbError
 from django.db.models import F
 
 from registry.models import BreakerEvent, BreakerState, Criticality, Service
@@ -511,7 +512,7 @@ def _backend_call(op: str, *args: Any, **kwargs: Any) -> Any:
     if backend is not None:
         try:
             return getattr(backend, op)(*args, **kwargs)
-        except (redis.RedisError, DatabaseError) as exc:
+        except (redis.RedisError, DjangoDbError) as exc:  # DjangoDbError: InterfaceError too
             _store_failed(exc)
     return getattr(_memory, op)(*args, **kwargs)
 

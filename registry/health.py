@@ -47,6 +47,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from berrys_portal import metrics
+from berrys_portal.errors import InvalidInput
+from berrys_portal.json_input import json_loads_bounded, json_value_storable_check, text_scrub
 from berrys_portal.logging import log_context
 from registry import egress, prober
 from registry.alerts import alert_raise
@@ -106,6 +108,29 @@ def _dependencies_down(body: dict) -> list[str]:
     elif deps is not None and _falsy_dependency(deps):
         down.append("dependencies")
     return down
+
+
+def _storable(value: Any) -> Any:
+    """A service's decoded health answer as the database can store it: NUL and lone surrogates
+    (which PostgreSQL's jsonb refuses, failing the whole batch's write) become U+FFFD, NaN and
+    infinities null. One C-level check decides; the walk runs only for a bad answer."""
+    try:
+        json_value_storable_check(value)
+        return value
+    except InvalidInput:
+        return _scrubbed(value)
+
+
+def _scrubbed(value: Any) -> Any:
+    if isinstance(value, str):
+        return text_scrub(value)
+    if isinstance(value, dict):
+        return {text_scrub(str(k)): _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v) for v in value]
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    return value
 
 
 def probe_verdict(
@@ -217,8 +242,8 @@ def _outcome(plan: Plan, response: prober.Response | None, error: BaseException 
             outcome.detail = f"HTTP {response.status} Location: {(response.location or '')[:300]}"
         elif response.body:
             try:
-                outcome.body = json.loads(response.body)
-            except ValueError:  # not JSON (or cut at the size cap): the status decides
+                outcome.body = _storable(json_loads_bounded(response.body))
+            except ValueError:  # not JSON, too deep, or cut at the size cap: the status decides
                 outcome.body = None
         return outcome
     outcome.detail = f"{type(error).__name__}: {error}"[:500]

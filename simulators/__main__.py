@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stack.start()
-    print("SIMULATORS READY " + json.dumps(stack.describe()), flush=True)
+    # One write with its newline (print writes the newline separately, and a log line from
+    # another thread could land between the two).
+    sys.stdout.write("SIMULATORS READY " + json.dumps(stack.describe()) + "\n")
+    sys.stdout.flush()
     stop.wait()
     logging.getLogger("simulators").info("stopping: deregistering and closing ports")
     stack.stop()

@@ -86,7 +86,9 @@ class SimulatorProcess(ControlClient):
             for line in proc.stdout:
                 lines.append(line.rstrip())
                 if line.startswith("SIMULATORS READY "):
-                    ready_queue.put(json.loads(line[len("SIMULATORS READY "):]))
+                    # raw_decode: another thread's log line may have been written onto the
+                    # same line right after the JSON (seen under load): ignore what follows it.
+                    ready_queue.put(json.JSONDecoder().raw_decode(line[len("SIMULATORS READY "):])[0])
 
         threading.Thread(target=pump, daemon=True).start()
         try:

@@ -350,3 +350,21 @@ def test_a_workflow_step_against_a_hostile_upstream_fails_with_a_bounded_error(
     attempt = StepAttempt.objects.get(step=step)
     assert attempt.outcome == "failed" and error in attempt.error, attempt.error
     assert metadata.connections == 0
+
+
+# --- queues and time limits ---------------------------------------------------------------------
+
+
+def test_health_and_step_tasks_run_on_separate_queues_with_soft_and_hard_time_limits():
+    from celery import current_app
+
+    from registry.tasks import health_check_now_task, health_sweep_task
+    from workflows.tasks import run_step
+
+    router = current_app.amqp.router
+    assert router.route({}, "registry.health_sweep")["queue"].name == django_settings.HEALTH_QUEUE == "health"
+    assert django_settings.WORKFLOW_QUEUE != django_settings.HEALTH_QUEUE
+    for task in (health_sweep_task, health_check_now_task):
+        # Below the sweep lock's TTL: a sweep never outlives its lock.
+        assert task.soft_time_limit < task.time_limit < django_settings.HEALTH_SWEEP_LOCK_SECONDS
+    assert run_step.soft_time_limit < run_step.time_limit

@@ -113,11 +113,13 @@ def test_thresholds_delay_status_changes(loopback, make_service):
 
 
 def test_hanging_services_do_not_delay_the_others(loopback, make_service, settings):
-    # Every service here sits behind one loopback server, i.e. one destination: lift its start
-    # rate (20/s by default, tested in test_prober.py) so this measures only the hanging probes.
+    # Two destinations: the prober bounds each (address, port) on its own (8 at once, 20/s), so
+    # the hanging destination can only hold back its own probes. The start rate is lifted so
+    # the 40 healthy probes (1.6 s at 20/s) do not eat the bound measured here; the rate
+    # limit has its own tests in test_prober.py.
     settings.HEALTH_PROBE_PER_DESTINATION_RATE = 1000.0
-    server = loopback({"/hang": Reply(hang=True), "/ok": HEALTHY})
-    hanging = [make_service(url=server.url, health_path="/hang", check_timeout_seconds=1.0) for _ in range(8)]
+    stuck, server = loopback({"/hang": Reply(hang=True)}), loopback({"/ok": HEALTHY})
+    hanging = [make_service(url=stuck.url, health_path="/hang", check_timeout_seconds=1.0) for _ in range(8)]
     healthy = [make_service(url=server.url, health_path="/ok") for _ in range(40)]
 
     started = time.monotonic()

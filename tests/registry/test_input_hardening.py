@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import time
 
-import psycopg
 import pytest
-from django.db.utils import DataError
 
 from registry.adapters import adapt_request, adapter_cache_clear
 from registry.breakers import breaker_forget
@@ -315,20 +313,21 @@ def test_literal_globs_and_rules_sharing_a_pattern_still_apply_each_rule(fresh_r
     assert adapt("/plansx") == body and adapt("/Plans") == body
 
 
-# The sweep writes snapshots with COPY: psycopg's own error, not Django's wrapper.
-@pytest.mark.xfail(strict=True, raises=(DataError, psycopg.errors.DataError), reason=(
-    "registry/health.py (egress's) stores a probe's JSON body unchecked: PostgreSQL refuses the "
-    "NUL and the whole sweep raises, so no service in the batch is recorded. Fix: decode with "
-    "berrys_portal.json_input.json_loads_bounded and check with json_value_storable_check (or "
-    "text_scrub) before storing; then drop this mark."))
-def test_a_health_answer_holding_nul_does_not_stop_the_sweep_for_everyone(loopback, make_service):
+@pytest.mark.parametrize("answer", ["ok\u0000", "\ud800", float("nan")], ids=["nul", "surrogate", "nan"])
+def test_a_health_answer_holding_nul_does_not_stop_the_sweep_for_everyone(loopback, make_service, answer):
+    """The sweep stores each answer's details: one the database cannot hold (PostgreSQL's jsonb
+    refuses NUL, lone surrogates, NaN) used to fail the whole batch's write."""
     from tests.registry.loopback import Reply
 
-    server = loopback({"/nul": Reply(200, {"status": "ok\u0000"}), "/ok": Reply(200, {"status": "healthy"})})
-    make_service(url=server.url, health_path="/nul")
+    server = loopback({"/nul": Reply(200, {"status": answer, "database": answer}),
+                       "/ok": Reply(200, {"status": "healthy"})})
+    odd = make_service(url=server.url, health_path="/nul")
     healthy = make_service(url=server.url, health_path="/ok")
     from registry import health
 
     health.health_sweep()
     healthy.refresh_from_db()
+    odd.refresh_from_db()
     assert healthy.status == "passing"
+    assert odd.status in ("passing", "warning") and odd.last_checked_at is not None
+    assert odd.snapshots.exists()
