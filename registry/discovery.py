@@ -104,22 +104,27 @@ def _fetch_prepared(alias: str, sql: str, params: list) -> list[Service]:
     Planning the seven-branch query costs ~0.55 ms against ~0.2 ms to run it; prepared
     once per connection, later picks skip the planner. Django leaves psycopg's automatic
     preparation off (for poolers in transaction mode); this one statement asks for it
-    (``DISCOVERY_PREPARED_STATEMENT=0`` turns it off behind such a pooler). The cursor is
-    wrapped the way Django wraps its own, so the usual health check runs first and query
-    capture (tests, debug) sees the statement.
+    (``DISCOVERY_PREPARED_STATEMENT=0`` turns it off behind such a pooler). The usual
+    health check runs first, and query capture (tests, debug) records the statement.
     """
     conn = connections[alias]
     conn.close_if_health_check_failed()
     conn.ensure_connection()
+    if conn.connection.prepare_threshold is None:
+        # Django sets None ("never prepare"), which also ignores prepare=True. A threshold no
+        # query reaches keeps automatic preparation off while this statement asks for it.
+        conn.connection.prepare_threshold = 2**31 - 1
     raw = psycopg.Cursor(conn.connection)  # server-side binding: a plan can be reused
-    wrapped = conn.make_debug_cursor(raw) if conn.queries_logged else conn.make_cursor(raw)
-    with wrapped as cursor:
+    try:
         with conn.wrap_database_errors:
-            if conn.queries_logged:
-                cursor.execute(sql, params)  # logged through the debug wrapper (prepared below too)
+            if conn.queries_logged:  # recorded like Django's own queries (tests, debug)
+                with conn.make_debug_cursor(raw).debug_sql(sql, params):
+                    raw.execute(sql, params, prepare=True)
             else:
                 raw.execute(sql, params, prepare=True)
-        rows = raw.fetchall()
+            rows = raw.fetchall()
+    finally:
+        raw.close()
     picks = []
     for row in rows:
         values = list(row[1:])

@@ -99,7 +99,9 @@ def test_picks_rotate_through_every_passing_instance_of_a_large_type(db):
     assert picks[: len(passing)] == picks[len(passing):]  # round robin, the same order again
 
 
-def test_the_tiers_on_this_database_passing_then_warning_then_unknown_never_the_rest(db):
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "plain"])
+def test_the_tiers_on_this_database_passing_then_warning_then_unknown_never_the_rest(db, settings, prepared):
+    settings.DISCOVERY_PREPARED_STATEMENT = prepared  # PostgreSQL only; SQLite always runs it plain
     _svc("new", HealthStatus.UNKNOWN)
     _svc("down", HealthStatus.CRITICAL)
     _svc("resting", HealthStatus.MAINTENANCE)
