@@ -292,6 +292,9 @@ REGISTRY_KEY_MAX_INSTANCES = env_int("REGISTRY_KEY_MAX_INSTANCES", 50, minimum=1
 REGISTRY_KEY_MAX_HOSTS = env_int("REGISTRY_KEY_MAX_HOSTS", 10, minimum=1)
 # Service types whose NEW instances wait for an operator's approval (admin) before discovery.
 REGISTRY_APPROVAL_TYPES = [t.upper() for t in env_list("REGISTRY_APPROVAL_TYPES", [])]
+# A heartbeat (or unchanged re-registration) within this many seconds of the recorded one
+# writes nothing (for a TTL service, within a tenth of its TTL at most): see registry.services.
+REGISTRY_HEARTBEAT_COALESCE_SECONDS = env_float("REGISTRY_HEARTBEAT_COALESCE_SECONDS", 5.0, minimum=0)
 # Scopes an operator may mint in the admin; registry:admin additionally needs a superuser.
 API_KEY_ADMIN_MINTABLE_SCOPES = env_list(
     "API_KEY_ADMIN_MINTABLE_SCOPES",

@@ -18,7 +18,7 @@ it owns and the distinct hosts they point at.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -162,7 +162,19 @@ def _unchanged(service: Service, data: dict[str, Any]) -> bool:
 
 
 def _heartbeat_write(service: Service, now) -> bool:
-    """Only the heartbeat timestamp: no lock, no transaction, one UPDATE (False: the row is gone)."""
+    """Only the heartbeat timestamp: no lock, no transaction, one UPDATE (False: the row is gone).
+
+    Coalesced: within REGISTRY_HEARTBEAT_COALESCE_SECONDS of the recorded heartbeat (for a
+    TTL service, a tenth of its TTL if less) nothing is written and the recorded time stays.
+    Nothing reads the heartbeat more finely: the TTL check allows ``ttl_seconds``, and the
+    window is at most a tenth of it.
+    """
+    window = settings.REGISTRY_HEARTBEAT_COALESCE_SECONDS
+    if service.ttl_seconds:
+        window = min(window, service.ttl_seconds / 10)
+    last = service.last_heartbeat_at
+    if last is not None and window > 0 and timedelta(0) <= now - last < timedelta(seconds=window):
+        return True
     if not Service.objects.filter(pk=service.pk).update(last_heartbeat_at=now):
         return False
     service.last_heartbeat_at = now

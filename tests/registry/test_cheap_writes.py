@@ -12,6 +12,11 @@ from registry.models import HealthStatus, Service
 
 pytestmark = pytest.mark.both_dbs
 
+
+@pytest.fixture(autouse=True)
+def _no_coalescing(settings):
+    settings.REGISTRY_HEARTBEAT_COALESCE_SECONDS = 0  # every heartbeat writes, unless a test says
+
 PAYLOAD = {"name": "planner", "type": "PLANNING_SYSTEM", "url": "http://127.0.0.1:9001",
            "metadata": {"version": "1.0.0"}, "tags": ["a"]}
 
@@ -62,3 +67,40 @@ def test_a_ttl_heartbeat_that_recovers_the_service_still_takes_the_locked_path(r
     response = register_client.put(f"/registry/services/{pk}/heartbeat")
     assert response.status_code == 200 and response.json()["status"] == "passing"
     assert register_client.put("/registry/services/999999/heartbeat").status_code == 404
+
+
+def test_heartbeats_within_the_coalescing_window_write_nothing(register_client, settings):
+    import time_machine
+    from django.utils import timezone
+
+    settings.REGISTRY_HEARTBEAT_COALESCE_SECONDS = 5
+    start = timezone.now()
+    with time_machine.travel(start, tick=False) as clock:
+        pk = register_client.post("/registry/services", PAYLOAD, format="json").json()["id"]
+        recorded = Service.objects.get(pk=pk).last_heartbeat_at
+        clock.shift(4.9)
+        with CaptureQueriesContext(connection) as captured:
+            assert register_client.put(f"/registry/services/{pk}/heartbeat").status_code == 200
+            assert register_client.post("/registry/services", PAYLOAD, format="json").status_code == 200
+        assert _writes(captured) == []
+        assert Service.objects.get(pk=pk).last_heartbeat_at == recorded
+        clock.shift(0.2)  # 5.1 s after the recorded one: written
+        assert register_client.put(f"/registry/services/{pk}/heartbeat").status_code == 200
+        assert Service.objects.get(pk=pk).last_heartbeat_at > recorded
+
+
+def test_a_ttl_service_coalesces_at_most_a_tenth_of_its_ttl(register_client, settings):
+    import time_machine
+    from django.utils import timezone
+
+    settings.REGISTRY_HEARTBEAT_COALESCE_SECONDS = 5
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        pk = register_client.post("/registry/services", dict(PAYLOAD, ttl_seconds=10), format="json").json()["id"]
+        Service.objects.filter(pk=pk).update(status=HealthStatus.PASSING)
+        recorded = Service.objects.get(pk=pk).last_heartbeat_at
+        clock.shift(0.9)
+        register_client.put(f"/registry/services/{pk}/heartbeat")
+        assert Service.objects.get(pk=pk).last_heartbeat_at == recorded
+        clock.shift(0.2)  # 1.1 s: past a tenth of the 10 s TTL
+        register_client.put(f"/registry/services/{pk}/heartbeat")
+        assert Service.objects.get(pk=pk).last_heartbeat_at > recorded
