@@ -13,9 +13,18 @@ bottleneck) for N seconds at each of:
 * ``discovery`` — GET /discovery/{type} with an API key;
 * ``register``  — POST /registry/services re-registering existing services.
 
-Each scenario runs ``--repeats`` times, interleaved; the table shows medians,
-and ratios against the ceiling paired per repeat (median of the per-repeat ratios). Targets:
-discovery >= 70 % of the ceiling's req/s with p99 <= 1.5x; register >= 40 %.
+* ``heartbeat`` — PUT /registry/services/{id}/heartbeat on the bench key's services.
+
+``--services 100,1000,10000,100000`` sweeps the registry's size: the bench key owns the
+first size's services (at most 1,000); each next size is reached by one bulk
+``INSERT … SELECT generate_series`` of passing services over the same 50 types (the API's
+per-key quota and the ORM are too slow to seed 100,000 under load), then every scenario
+runs again against the same gunicorn.
+
+Each scenario runs ``--repeats`` times, interleaved; the table shows medians, ratios against
+the ceiling paired per repeat (median of the per-repeat ratios), and the per-repeat ratios.
+Targets (issue 13): discovery >= 90 % of the ceiling's req/s with p99 <= 1.5x at every size;
+register >= 60 %; an unchanged heartbeat >= 80 %.
 Note gunicorn's sync workers close the connection after each response, so the
 clients reconnect per request whatever they ask for (the same for every row).
 """
