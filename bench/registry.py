@@ -315,7 +315,7 @@ def _print_table(runs: dict[str, list[dict]], args, size: int) -> None:
           f"{size} services / {N_TYPES} types, {args.connections} connections, "
           f"{args.seconds:g} s x {args.repeats} runs (medians; ratios paired per run)\n")
     header = f"| {'scenario':<10} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'req/s vs ceiling':>16} " \
-             f"| {'p99 vs ceiling':>14} | {'errors':>6} | target |"
+             f"| {'p99 vs ceiling':>14} | {'errors':>6} | target | per-repeat ratios |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for s, m in med.items():
