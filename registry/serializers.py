@@ -9,6 +9,7 @@ never a 500.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from typing import Any
@@ -271,6 +272,17 @@ class ServiceSerializer(serializers.ModelSerializer):
             "deregister_after_seconds", "pending_approval",
         )
         read_only_fields = fields
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # ModelSerializer rebuilds its fields from the model on every instantiation (~1 ms
+        # here, the larger part of serializing one row); every endpoint and the discovery hot
+        # path build this one. Build once per class and hand each instance its own copy
+        # (fields are bound to their serializer, so they cannot be shared).
+        prototype = type(self).__dict__.get("_fields_prototype")
+        if prototype is None:
+            prototype = super().get_fields()
+            type(self)._fields_prototype = prototype
+        return copy.deepcopy(prototype)
 
 
 class DiscoveryListSerializer(serializers.Serializer):
