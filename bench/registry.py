@@ -140,7 +140,38 @@ def _worker(port, scenario, key, ids, seconds, threads, start_at, out_queue) -> 
     out_queue.put((latencies, errors))
 
 
-def run_load(*, port, scenario, key, ids, seconds, connections, processes) -> dict:
+def _server_pids(gunicorn_pid: int, db_url: str) -> list[int]:
+    """gunicorn's workers and the PostgreSQL backends serving the bench database."""
+    import psycopg
+
+    pids = []
+    for task in Path(f"/proc/{gunicorn_pid}/task").iterdir():
+        pids += [int(p) for p in (task / "children").read_text().split()]
+    parts = urlsplit(db_url)
+    with psycopg.connect(host=parts.hostname, port=parts.port or 5432, user=parts.username or "postgres",
+                         dbname=parts.path.lstrip("/"), autocommit=True) as conn:
+        pids += [row[0] for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+    return pids
+
+
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return out
+
+
+def run_load(*, port, scenario, key, ids, seconds, connections, processes, server=None) -> dict:
+    """``server``: (gunicorn pid, database URL) to also count the server's CPU per request:
+    gunicorn's workers plus their PostgreSQL backends (Redis, shared, is not counted). Unlike
+    req/s on a shared machine, CPU per request hardly moves with other load."""
+    before = _cpu_seconds(_server_pids(*server)) if server else {}
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     per = [connections // processes + (1 if n < connections % processes else 0) for n in range(processes)]
@@ -156,9 +187,15 @@ def run_load(*, port, scenario, key, ids, seconds, connections, processes) -> di
         p.join()
     latencies = sorted(lat for lats, _ in results for lat in lats)
     errors = sum(err for _, err in results)
+    cpu_ms = float("nan")
+    if server and latencies:
+        after = _cpu_seconds(_server_pids(*server))
+        used = sum(t - before.get(pid, 0.0) for pid, t in after.items())
+        cpu_ms = used / len(latencies) * 1000
     if not latencies:
-        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "errors": errors}
+        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "errors": errors, "cpu": cpu_ms}
     return {
+        "cpu": cpu_ms,
         "rps": len(latencies) / seconds,
         "p50": latencies[len(latencies) // 2] * 1000,
         "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
@@ -283,10 +320,11 @@ def main() -> None:
                 for s in scenarios:
                     result = run_load(port=port, scenario=s, key=data["key"], ids=data["ids"],
                                       seconds=args.seconds, connections=args.connections,
-                                      processes=args.processes)
+                                      processes=args.processes, server=(gunicorn.pid, db_url))
                     runs[s].append(result)
                     print(f"  {size} services, run {rep + 1} {s:<9} {result['rps']:8.0f} req/s  "
-                          f"p50 {result['p50']:6.1f} ms  p99 {result['p99']:6.1f} ms  errors {result['errors']}",
+                          f"p50 {result['p50']:6.1f} ms  p99 {result['p99']:6.1f} ms  errors {result['errors']}  "
+                          f"server CPU {result['cpu']:.2f} ms/req",
                           file=sys.stderr)
             _print_table(runs, args, size)
     finally:
@@ -303,7 +341,7 @@ def _print_table(runs: dict[str, list[dict]], args, size: int) -> None:
     """Medians per scenario; ratios are medians of per-repeat ratios (each scenario against the
     ceiling of the same repeat, measured seconds apart), which cancels most of the drift that
     other load on the machine causes between repeats."""
-    med = {s: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "errors")}
+    med = {s: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "errors", "cpu")}
            for s, rs in runs.items()}
     ceilings = runs["ceiling"]
 
@@ -315,7 +353,8 @@ def _print_table(runs: dict[str, list[dict]], args, size: int) -> None:
           f"{size} services / {N_TYPES} types, {args.connections} connections, "
           f"{args.seconds:g} s x {args.repeats} runs (medians; ratios paired per run)\n")
     header = f"| {'scenario':<10} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'req/s vs ceiling':>16} " \
-             f"| {'p99 vs ceiling':>14} | {'errors':>6} | target | per-repeat ratios |"
+             f"| {'p99 vs ceiling':>14} | {'errors':>6} | target | per-repeat ratios " \
+             f"| server CPU ms/req | capacity vs ceiling (CPU) |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for s, m in med.items():
@@ -328,8 +367,10 @@ def _print_table(runs: dict[str, list[dict]], args, size: int) -> None:
             target = "baseline"
         per_repeat = ", ".join(f"{r['rps'] / c['rps']:.2f}" for r, c in zip(runs[s], ceilings, strict=True)
                                if c["rps"])
+        cpu_ratio = statistics.median(c["cpu"] / r["cpu"] for r, c in zip(runs[s], ceilings, strict=True))
         print(f"| {s:<10} | {m['rps']:>7.0f} | {m['p50']:>7.1f} | {m['p99']:>7.1f} | {ratio:>16.0%} "
-              f"| {p99_ratio:>13.2f}x | {m['errors']:>6.0f} | {target} | {per_repeat} |")
+              f"| {p99_ratio:>13.2f}x | {m['errors']:>6.0f} | {target} | {per_repeat} "
+              f"| {m['cpu']:.2f} | {cpu_ratio:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ class _PickQuery:
     tier (passing, warning, unknown) the instances after the rotation cursor, then the
     wrap-around from the start. Unknown instances count only when no passing or warning
     one exists (a ``NOT EXISTS`` seek on the same index). So a pick costs the same with
-    2 instances of a type or 2,000, and with 100 services or 100,000: at most six
-    ``limit``-row seeks, sorted, ``limit`` rows back. The SQL is built once per
+    2 instances of a type or 2,000, and with 100 services or 100,000: at most seven
+    ``limit``-row seeks (the seventh: any instance at all, telling 404 from 503), sorted,
+    ``limit`` rows back. The SQL is built once per
     ``limit``; it is portable (PostgreSQL and SQLite run the same text), and spells the
     index's condition (``NOT "pending_approval"``) literally so both planners can use it.
     """
