@@ -309,6 +309,9 @@ REGISTRY_KEY_MAX_INSTANCES = env_int("REGISTRY_KEY_MAX_INSTANCES", 50, minimum=1
 REGISTRY_KEY_MAX_HOSTS = env_int("REGISTRY_KEY_MAX_HOSTS", 10, minimum=1)
 # Service types whose NEW instances wait for an operator's approval (admin) before discovery.
 REGISTRY_APPROVAL_TYPES = [t.upper() for t in env_list("REGISTRY_APPROVAL_TYPES", [])]
+# A heartbeat (or unchanged re-registration) within this many seconds of the recorded one
+# writes nothing (for a TTL service, within a tenth of its TTL at most): see registry.services.
+REGISTRY_HEARTBEAT_COALESCE_SECONDS = env_float("REGISTRY_HEARTBEAT_COALESCE_SECONDS", 5.0, minimum=0)
 
 # The Consul-compatible read API (/v1/, registry/consul.py): the datacenter and node name it
 # reports, and the Consul version whose answers the subset follows.
@@ -405,6 +408,10 @@ SERVICE_CLIENT_RETRIES = env_int("SERVICE_CLIENT_RETRIES", 2, minimum=0)
 SERVICE_CLIENT_BACKOFF_BASE_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_BASE_SECONDS", 0.2, minimum=0)
 SERVICE_CLIENT_BACKOFF_CAP_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_CAP_SECONDS", 5.0, minimum=0)
 SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS = env_float("SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS", 1.0, minimum=0)
+# PostgreSQL: discovery's pick runs as a prepared statement (planning it costs more than
+# running it). Turn off behind a pooler that cannot keep prepared statements (PgBouncer
+# in transaction mode before 1.21).
+DISCOVERY_PREPARED_STATEMENT = env_bool("DISCOVERY_PREPARED_STATEMENT", True)
 # Egress bounds (egress issue): a ServiceClient answer larger than this, counted after
 # decompression, is an error; the gateway's concurrent calls per process, per API key and
 # per target service type beyond these answer 503 with Retry-After.

@@ -120,6 +120,12 @@ class Service(models.Model):
         indexes = [
             # GET /discovery/{type}: eligible instances of a type.
             models.Index(fields=["type", "status"], name="registry_service_type_status"),
+            # service_pick / ServiceClient: the next eligible instance after the rotation cursor
+            # (registry.discovery._PickQuery): one seek per tier whatever the registry's size.
+            models.Index(
+                fields=["type", "status", "id"], name="registry_service_pick",
+                condition=Q(pending_approval=False),
+            ),
             # Health sweep: probed services that are due.
             models.Index(
                 fields=["next_check_at"], name="registry_service_due",

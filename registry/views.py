@@ -16,7 +16,7 @@ from berrys_portal.errors import InvalidInput, NotFound, PortalError
 from berrys_portal.pagination import PortalPagination
 from berrys_portal.query import query_params_read, query_params_validate
 from registry import services
-from registry.discovery import service_eligible_list, service_pick
+from registry.discovery import service_eligible_queryset, service_none_eligible, service_pick
 from registry.filters import service_filter
 from registry.models import ApiKey, Service
 from registry.portal_health import portal_health
@@ -179,7 +179,7 @@ class ServiceHeartbeatView(APIView):
         responses={200: ServiceSerializer, **_errors(404, 401, 403, 413, 429)},
     )
     def put(self, request, pk: str):
-        _service_or_404(int(pk))
+        # service_heartbeat answers the 404 itself: no read before it.
         return Response(ServiceSerializer(services.service_heartbeat(service=int(pk), key=_key(request))).data)
 
 
@@ -223,7 +223,9 @@ class DiscoveryView(APIView):
         summary="Discover an instance of a service type",
         parameters=[
             OpenApiParameter("service_type", str, OpenApiParameter.PATH, description="e.g. PLANNING_SYSTEM"),
-            OpenApiParameter("all", bool, description="List every eligible instance instead of one."),
+            OpenApiParameter("all", bool, description="List every eligible instance instead of one (paged)."),
+            OpenApiParameter("page", int, description="With all=1: the page, from 1."),
+            OpenApiParameter("page_size", int, description="With all=1: instances per page (default 50, at most 500)."),
             *_WATCH_PARAMS,
             _INDEX_HEADER,
         ],
@@ -242,7 +244,7 @@ class DiscoveryView(APIView):
                 "Type must be UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM.",
                 errors={"type": ["Type must be UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM."]},
             )
-        params = query_params_read(request, allowed=("all", "index", "wait"))
+        params = query_params_read(request, allowed=("all", "page", "page_size", "index", "wait"))
         flag = str(params.get("all", "")).strip().lower()
         if flag not in _TRUE | _FALSE:
             raise InvalidInput("all must be 1/0 or true/false.", errors={"all": ["Must be 1/0 or true/false."]})
@@ -251,9 +253,7 @@ class DiscoveryView(APIView):
         index = watch_sync(**_watch(params.get("index"), params.get("wait"), service_type)) if watched else None
         try:
             if flag in _TRUE:
-                eligible = service_eligible_list(service_type=service_type)
-                response = Response({"type": service_type, "count": len(eligible),
-                                     "services": ServiceSerializer(eligible, many=True).data})
+                response = self._all(request, service_type)
             else:
                 response = Response(ServiceSerializer(service_pick(service_type=service_type)).data)
         except PortalError as exc:  # a watcher needs the index on the 404 / 503 too
@@ -263,6 +263,17 @@ class DiscoveryView(APIView):
         if index is not None:
             response[INDEX_HEADER] = str(index)
         return response
+
+    def _all(self, request, service_type: str) -> Response:
+        """Every eligible instance, best first, a page at a time (``page``, ``page_size``)."""
+        paginator = PortalPagination()
+        page = paginator.paginate_queryset(service_eligible_queryset(service_type=service_type), request, view=self)
+        count = paginator.page.paginator.count
+        if not count:
+            raise service_none_eligible(service_type=service_type)
+        return Response({"type": service_type, "count": count, "next": paginator.get_next_link(),
+                         "previous": paginator.get_previous_link(),
+                         "services": ServiceSerializer(page, many=True).data})
 
 
 class PortalHealthView(APIView):

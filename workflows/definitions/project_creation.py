@@ -30,13 +30,13 @@ def start_planning(ctx: dict[str, Any]) -> dict[str, Any]:
     """Start ``project_planning`` for the new project, if its services are available."""
     # Imported here: the engine imports the definitions package at start-up.
     from berrys_portal.errors import NoEligibleServiceError, ServiceNotFoundError
-    from registry.discovery import service_eligible_list
+    from registry.discovery import service_pick
     from workflows.engine import run_start
 
     unavailable = []
     for service_type in (ServiceType.PLANNING_SYSTEM, ServiceType.AGENT_ORCHESTRATOR):
         try:
-            service_eligible_list(service_type=service_type)
+            service_pick(service_type=service_type)  # one row, whatever the registry's size
         except (ServiceNotFoundError, NoEligibleServiceError) as exc:
             unavailable.append(exc.message)
     if unavailable:
