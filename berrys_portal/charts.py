@@ -32,10 +32,18 @@ STATUS_COLORS = {
     "skipped": "#b8b8b8",
     "fallback": "#c7a343",
     "retry": "#d89b16",
+    "sent": "#2f7ed8",
+    "worker_lost": "#8d6e63",
     "closed": "#2e9d4a",
     "open": "#d13b3b",
     "half-open": "#d89b16",
 }
+
+
+# Attempt outcomes worded for operators ("sent": the try is in flight, or its worker died
+# and the reconciler has not closed it yet).
+ATTEMPT_LABELS = {"": "in progress", None: "in progress", "sent": "sent (in flight)",
+                  "worker_lost": "Outcome unknown — worker lost"}
 
 
 def color(status: str) -> str:
@@ -127,11 +135,11 @@ def timeline(steps: list[dict], start: datetime, end: datetime, *, width: int = 
         bars, waits = [], []
         prev_end = None
         for att in step["attempts"]:
-            x0, x1 = x(att["started_at"]), x(att["finished_at"])
+            x0, x1 = x(att["started_at"]), x(att["finished_at"] or end)  # None: still in flight
             if prev_end is not None and x0 > prev_end + 0.5:
                 waits.append({"x1": prev_end, "x2": x0, "y": y + row / 2 - 3})
             bars.append(Rect(x0, y + 3, max(x1 - x0, 3), row - 12, color(att["outcome"] or "running"),
-                             f"attempt {att['number']}: {att['outcome'] or 'in progress'}"
+                             f"attempt {att['number']}: {ATTEMPT_LABELS.get(att['outcome'], att['outcome'])}"
                              f"{' HTTP ' + str(att['response_status']) if att['response_status'] else ''}"
                              f"{' — ' + att['error'][:120] if att['error'] else ''}"))
             prev_end = x1

@@ -154,6 +154,23 @@ if CELERY_BROKER_URL is None:
         # The default 1 s poll adds up to a second per workflow step hop in the demo.
         "polling_interval": env_float("CELERY_FILESYSTEM_POLL_SECONDS", 0.2, minimum=0.01),
     }
+elif CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://")):
+    # RabbitMQ, the durable choice: Celery declares durable queues and sends persistent
+    # messages by default; publisher confirms make a publish return only once the broker
+    # has the message. Quorum queues (RabbitMQ >= 3.8) replicate it across a cluster and
+    # survive a node restart; CELERY_QUEUE_TYPE=classic for an older server. The type is
+    # fixed when a queue is first declared: changing it needs the queue deleted.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+    CELERY_TASK_DEFAULT_QUEUE_TYPE = env_str("CELERY_QUEUE_TYPE", "quorum")
+    if CELERY_TASK_DEFAULT_QUEUE_TYPE not in ("quorum", "classic"):
+        raise ImproperlyConfigured("CELERY_QUEUE_TYPE must be quorum or classic")
+    # Queues named per call (the workflow and health queues) are created with the same type.
+    CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = CELERY_TASK_DEFAULT_QUEUE_TYPE
+    # Quorum queues refuse global QoS; Celery then uses per-consumer prefetch.
+    CELERY_WORKER_DETECT_QUORUM_QUEUES = True
+    # A retry's countdown on a quorum queue uses RabbitMQ-native delayed delivery, which
+    # needs topic exchanges (a queue's own name as the routing key still matches only it).
+    CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
 else:
     # Tasks whose countdown exceeds this are re-delivered by Redis; the workflow
     # engine never schedules a countdown longer than it (the reconciler takes over).
@@ -292,6 +309,15 @@ REGISTRY_KEY_MAX_INSTANCES = env_int("REGISTRY_KEY_MAX_INSTANCES", 50, minimum=1
 REGISTRY_KEY_MAX_HOSTS = env_int("REGISTRY_KEY_MAX_HOSTS", 10, minimum=1)
 # Service types whose NEW instances wait for an operator's approval (admin) before discovery.
 REGISTRY_APPROVAL_TYPES = [t.upper() for t in env_list("REGISTRY_APPROVAL_TYPES", [])]
+# A heartbeat (or unchanged re-registration) within this many seconds of the recorded one
+# writes nothing (for a TTL service, within a tenth of its TTL at most): see registry.services.
+REGISTRY_HEARTBEAT_COALESCE_SECONDS = env_float("REGISTRY_HEARTBEAT_COALESCE_SECONDS", 5.0, minimum=0)
+
+# The Consul-compatible read API (/v1/, registry/consul.py): the datacenter and node name it
+# reports, and the Consul version whose answers the subset follows.
+CONSUL_DATACENTER = env_str("CONSUL_DATACENTER", "dc1")
+CONSUL_NODE_NAME = env_str("CONSUL_NODE_NAME", "berrys-portal")
+CONSUL_API_VERSION = "1.20.0"
 # Scopes an operator may mint in the admin; registry:admin additionally needs a superuser.
 API_KEY_ADMIN_MINTABLE_SCOPES = env_list(
     "API_KEY_ADMIN_MINTABLE_SCOPES",
@@ -382,6 +408,10 @@ SERVICE_CLIENT_RETRIES = env_int("SERVICE_CLIENT_RETRIES", 2, minimum=0)
 SERVICE_CLIENT_BACKOFF_BASE_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_BASE_SECONDS", 0.2, minimum=0)
 SERVICE_CLIENT_BACKOFF_CAP_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_CAP_SECONDS", 5.0, minimum=0)
 SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS = env_float("SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS", 1.0, minimum=0)
+# PostgreSQL: discovery's pick runs as a prepared statement (planning it costs more than
+# running it). Turn off behind a pooler that cannot keep prepared statements (PgBouncer
+# in transaction mode before 1.21).
+DISCOVERY_PREPARED_STATEMENT = env_bool("DISCOVERY_PREPARED_STATEMENT", True)
 # Egress bounds (egress issue): a ServiceClient answer larger than this, counted after
 # decompression, is an error; the gateway's concurrent calls per process, per API key and
 # per target service type beyond these answer 503 with Retry-After.
@@ -399,14 +429,24 @@ SERVER_EMAIL = env_str("SERVER_EMAIL", "portal@localhost")
 # --- Workflows ----------------------------------------------------------------
 WORKFLOW_RESPONSE_BODY_LIMIT = env_int("WORKFLOW_RESPONSE_BODY_LIMIT", 8192, minimum=256)
 WORKFLOW_MAX_DELIVERIES = env_int("WORKFLOW_MAX_DELIVERIES", 3, minimum=1)
-WORKFLOW_STEP_LEASE_SECONDS = env_int("WORKFLOW_STEP_LEASE_SECONDS", 60, minimum=5)
+# Short leases renewed by the running worker's heartbeat: a dead worker's step is re-sent
+# within about lease + reconcile period. The heartbeat must beat well inside the lease.
+WORKFLOW_STEP_LEASE_SECONDS = env_int("WORKFLOW_STEP_LEASE_SECONDS", 15, minimum=3)
+WORKFLOW_HEARTBEAT_SECONDS = env_float("WORKFLOW_HEARTBEAT_SECONDS", WORKFLOW_STEP_LEASE_SECONDS / 3,
+                                       minimum=0.2)
+if WORKFLOW_HEARTBEAT_SECONDS * 2 > WORKFLOW_STEP_LEASE_SECONDS:
+    raise ImproperlyConfigured("WORKFLOW_HEARTBEAT_SECONDS must be at most half of WORKFLOW_STEP_LEASE_SECONDS")
 WORKFLOW_PREPARED_STATEMENTS = env_bool("WORKFLOW_PREPARED_STATEMENTS", True)
 WORKFLOW_RECONCILE_GRACE_SECONDS = env_int("WORKFLOW_RECONCILE_GRACE_SECONDS", 30, minimum=1)
 # Extra modules holding workflow definitions (the tests' workers use it); see workflows.definitions.
 WORKFLOW_DEFINITION_MODULES = env_list("WORKFLOW_DEFINITION_MODULES", [])
 # Celery queue for step tasks (tests give each worker its own).
 WORKFLOW_QUEUE = env_str("WORKFLOW_QUEUE", "celery")
-WORKFLOW_RECONCILE_EVERY_SECONDS = env_int("WORKFLOW_RECONCILE_EVERY_SECONDS", 15, minimum=1)
+WORKFLOW_RECONCILE_EVERY_SECONDS = env_int("WORKFLOW_RECONCILE_EVERY_SECONDS", 5, minimum=1)
+# Grace for a queued step when the broker holds no message for the queue at all (flushed
+# or restarted broker): its message is gone, re-send it at the next pass.
+WORKFLOW_RECONCILE_EMPTY_QUEUE_GRACE_SECONDS = env_int("WORKFLOW_RECONCILE_EMPTY_QUEUE_GRACE_SECONDS", 3,
+                                                       minimum=1)
 # Celery's Django fixup closes the DB connection after EVERY task unless this is set:
 # a new PostgreSQL connection per workflow step cost ~40 ms. With it, connections are
 # reused (berrys_portal.celery drops broken/old ones before each task, as Django does per request).

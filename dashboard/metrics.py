@@ -1,7 +1,7 @@
 """The portal's state as Prometheus gauges, read at scrape time (the /metrics view).
 
-Each service's status and breaker state, the most overdue health check and runs by
-status are read from PostgreSQL / the shared breaker store on every scrape, so any
+Each service's status and breaker state, the most overdue health check, runs by status,
+each workflow's readiness and the oldest running/queued step are read from PostgreSQL / the shared breaker store on every scrape, so any
 process answers the same and no per-process gauge can go stale. The event metrics
 (probe latency, step duration, ...) are the kernel's (``berrys_portal.metrics``); this
 module lives in the dashboard because it reads the registry's and workflows' models.
@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from django.db.models import Count, OuterRef, Subquery
+from django.db.models import Count, Min, OuterRef, Subquery
+from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -20,7 +21,8 @@ from berrys_portal import metrics
 from registry.breakers import breaker_snapshots
 from registry.health import health_oldest_overdue_seconds
 from registry.models import BreakerEvent, BreakerState, HealthStatus, Service
-from workflows.models import WorkflowRun
+from workflows.models import STEP_CLAIMABLE, StepRun, StepStatus, WorkflowRun
+from workflows.readiness import STATES, readiness_all
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +99,43 @@ class PortalStateCollector(Collector):
         for (workflow, run_status), n in sorted(run_counts().items()):
             runs.add_metric([workflow, run_status], float(n))
         yield runs
+
+        readiness = GaugeMetricFamily(
+            "berrys_workflow_readiness",
+            "1 for the workflow's current readiness (ready; degraded: an optional service is down; "
+            "blocked: a required one is), 0 for the others. See GET /workflows/readiness.",
+            labels=["workflow", "state"],
+        )
+        for report in readiness_all():
+            for state in STATES:
+                readiness.add_metric([report["workflow"], state], 1.0 if report["status"] == state else 0.0)
+        yield readiness
+
+        yield from _step_age_gauges()
+
+
+def _step_age_gauges():
+    """How long the oldest running step has run, and how late the oldest queued step is: a
+    stuck queue or a lost worker shows here before any run times out. Both read partial
+    indexes over the few running / queued steps."""
+    now = timezone.now()
+    oldest_running = StepRun.objects.filter(status=StepStatus.RUNNING).aggregate(t=Min("started_at"))["t"]
+    oldest_due = StepRun.objects.filter(status__in=STEP_CLAIMABLE, next_attempt_at__lte=now).aggregate(
+        t=Min("next_attempt_at"))["t"]
+    running = GaugeMetricFamily(
+        "berrys_workflow_oldest_running_step_seconds",
+        "Seconds since the longest-running step started (0: none running). Above the longest step "
+        "timeout plus the lease means a worker is stuck or lost.",
+    )
+    running.add_metric([], (now - oldest_running).total_seconds() if oldest_running else 0.0)
+    yield running
+    queued = GaugeMetricFamily(
+        "berrys_workflow_oldest_queued_step_seconds",
+        "Seconds the most overdue queued/retrying step has waited since it was due (0: none). A growing "
+        "value with idle workers means lost messages or no consumer on WORKFLOW_QUEUE.",
+    )
+    queued.add_metric([], (now - oldest_due).total_seconds() if oldest_due else 0.0)
+    yield queued
 
 
 def metrics_render() -> bytes:

@@ -102,7 +102,16 @@ def dashboard_data(*, now: datetime | None = None) -> dict:
 
     runs = _runs_panel(now=now)
     overdue = health_oldest_overdue_seconds(now=now)
+    from workflows.readiness import readiness_all
+
+    readiness = readiness_all()  # 2 queries (+ the breaker store)
+    readiness_colors = {"ready": charts.color("passing"), "degraded": charts.color("warning"),
+                        "blocked": charts.color("critical")}
+    for report in readiness:
+        report["color"] = readiness_colors[report["status"]]
+        report["down"] = [r for r in report["required"] + report["optional"] if not r["available"]]
     return {
+        "readiness": readiness,
         "health_overdue_seconds": overdue,
         "health_overdue_warning": overdue > settings.HEALTH_OVERDUE_WARNING_SECONDS,
         "now": now,
@@ -254,7 +263,8 @@ def run_charts(run, *, now: datetime | None = None) -> dict:
         step["attempts"] = attempts.get(step["id"], [])
 
     times = [t for s in step_rows for t in (s["started_at"], s["finished_at"]) if t]
-    times += [t for s in step_rows for a in s["attempts"] for t in (a["started_at"], a["finished_at"])]
+    # A try still in flight ("sent") has no finished_at yet.
+    times += [t for s in step_rows for a in s["attempts"] for t in (a["started_at"], a["finished_at"]) if t]
     start = run.started_at or run.created_at
     if times:
         start = min([start, *times])

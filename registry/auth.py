@@ -22,6 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions, throttling
 
+from berrys_portal.ratelimit import window_hit
 from registry.audit import actor_of, audit_record
 from registry.models import ApiKey, AuditEvent
 from registry.scopes import (
@@ -254,9 +255,11 @@ def required_scope(view, method: str) -> str | tuple[str, ...] | None:
 class ApiKeyWriteThrottle(throttling.SimpleRateThrottle):
     """Rate-limits writes (POST/PUT/PATCH/DELETE) per API key; reads are never throttled.
 
-    The rate is ``API_WRITE_THROTTLE_RATE``. Counters live in the cache; if the
-    cache is down the request is let through (throttling is protection, not a
-    dependency that may take the API down).
+    The rate is ``API_WRITE_THROTTLE_RATE``, counted in a fixed window
+    (``berrys_portal.ratelimit``: one Redis round trip per write, whatever the rate,
+    instead of DRF's list of timestamps). Counters live in the cache; if the cache is
+    down the request is let through (throttling is protection, not a dependency that
+    may take the API down).
     """
 
     scope = "write"
@@ -268,11 +271,22 @@ class ApiKeyWriteThrottle(throttling.SimpleRateThrottle):
     def allow_request(self, request, view) -> bool:
         if request.method in permissions.SAFE_METHODS:
             return True
+        self._wait = None
+        if self.rate is None:
+            return True
+        key = self.get_cache_key(request, view)
         try:
-            return super().allow_request(request, view)
+            hit = window_hit(key=key, period=self.duration)
         except Exception:  # noqa: BLE001 - a cache outage must not turn writes into 500s
             logger.warning("write throttle unavailable (cache down?); request allowed")
             return True
+        if hit.count <= self.num_requests:
+            return True
+        self._wait = hit.seconds_left
+        return False
+
+    def wait(self) -> float | None:
+        return getattr(self, "_wait", None)
 
     def get_cache_key(self, request, view) -> str | None:
         principal = request.user

@@ -111,6 +111,11 @@ class Service(models.Model):
         help_text="A new instance of a type in REGISTRY_APPROVAL_TYPES: not discovered until an operator approves it.",
     )
 
+    # Written only by the database triggers of migration 0008 (see registry.watch): the
+    # registry index at which the row was created / last changed in a way readers see.
+    create_index = models.BigIntegerField(default=0, editable=False)
+    modify_index = models.BigIntegerField(default=0, editable=False)
+
     class Meta:
         ordering = ["type", "name"]
         constraints = [
@@ -119,6 +124,12 @@ class Service(models.Model):
         indexes = [
             # GET /discovery/{type}: eligible instances of a type.
             models.Index(fields=["type", "status"], name="registry_service_type_status"),
+            # service_pick / ServiceClient: the next eligible instance after the rotation cursor
+            # (registry.discovery._PickQuery): one seek per tier whatever the registry's size.
+            models.Index(
+                fields=["type", "status", "id"], name="registry_service_pick",
+                condition=Q(pending_approval=False),
+            ),
             # Health sweep: probed services that are due.
             models.Index(
                 fields=["next_check_at"], name="registry_service_due",
@@ -503,3 +514,33 @@ class RequestAdapterRule(models.Model):
 
 # The breakers' database store (used when REDIS_URL is unset); its own module to keep this one short.
 from registry.models_breaker import BreakerStore  # noqa: E402,F401
+
+
+class RegistryIndex(models.Model):
+    """One row (id 1): the registry's change counter, Consul's ``X-Consul-Index``.
+
+    Moved only by database triggers (migration 0008), at commit, when a service row
+    changes in a way an API reader sees (not on a probe that changes nothing); see
+    ``registry.watch``.
+    """
+
+    value = models.BigIntegerField(default=1)
+
+    class Meta:
+        verbose_name = "registry index"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class TypeIndex(models.Model):
+    """The registry index of the last change to any instance of one type (deletions included)."""
+
+    type = models.CharField(max_length=64, unique=True)
+    value = models.BigIntegerField()
+
+    class Meta:
+        verbose_name = "type index"
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.value}"

@@ -9,6 +9,7 @@ never a 500.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from typing import Any
@@ -248,6 +249,9 @@ class ServiceListQuerySerializer(StrictSerializer):
     )
     page = serializers.IntegerField(min_value=1, max_value=INT_MAX, required=False)
     page_size = serializers.IntegerField(min_value=1, max_value=500, required=False)
+    # A blocking watch (registry.watch): parsed by the view, not filters.
+    index = serializers.CharField(max_length=20, required=False)
+    wait = serializers.CharField(max_length=32, required=False)
 
 
 class ServiceSerializer(serializers.ModelSerializer):
@@ -272,11 +276,24 @@ class ServiceSerializer(serializers.ModelSerializer):
         )
         read_only_fields = fields
 
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # ModelSerializer rebuilds its fields from the model on every instantiation (~1 ms
+        # here, the larger part of serializing one row); every endpoint and the discovery hot
+        # path build this one. Build once per class and hand each instance its own copy
+        # (fields are bound to their serializer, so they cannot be shared).
+        prototype = type(self).__dict__.get("_fields_prototype")
+        if prototype is None:
+            prototype = super().get_fields()
+            type(self)._fields_prototype = prototype
+        return copy.deepcopy(prototype)
+
 
 class DiscoveryListSerializer(serializers.Serializer):
     type = serializers.CharField()
-    count = serializers.IntegerField()
-    services = ServiceSerializer(many=True)
+    count = serializers.IntegerField(help_text="Eligible instances in all pages.")
+    next = serializers.URLField(allow_null=True, help_text="The next page, or null.")
+    previous = serializers.URLField(allow_null=True, help_text="The previous page, or null.")
+    services = ServiceSerializer(many=True, help_text="This page's instances, best tier first.")
 
 
 class PortalHealthSerializer(serializers.Serializer):

@@ -18,6 +18,7 @@ it owns and the distinct hosts they point at.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,9 +42,10 @@ WRITABLE_FIELDS = (
 
 
 def _apply(service: Service, data: dict[str, Any]) -> list[str]:
+    """Set the fields ``data`` changes; returns their names (only those are written)."""
     changed = []
     for field in WRITABLE_FIELDS:
-        if field in data:
+        if field in data and getattr(service, field) != data[field]:
             setattr(service, field, data[field])
             changed.append(field)
     return changed
@@ -141,9 +143,42 @@ def service_register(*, data: dict[str, Any], key: ApiKey | None) -> tuple[Servi
         raise
 
 
+def _unchanged(service: Service, data: dict[str, Any]) -> bool:
+    return (data.get("type", service.type) == service.type
+            and all(getattr(service, f) == data[f] for f in WRITABLE_FIELDS if f in data))
+
+
+def _heartbeat_write(service: Service, now) -> bool:
+    """Only the heartbeat timestamp: no lock, no transaction, one UPDATE (False: the row is gone).
+
+    Coalesced: within REGISTRY_HEARTBEAT_COALESCE_SECONDS of the recorded heartbeat (for a
+    TTL service, a tenth of its TTL if less) nothing is written and the recorded time stays.
+    Nothing reads the heartbeat more finely: the TTL check allows ``ttl_seconds``, and the
+    window is at most a tenth of it.
+    """
+    window = settings.REGISTRY_HEARTBEAT_COALESCE_SECONDS
+    if service.ttl_seconds:
+        window = min(window, service.ttl_seconds / 10)
+    last = service.last_heartbeat_at
+    if last is not None and window > 0 and timedelta(0) <= now - last < timedelta(seconds=window):
+        return True
+    if not Service.objects.filter(pk=service.pk).update(last_heartbeat_at=now):
+        return False
+    service.last_heartbeat_at = now
+    return True
+
+
 def _service_register(data: dict[str, Any], key: ApiKey | None) -> tuple[Service, bool]:
     name, url = data["name"], data["url"]
     now = timezone.now()
+    # A re-registration that changes nothing (the usual one: a service re-announcing itself)
+    # is a heartbeat: one read, one UPDATE of last_heartbeat_at, no row lock. A concurrent
+    # change is not lost: the UPDATE touches no column the change writes.
+    current = Service.objects.filter(name=name, url=url).first()
+    if current is not None and _unchanged(current, data):
+        service_check_manager(service=current, key=key)
+        if _heartbeat_write(current, now):
+            return current, False
     with transaction.atomic():
         service = Service.objects.select_for_update().filter(name=name, url=url).first()
         if service is None:
@@ -217,6 +252,16 @@ def service_heartbeat(*, service: Service | int, key: ApiKey | None) -> Service:
     """
     now = timezone.now()
     recovered = False
+    pk = service.pk if isinstance(service, Service) else service
+    current = Service.objects.filter(pk=pk).first()
+    if current is None:
+        raise NotFound(f"No registered service with id {pk}.")
+    if not (current.ttl_seconds and current.status not in (HealthStatus.PASSING, HealthStatus.MAINTENANCE)):
+        # Nothing but the timestamp changes (the usual heartbeat): one UPDATE, no row lock.
+        service_check_manager(service=current, key=key)
+        if _heartbeat_write(current, now):
+            return current
+        raise NotFound(f"No registered service with id {current.pk}.")
     with transaction.atomic():
         locked = _locked(service, key)
         locked.last_heartbeat_at = now

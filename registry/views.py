@@ -12,11 +12,11 @@ from rest_framework import generics, permissions, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from berrys_portal.errors import InvalidInput, NotFound
+from berrys_portal.errors import InvalidInput, NotFound, PortalError
 from berrys_portal.pagination import PortalPagination
 from berrys_portal.query import query_params_read, query_params_validate
 from registry import services
-from registry.discovery import service_eligible_list, service_pick
+from registry.discovery import service_eligible_queryset, service_none_eligible, service_pick
 from registry.filters import service_filter
 from registry.models import ApiKey, Service
 from registry.portal_health import portal_health
@@ -31,6 +31,18 @@ from registry.serializers import (
     ServiceUpdateSerializer,
 )
 from registry.types import TYPE_PATTERN
+from registry.watch import INDEX_HEADER, watch_params, watch_sync
+
+_WATCH_PARAMS = [
+    OpenApiParameter("index", int, description=(
+        "Blocking watch: the X-Registry-Index of your previous answer. The answer waits until the "
+        "registry changes past it (or `wait` ends). 0 or absent: answer at once.")),
+    OpenApiParameter("wait", str, description=(
+        "How long a watch waits: a duration such as 30s or 5m (default 5m, at most 10m, "
+        "plus up to 1/16 random jitter).")),
+]
+_INDEX_HEADER = OpenApiParameter(INDEX_HEADER, int, OpenApiParameter.HEADER, response=True,
+                                 description="The registry index this answer reflects (pass it as `index`).")
 
 _ERROR_TEXT = {
     400: "Invalid input: `detail` summarises, `errors` names each field (unknown query parameters too).",
@@ -87,15 +99,20 @@ class ServiceCollectionView(generics.GenericAPIView):
             OpenApiParameter("name", str, description="Case-insensitive substring of the name."),
             OpenApiParameter("tag", str, many=True, description="Repeat to require several tags (ANDed)."),
             OpenApiParameter("capability", str, many=True, description="Repeat to require several (ANDed)."),
+            *_WATCH_PARAMS,
+            _INDEX_HEADER,
         ],
         responses={200: ServiceSerializer(many=True), **_errors(400, 404, *_READ_ERRORS)},
     )
     def get(self, request):
         filters = query_params_validate(request, serializer_class=ServiceListQuerySerializer,
                                         repeatable=("tag", "capability"))
+        index = watch_sync(**_watch(filters.pop("index", None), filters.pop("wait", None)))
         queryset = service_filter(Service.objects.all(), **filters).order_by("type", "name", "id")
         page = self.paginate_queryset(queryset)
-        return self.get_paginated_response(ServiceSerializer(page, many=True).data)
+        response = self.get_paginated_response(ServiceSerializer(page, many=True).data)
+        response[INDEX_HEADER] = str(index)
+        return response
 
     @extend_schema(
         operation_id="services_register",
@@ -162,7 +179,7 @@ class ServiceHeartbeatView(APIView):
         responses={200: ServiceSerializer, **_errors(404, 401, 403, 413, 429)},
     )
     def put(self, request, pk: str):
-        _service_or_404(int(pk))
+        # service_heartbeat answers the 404 itself: no read before it.
         return Response(ServiceSerializer(services.service_heartbeat(service=int(pk), key=_key(request))).data)
 
 
@@ -187,6 +204,11 @@ class ServiceMaintenanceView(APIView):
         return Response(ServiceSerializer(service).data)
 
 
+def _watch(index: str | None, wait: str | None, service_type: str | None = None) -> dict:
+    index_value, wait_value = watch_params(index, wait)
+    return {"index": index_value, "wait": wait_value, "service_type": service_type}
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -201,7 +223,11 @@ class DiscoveryView(APIView):
         summary="Discover an instance of a service type",
         parameters=[
             OpenApiParameter("service_type", str, OpenApiParameter.PATH, description="e.g. PLANNING_SYSTEM"),
-            OpenApiParameter("all", bool, description="List every eligible instance instead of one."),
+            OpenApiParameter("all", bool, description="List every eligible instance instead of one (paged)."),
+            OpenApiParameter("page", int, description="With all=1: the page, from 1."),
+            OpenApiParameter("page_size", int, description="With all=1: instances per page (default 50, at most 500)."),
+            *_WATCH_PARAMS,
+            _INDEX_HEADER,
         ],
         responses={
             200: PolymorphicProxySerializer(
@@ -218,16 +244,36 @@ class DiscoveryView(APIView):
                 "Type must be UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM.",
                 errors={"type": ["Type must be UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM."]},
             )
-        flag = str(query_params_read(request, allowed=("all",)).get("all", "")).strip().lower()
+        params = query_params_read(request, allowed=("all", "page", "page_size", "index", "wait"))
+        flag = str(params.get("all", "")).strip().lower()
         if flag not in _TRUE | _FALSE:
             raise InvalidInput("all must be 1/0 or true/false.", errors={"all": ["Must be 1/0 or true/false."]})
-        if flag in _TRUE:
-            eligible = service_eligible_list(service_type=service_type)
-            return Response(
-                {"type": service_type, "count": len(eligible),
-                 "services": ServiceSerializer(eligible, many=True).data}
-            )
-        return Response(ServiceSerializer(service_pick(service_type=service_type)).data)
+        # The single pick is the hot path (one query): it answers the index only when watched.
+        watched = flag in _TRUE or "index" in params or "wait" in params
+        index = watch_sync(**_watch(params.get("index"), params.get("wait"), service_type)) if watched else None
+        try:
+            if flag in _TRUE:
+                response = self._all(request, service_type)
+            else:
+                response = Response(ServiceSerializer(service_pick(service_type=service_type)).data)
+        except PortalError as exc:  # a watcher needs the index on the 404 / 503 too
+            if index is None:
+                raise
+            response = Response(exc.as_dict(), status=exc.status_code)
+        if index is not None:
+            response[INDEX_HEADER] = str(index)
+        return response
+
+    def _all(self, request, service_type: str) -> Response:
+        """Every eligible instance, best first, a page at a time (``page``, ``page_size``)."""
+        paginator = PortalPagination()
+        page = paginator.paginate_queryset(service_eligible_queryset(service_type=service_type), request, view=self)
+        count = paginator.page.paginator.count
+        if not count:
+            raise service_none_eligible(service_type=service_type)
+        return Response({"type": service_type, "count": count, "next": paginator.get_next_link(),
+                         "previous": paginator.get_previous_link(),
+                         "services": ServiceSerializer(page, many=True).data})
 
 
 class PortalHealthView(APIView):

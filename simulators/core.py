@@ -10,6 +10,7 @@ processes that talk to the portal over HTTP, like the real services would.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -97,6 +98,9 @@ class SimulatedService:
     slug: str = ""
     version: str = "1.0.0"
     capabilities: tuple[str, ...] = ()
+    # A careful service: a repeated Idempotency-Key gets the first answer, not a second effect.
+    honours_idempotency_key: bool = True
+    IDEMPOTENCY_HEADER = "Idempotency-Key"
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0):
         self.host = host
@@ -111,6 +115,11 @@ class SimulatedService:
         self._hang_released = threading.Event()
         self._next_id = 0
         self._start_tag = _start_tag()
+        # (method, route, key) -> the first answer; one lock per key makes a repeat that
+        # arrives while the first is still being handled wait for, then return, its answer.
+        self._answers: dict[tuple[str, str, str], tuple[int, Any]] = {}
+        self._key_locks: dict[tuple[str, str, str], threading.Lock] = {}
+        self.key_effects: dict[tuple[str, str, str], int] = {}
         self.port = port
         self.setup_routes()
 
@@ -219,13 +228,51 @@ class SimulatedService:
     def control(self, method: str, body: Any) -> tuple[int, Any]:
         if method == "POST":
             self.set_faults(body if body is not None else {})
-        return 200, {"service": self.slug, "faults": asdict(self.faults), "counters": dict(self.counters)}
+        return 200, {"service": self.slug, "faults": asdict(self.faults), "counters": dict(self.counters),
+                     "duplicate_effects": self.duplicate_effects()}
 
     def state(self) -> tuple[int, Any]:
         with self.lock:
             return 200, json.loads(json.dumps(self.store, default=str))
 
-    def dispatch(self, method: str, raw_path: str, body: Any) -> tuple[int, Any]:
+    def dispatch(self, method: str, raw_path: str, body: Any, headers: Any = None) -> tuple[int, Any]:
+        key = headers.get(self.IDEMPOTENCY_HEADER) if headers is not None else None
+        path = urlsplit(raw_path).path
+        if not key or method == "GET" or path.rstrip("/") in ("/_control", "/_state", "/health"):
+            return self._dispatch(method, raw_path, body)
+        scope = (method, self._route_name(method, path), key)
+        if not self.honours_idempotency_key:
+            status, payload = self._dispatch(method, raw_path, body)
+            self._count_effect(scope, status)
+            return status, payload
+        with self.lock:
+            key_lock = self._key_locks.setdefault(scope, threading.Lock())
+        with key_lock:
+            with self.lock:
+                answer = self._answers.get(scope)
+                if answer is not None:
+                    self.counters["idempotent replays"] = self.counters.get("idempotent replays", 0) + 1
+            if answer is not None:
+                return answer[0], copy.deepcopy(answer[1])
+            status, payload = self._dispatch(method, raw_path, body)
+            self._count_effect(scope, status)
+            # A 5xx did nothing the caller can rely on: its retry (same key) must run again.
+            if status < 500:
+                with self.lock:
+                    self._answers[scope] = (status, copy.deepcopy(payload))
+            return status, payload
+
+    def _count_effect(self, scope: tuple[str, str, str], status: int) -> None:
+        """Successful executions per key: more than one is a duplicate effect (benches and tests read it)."""
+        if 200 <= status < 300:
+            with self.lock:
+                self.key_effects[scope] = self.key_effects.get(scope, 0) + 1
+
+    def duplicate_effects(self) -> int:
+        with self.lock:
+            return sum(n - 1 for n in self.key_effects.values() if n > 1)
+
+    def _dispatch(self, method: str, raw_path: str, body: Any) -> tuple[int, Any]:
         parts = urlsplit(raw_path)
         path = parts.path
         if path.rstrip("/") == "/_control":
@@ -330,7 +377,7 @@ def _make_handler(service: SimulatedService) -> type[BaseHTTPRequestHandler]:
                 self._send(400, {"detail": "Body is not valid JSON"})
                 return
             try:
-                status, payload = service.dispatch(self.command, self.path, body)
+                status, payload = service.dispatch(self.command, self.path, body, self.headers)
             except HttpError as exc:
                 status, payload = exc.status, exc.body
             except Exception as exc:  # noqa: BLE001 - a simulator bug answers 500, like a real service

@@ -33,7 +33,7 @@ from honcho.environ import expand_processes, parse_procfile
 from honcho.manager import Manager
 from honcho.printer import Printer
 
-FIRST_TO_STOP = ("driver", "simulators")  # they talk to the web process while stopping
+FIRST_TO_STOP = ("driver", "simulators", "webdashboard")  # they talk to the web process while stopping
 BANNER_END = "=" * 72
 
 

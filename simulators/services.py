@@ -282,6 +282,8 @@ class ModelOrchestration(SimulatedService):
     service_type = "MODEL_ORCHESTRATION"
     slug = "model-orchestration"
     capabilities = ("execution_planning", "task_execution")
+    # Like many model gateways, it does not dedupe: the steps calling it say "at least once".
+    honours_idempotency_key = False
 
     def setup_routes(self) -> None:
         self.store = {"plans": {}, "executions": {}}

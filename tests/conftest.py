@@ -123,3 +123,20 @@ def _no_dns_in_tests():
 
     with egress.resolver_use(loopback_only_resolve):
         yield
+
+
+@pytest.fixture
+def fresh_index_feed():
+    """A registry index feed started by this test and stopped after it.
+
+    Between tests the database is flushed (its indexes start again) and, after the last,
+    dropped: the feed's in-memory indexes and its connection must not outlive either.
+    """
+    from registry.consul_views import answers_clear
+    from registry.watch import index_feed_stop
+
+    index_feed_stop()
+    answers_clear()
+    yield
+    index_feed_stop()
+    answers_clear()

@@ -59,6 +59,10 @@ def _example(param: dict, cursor: str) -> str:
         return cursor
     if param["name"] == "type":
         return "PLANNING_SYSTEM"
+    if param["name"] == "index":  # a watch: 0 answers at once
+        return "0"
+    if param["name"] == "wait":
+        return "10ms"
     if "enum" in spec:
         return str(spec["enum"][0])
     return {"integer": "1", "boolean": "true", "number": "1"}.get(

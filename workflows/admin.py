@@ -177,10 +177,37 @@ class AnswerForm(forms.Form):
 # --------------------------------------------------------------------------- the run admin
 
 
+
+def _annotate_delivery(run: WorkflowRun, steps: list[StepRun]) -> None:
+    """Give each step ``delivery`` ("exactly once" / "at least once") and the header its key goes in."""
+    try:
+        wf = definitions.get(run.workflow, run.version)
+    except definitions.UnknownWorkflow:
+        wf = None
+    for step in steps:
+        spec = wf.steps[step.index] if wf and step.index < len(wf.steps) else None
+        step.delivery = spec.delivery if spec else ""
+        step.idempotency_header = spec.idempotency_header if spec and spec.kind == "http" else None
+
 @admin.register(WorkflowRun)
 class WorkflowRunAdmin(OperateAdminMixin, admin.ModelAdmin):
     list_display = ("short_id", "workflow", "status_badge", "duration", "failed_step", "started_at", "triggered_by")
     list_filter = (WorkflowFilter, "status", FailedRecentlyFilter)
+
+    def changelist_view(self, request, extra_context=None):
+        # One workflow's page (filtered by it): can it start now? (workflows/readiness.py)
+        name = request.GET.get("workflow")
+        if name:
+            from workflows.readiness import workflow_readiness
+
+            try:
+                report = workflow_readiness(workflow=definitions.get(name))
+            except definitions.UnknownWorkflow:
+                report = None
+            if report is not None:
+                report["down"] = [r for r in report["required"] + report["optional"] if not r["available"]]
+                extra_context = {**(extra_context or {}), "readiness": report}
+        return super().changelist_view(request, extra_context)
     search_fields = ("id",)
     search_help_text = "A run id, or its first 8+ characters."
     ordering = ("-created_at",)
@@ -284,6 +311,7 @@ class WorkflowRunAdmin(OperateAdminMixin, admin.ModelAdmin):
         run = get_object_or_404(WorkflowRun, pk=object_id)
         steps = list(StepRun.objects.filter(run=run).order_by("index").prefetch_related(attempts))
         waiting = [s for s in steps if s.status == StepStatus.WAITING]
+        _annotate_delivery(run, steps)
         extra = {
             "title": f"Workflow run {str(run.pk)[:8]}",
             "run": run,

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -55,18 +56,27 @@ from workflows import definitions
 from workflows.definitions import Step, Workflow
 from workflows.models import (
     STEP_CLAIMABLE,
+    AttemptOutcome,
     RunEvent,
     RunStatus,
     StepAttempt,
     StepRun,
     StepStatus,
     WorkflowRun,
+    step_idempotency_key,
 )
 
 logger = logging.getLogger(__name__)
 
 SYSTEM = "system"
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+_HOSTNAME = socket.gethostname()
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process. Not a module constant: the pool processes are forked
+    after import, and a dead pool process must be told apart from its live parent."""
+    return f"{_HOSTNAME}:{os.getpid()}"
+
 # Errors that mean "the service is not there to call": never retried by the engine,
 # they go straight to fallback / skip / fail.
 UNAVAILABLE = (ServiceNotFoundError, NoEligibleServiceError, CircuitOpenError)
@@ -241,6 +251,175 @@ def _activate(run: WorkflowRun, step: StepRun, spec: Step, now: datetime) -> Non
     _enqueue_on_commit(step.pk)
 
 
+# --------------------------------------------------------------------------- dead workers
+
+
+def _process_dead_here(worker: str) -> bool:
+    """True if ``worker`` ("host:pid") names a process on this host that no longer runs.
+
+    Only a same-host question can be answered without waiting (a process on another host
+    is known dead only when its lease expires). A zombie counts as dead; a pid reused by
+    another process counts as alive, which only means waiting for the lease.
+    """
+    host, _, pid = worker.rpartition(":")
+    if host != _HOSTNAME or not pid.isdigit():
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except OSError:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+
+
+def _expire_if_holder_died(step_id: int) -> bool:
+    """Expire the lease of a running step whose try in flight belongs to a dead local process."""
+    row = (StepAttempt.objects.filter(step_id=step_id, outcome=AttemptOutcome.SENT)
+           .order_by("-number").values_list("worker", "number").first())
+    if row is None or not _process_dead_here(row[0]):
+        return False
+    return StepRun.objects.filter(pk=step_id, status=StepStatus.RUNNING, attempts_total=row[1]).update(
+        lease_expires_at=_now() - timedelta(microseconds=1)) == 1
+
+
+def _expire_dead_holders_here() -> int:
+    """The reconciler's half of the same: every try in flight held by a dead process of this host."""
+    in_flight = StepAttempt.objects.filter(
+        outcome=AttemptOutcome.SENT, worker__startswith=_HOSTNAME + ":",
+    ).values_list("step_id", "worker", "number")[:500]
+    return sum(_expire_if_holder_died(step_id) for step_id, worker, _ in in_flight if _process_dead_here(worker))
+
+
+# --------------------------------------------------------------------------- leases
+
+
+class LeaseKeeper:
+    """Renews the leases of the steps this process is running (the worker's heartbeat).
+
+    Leases are short (``WORKFLOW_STEP_LEASE_SECONDS``) so a dead worker's step is re-sent
+    within seconds; a live worker keeps its step by renewing every
+    ``WORKFLOW_HEARTBEAT_SECONDS`` from one thread per process (its own DB connection),
+    in one UPDATE for all the steps it holds. A step shorter than one period costs
+    nothing but two dict operations. A renewal that matches no row means the lease was
+    lost (another worker claimed the step); the late completion will then be refused by
+    the fencing token, so nothing more is needed here.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._wake = threading.Event()
+
+    def hold(self, step_id: int, token: int) -> None:
+        with self._lock:
+            self._held[step_id] = token
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                # After a fork the parent's thread is gone: start this process's own.
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._loop, name="workflow-lease-keeper", daemon=True)
+                self._thread.start()
+
+    def release(self, step_id: int) -> None:
+        with self._lock:
+            self._held.pop(step_id, None)
+
+    def held(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._held)
+
+    def renew(self) -> int:
+        """Push the held leases forward; returns how many were still ours."""
+        held = self.held()
+        if not held:
+            return 0
+        lease = _now() + timedelta(seconds=settings.WORKFLOW_STEP_LEASE_SECONDS)
+        mine = Q()
+        for step_id, token in held.items():
+            mine |= Q(pk=step_id, attempts_total=token)
+        return StepRun.objects.filter(mine, status=StepStatus.RUNNING).update(lease_expires_at=lease)
+
+    def hand_back(self, *, why: str) -> int:
+        """Give the steps this process holds back at once (the worker is stopping).
+
+        Each goes back to ``queued`` with its message re-sent now, instead of waiting for
+        its lease to expire; its open try is closed as worker_lost. If the call was in
+        fact answered, the repeat carries the same idempotency key, and the completion
+        of the try handed back is refused by the fencing token.
+        """
+        now = _now()
+        handed = 0
+        for step_id, token in self.held().items():
+            with transaction.atomic():
+                row = (StepRun.objects.select_for_update()
+                       .filter(pk=step_id, attempts_total=token, status=StepStatus.RUNNING)
+                       .values_list("run_id", "name").first())
+                if row is None:
+                    continue
+                StepRun.objects.filter(pk=step_id).update(status=StepStatus.QUEUED, next_attempt_at=now,
+                                                          lease_expires_at=None)
+                StepAttempt.objects.filter(step_id=step_id, outcome=AttemptOutcome.SENT).update(
+                    outcome=AttemptOutcome.WORKER_LOST, finished_at=now, error=WORKER_LOST.format(why=why))
+                RunEvent.objects.create(run_id=row[0], kind=RunEvent.Kind.REQUEUED, actor=SYSTEM,
+                                        step_name=row[1], details={"reason": why})
+                _enqueue_on_commit(step_id)
+            handed += 1
+        with self._lock:
+            self._held.clear()
+        return handed
+
+    def _loop(self) -> None:
+        from django.db import close_old_connections
+
+        while True:
+            self._wake.wait(settings.WORKFLOW_HEARTBEAT_SECONDS)
+            if not self.held():
+                # Idle: keep no connection open (a test database can then be dropped, and a
+                # pooler sees one client less); the next renewal opens one again.
+                connection.close()
+                continue
+            try:
+                self.renew()
+            except Exception:  # noqa: BLE001 - the database may be down; the next beat tries again
+                logger.warning("could not renew step leases", exc_info=True)
+                close_old_connections()
+                connection.close()
+
+
+lease_keeper = LeaseKeeper()
+
+
+def worker_process_stopping(*, timeout: float = 5.0) -> None:
+    """Called when a pool process is stopping mid-step: hand its steps back, then let it die.
+
+    The hand-back runs in a thread of its own (its own DB connection): the signal may have
+    interrupted the main thread in the middle of a query on the main thread's connection.
+    """
+    if not lease_keeper.held():
+        return
+
+    def work() -> None:
+        try:
+            handed = lease_keeper.hand_back(why="worker stopping: step handed back")
+            logger.warning("worker stopping: handed %d step(s) back", handed)
+        except Exception:  # noqa: BLE001 - the lease expiry is the fallback
+            logger.warning("could not hand steps back; their leases will expire", exc_info=True)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=work, name="workflow-hand-back")
+    thread.start()
+    thread.join(timeout)
+
+
 # --------------------------------------------------------------------------- execute
 
 
@@ -260,20 +439,47 @@ class AttemptRecord:
     latency_ms: float | None = None
     error: str = ""
     outcome: str = ""
+    # The "sent" StepAttempt row written by the claim, completed by the decision.
+    attempt_id: int | None = None
 
 
-# The hot path on PostgreSQL: one round trip claims the step and reads its run.
+# The hot path on PostgreSQL: one round trip claims the step, reads its run, closes the
+# previous try if its worker was lost, and writes this try's attempt row as "sent" (so the
+# try is on record before the request leaves). ``attempts_total`` is bumped by every claim:
+# it numbers the attempt and is the fencing token a completion must still match.
 _CLAIM_SQL = """
-UPDATE workflows_steprun AS s
-   SET status = 'running', lease_expires_at = %(lease)s, deliveries = s.deliveries + 1,
-       started_at = COALESCE(s.started_at, %(now)s)
-  FROM workflows_workflowrun AS r
- WHERE s.id = %(id)s AND r.id = s.run_id
-   AND ((s.status IN ('queued', 'retrying') AND s.next_attempt_at <= %(due)s)
-        OR (s.status = 'running' AND s.lease_expires_at < %(now)s))
-RETURNING s."index", s.name, s.deliveries, s.attempt_count, s.attempts_total,
-          r.id, r.workflow, r.version, r.status, r.cancel_requested, r.context
+WITH c AS (
+    UPDATE workflows_steprun AS s
+       SET status = 'running', lease_expires_at = %(lease)s, deliveries = s.deliveries + 1,
+           attempts_total = s.attempts_total + 1, started_at = COALESCE(s.started_at, %(now)s)
+      FROM workflows_workflowrun AS r
+     WHERE s.id = %(id)s AND r.id = s.run_id
+       AND ((s.status IN ('queued', 'retrying') AND s.next_attempt_at <= %(due)s)
+            OR (s.status = 'running' AND s.lease_expires_at < %(now)s))
+    RETURNING s.id AS step_id, s."index", s.name, s.deliveries, s.attempt_count, s.attempts_total,
+              s.generation, r.id AS run_id, r.workflow, r.version, r.status AS run_status,
+              r.cancel_requested, r.context
+), lost AS (
+    UPDATE workflows_stepattempt AS a
+       SET outcome = 'worker_lost', error = %(lost)s, finished_at = %(now)s
+      FROM c
+     WHERE a.step_id = c.step_id AND a.outcome = 'sent' AND a.number < c.attempts_total
+    RETURNING a.id
+), a AS (
+    INSERT INTO workflows_stepattempt
+           (step_id, number, service_name, request_method, request_url, response_body, error,
+            outcome, worker, started_at)
+    SELECT step_id, attempts_total, '', '', '', '', '', 'sent', %(worker)s::text, %(now)s::timestamptz
+      FROM c
+     WHERE run_status = 'running' AND NOT cancel_requested AND deliveries <= %(cap)s
+    RETURNING id
+)
+SELECT "index", name, deliveries, attempt_count, attempts_total, generation, run_id, workflow, version,
+       run_status, cancel_requested, context, (SELECT id FROM a), (SELECT count(*) FROM lost)
+  FROM c
 """
+
+WORKER_LOST = "Outcome unknown — worker lost ({why}); the call may or may not have reached the service"
 
 
 def _hot_statement(sql: str, params: dict) -> tuple | None:
@@ -298,7 +504,11 @@ def _hot_statement(sql: str, params: dict) -> tuple | None:
 
 
 def _claim(step_id: int) -> StepRun | None:
-    """Take the step for this worker; ``None`` if someone else has it or it is not due."""
+    """Take the step for this worker; ``None`` if someone else has it or it is not due.
+
+    The returned step carries ``attempt_id``: the "sent" row of this try (None when the
+    run is no longer running or the delivery cap is reached: nothing will be sent).
+    """
     if connection.vendor == "postgresql":
         return _claim_pg(step_id)
     return _claim_orm(step_id)
@@ -307,34 +517,54 @@ def _claim(step_id: int) -> StepRun | None:
 def _claim_pg(step_id: int) -> StepRun | None:
     now = _now()
     params = {"id": step_id, "now": now, "due": now + timedelta(seconds=1),
-              "lease": now + timedelta(seconds=settings.WORKFLOW_STEP_LEASE_SECONDS)}
+              "lease": now + timedelta(seconds=settings.WORKFLOW_STEP_LEASE_SECONDS),
+              "worker": worker_id()[:200], "cap": settings.WORKFLOW_MAX_DELIVERIES,
+              "lost": WORKER_LOST.format(why="its lease expired")}
     row = _hot_statement(_CLAIM_SQL, params)
     if row is None:
         return None
-    index, name, deliveries, attempt_count, attempts_total, run_id, workflow, version, status, cancel, ctx = row
+    (index, name, deliveries, attempt_count, attempts_total, generation, run_id, workflow, version, status,
+     cancel, ctx, attempt_id, _lost) = row
     if isinstance(ctx, str | bytes):  # Django's psycopg setup returns jsonb as text
         ctx = json.loads(ctx)
     run = WorkflowRun(id=run_id, workflow=workflow, version=version, status=status,
                       cancel_requested=cancel, context=ctx)
-    return StepRun(id=step_id, run=run, index=index, name=name, deliveries=deliveries,
-                   attempt_count=attempt_count, attempts_total=attempts_total, status=StepStatus.RUNNING)
+    step = StepRun(id=step_id, run=run, index=index, name=name, deliveries=deliveries,
+                   attempt_count=attempt_count, attempts_total=attempts_total, generation=generation,
+                   status=StepStatus.RUNNING)
+    step.attempt_id = attempt_id
+    return step
 
 
 def _claim_orm(step_id: int) -> StepRun | None:
     now = _now()
     lease = now + timedelta(seconds=settings.WORKFLOW_STEP_LEASE_SECONDS)
-    claimed = StepRun.objects.filter(
-        # A retry's message must not run it early (a stale duplicate could); 1 s covers clock skew.
-        Q(status__in=STEP_CLAIMABLE, next_attempt_at__lte=now + timedelta(seconds=1))
-        | Q(status=StepStatus.RUNNING, lease_expires_at__lt=now),
-        pk=step_id,
-    ).update(
-        status=StepStatus.RUNNING, lease_expires_at=lease, deliveries=F("deliveries") + 1,
-        started_at=Coalesce(F("started_at"), Value(now)),
-    )
-    if claimed != 1:
-        return None
-    return StepRun.objects.select_related("run").get(pk=step_id)
+    with transaction.atomic():
+        claimed = StepRun.objects.filter(
+            # A retry's message must not run it early (a stale duplicate could); 1 s covers clock skew.
+            Q(status__in=STEP_CLAIMABLE, next_attempt_at__lte=now + timedelta(seconds=1))
+            | Q(status=StepStatus.RUNNING, lease_expires_at__lt=now),
+            pk=step_id,
+        ).update(
+            status=StepStatus.RUNNING, lease_expires_at=lease, deliveries=F("deliveries") + 1,
+            attempts_total=F("attempts_total") + 1, started_at=Coalesce(F("started_at"), Value(now)),
+        )
+        if claimed != 1:
+            return None
+        step = StepRun.objects.select_related("run").get(pk=step_id)
+        StepAttempt.objects.filter(step_id=step_id, outcome=AttemptOutcome.SENT,
+                                   number__lt=step.attempts_total).update(
+            outcome=AttemptOutcome.WORKER_LOST, error=WORKER_LOST.format(why="its lease expired"),
+            finished_at=now)
+        step.attempt_id = None
+        run = step.run
+        if (run.status == RunStatus.RUNNING and not run.cancel_requested
+                and step.deliveries <= settings.WORKFLOW_MAX_DELIVERIES):
+            step.attempt_id = StepAttempt.objects.create(
+                step_id=step_id, number=step.attempts_total, outcome=AttemptOutcome.SENT,
+                worker=worker_id()[:200], started_at=now,
+            ).pk
+    return step
 
 
 def step_execute(*, step_id: int) -> str:
@@ -346,14 +576,20 @@ def step_execute(*, step_id: int) -> str:
 
 def _step_execute(*, step_id: int) -> str:
     step = _claim(step_id)
+    if step is None and _expire_if_holder_died(step_id):
+        # Its worker died on this host (Celery re-delivers a killed child's message at
+        # once): take the step over now rather than after its lease.
+        step = _claim(step_id)
     if step is None:
         return "not claimed"
     run = step.run
     log_context_update(run_id=run.pk, step_id=step.pk)
-    token = step.deliveries
+    # The fencing token: every claim bumps attempts_total, so a worker that lost its lease
+    # (and someone else claimed the step since) can no longer complete it.
+    token = step.attempts_total
     if run.status not in (RunStatus.RUNNING,) or run.cancel_requested:
         # Cancelled (or finished) while the message waited: release it without running.
-        StepRun.objects.filter(pk=step.pk, deliveries=token).update(
+        StepRun.objects.filter(pk=step.pk, attempts_total=token).update(
             status=StepStatus.SKIPPED, error="Run is no longer running", lease_expires_at=None,
             finished_at=_now(),
         )
@@ -366,9 +602,10 @@ def _step_execute(*, step_id: int) -> str:
         return _finish_failed_run(run, step, token, f"{exc} (the run is pinned to it)", None)
     spec = wf.steps[step.index]
     ctx = run.context
-    record = AttemptRecord(started_at=_now())
+    record = AttemptRecord(started_at=_now(), attempt_id=step.attempt_id)
     output: dict[str, Any] | None = None
     exc: BaseException | None = None
+    lease_keeper.hold(step.pk, token)
     try:
         if spec.kind == "local":
             record.method = "LOCAL"
@@ -380,12 +617,32 @@ def _step_execute(*, step_id: int) -> str:
                 _parent_run.reset(parent)
                 record.latency_ms = (time.perf_counter() - started) * 1000
         else:
-            output = _call_http(spec, ctx, record)
+            key = step_idempotency_key(run_id=run.pk, step_name=step.name, generation=step.generation)
+            output = _call_http(spec, ctx, record, key)
     except Exception as error:  # noqa: BLE001 - every failure is an attempt outcome
         exc = error
         record.error = error_message(error)
+    except SystemExit:
+        # A pool process told to stop (billiard turns SIGTERM into SystemExit: a cold
+        # shutdown, or SIGTERM to the whole process group as systemd and container
+        # runtimes send): hand the step back now instead of leaving it to its lease.
+        worker_process_stopping()
+        raise
+    finally:
+        lease_keeper.release(step.pk)
     record.finished_at = _now()
-    result = _decide(run, step, token, wf, spec, record, output, exc)
+    try:
+        result = _decide(run, step, token, wf, spec, record, output, exc)
+    except (OperationalError, InterfaceError):
+        # The database connection broke (backend terminated, failover) after the call was
+        # made: record it on a new connection rather than leave the step to its lease.
+        # Safe to repeat: the decision is fenced by the token (a committed first try
+        # makes this one "lost lease").
+        logger.warning("recording step %s failed on a broken connection; retrying once", step.pk)
+        connection.close()
+        result = _decide(run, step, token, wf, spec, record, output, exc)
+    if result == "lost lease":
+        _record_late_refusal(run, step, token, record)
     metrics.observe_step(
         workflow=run.workflow, step=step.name, outcome=record.outcome or result,
         duration_seconds=(record.finished_at - record.started_at).total_seconds(),
@@ -393,7 +650,20 @@ def _step_execute(*, step_id: int) -> str:
     return result
 
 
-def _call_http(spec: Step, ctx: dict, record: AttemptRecord) -> dict[str, Any]:
+def _record_late_refusal(run: WorkflowRun, step: StepRun, token: int, record: AttemptRecord) -> None:
+    """This worker lost the step's lease while it ran (partitioned, stalled): its result was
+    refused by the fencing token. Say so on the run; the step itself is someone else's now."""
+    logger.warning("late completion refused: step %s of run %s was taken over (fencing token %s)",
+                   step.pk, run.pk, token)
+    try:
+        RunEvent.objects.create(run_id=run.pk, kind=RunEvent.Kind.LATE_REFUSED, actor=worker_id()[:200],
+                                step_name=step.name,
+                                details={"attempt": token, "outcome": record.outcome, "status": record.status})
+    except Exception:  # noqa: BLE001 - only a note; the refusal itself already happened
+        logger.warning("could not record the refused completion", exc_info=True)
+
+
+def _call_http(spec: Step, ctx: dict, record: AttemptRecord, key: str) -> dict[str, Any]:
     try:
         path = spec.render_path(ctx)
         body = spec.request_body(ctx)
@@ -401,6 +671,10 @@ def _call_http(spec: Step, ctx: dict, record: AttemptRecord) -> dict[str, Any]:
         raise WorkflowError(f"Could not build the request: {type(exc).__name__}: {exc}") from exc
     record.method, record.url, record.request_body = spec.method, path, _jsonable(body)
     kwargs: dict[str, Any] = {"timeout": spec.timeout}
+    if spec.idempotency_header:
+        # The same on every redelivery and retry of this effect: a service that honours it
+        # answers a repeat with its first answer instead of acting twice.
+        kwargs["headers"] = {spec.idempotency_header: key}
     if _CLIENT_TAKES_RETRIES:
         kwargs["retries"] = 0
     try:
@@ -440,19 +714,23 @@ def _copy_call(record: AttemptRecord, call: Any) -> None:
 
 
 def _save_attempt(step: StepRun, record: AttemptRecord, number: int) -> None:
-    StepAttempt.objects.create(
-        step_id=step.pk, number=number, service_id=record.service_id,
-        service_name=record.service_name[:200], request_method=record.method[:10],
-        request_url=record.url[:2000], request_body=record.request_body,
+    """Complete the try's "sent" row (call inside the transaction that fenced the step)."""
+    fields = dict(
+        service_id=record.service_id, service_name=record.service_name[:200],
+        request_method=record.method[:10], request_url=record.url[:2000], request_body=record.request_body,
         response_status=record.status, response_body=_truncate(record.response),
         latency_ms=record.latency_ms, error=record.error, outcome=record.outcome,
-        worker=WORKER_ID[:200], started_at=record.started_at, finished_at=record.finished_at,
+        worker=worker_id()[:200], started_at=record.started_at, finished_at=record.finished_at,
     )
+    if record.attempt_id is not None:
+        StepAttempt.objects.filter(pk=record.attempt_id).update(**fields)
+    else:
+        StepAttempt.objects.create(step_id=step.pk, number=number, **fields)
 
 
 def _decide(run, step, token, wf, spec, record, output, exc) -> str:
     attempt_number = step.attempt_count + 1
-    number = step.attempts_total + 1
+    number = step.attempts_total
     if exc is None:
         record.outcome = "succeeded"
         return _complete(run, step, token, wf, record, number, StepStatus.SUCCEEDED, output)
@@ -486,9 +764,9 @@ def _decide(run, step, token, wf, spec, record, output, exc) -> str:
 def _retry(step: StepRun, token: int, record: AttemptRecord, number: int, delay: float) -> str:
     now = _now()
     with transaction.atomic():
-        updated = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, deliveries=token).update(
+        updated = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, attempts_total=token).update(
             status=StepStatus.RETRYING, next_attempt_at=now + timedelta(seconds=delay),
-            attempt_count=F("attempt_count") + 1, attempts_total=F("attempts_total") + 1,
+            attempt_count=F("attempt_count") + 1,
             deliveries=0, lease_expires_at=None, error=record.error,
         )
         if updated != 1:
@@ -508,19 +786,18 @@ _COMPLETE_SQL = """
 WITH s AS (
     UPDATE workflows_steprun
        SET status = %(status)s, output = %(output)s, error = %(error)s, finished_at = %(now)s,
-           lease_expires_at = NULL, attempt_count = attempt_count + 1,
-           attempts_total = attempts_total + 1, deliveries = 0
-     WHERE id = %(step)s AND status = 'running' AND deliveries = %(token)s
+           lease_expires_at = NULL, attempt_count = attempt_count + 1, deliveries = 0
+     WHERE id = %(step)s AND status = 'running' AND attempts_total = %(token)s
     RETURNING id
 ), a AS (
-    INSERT INTO workflows_stepattempt
-           (step_id, number, service_id, service_name, request_method, request_url, request_body,
-            response_status, response_body, latency_ms, error, outcome, worker, started_at, finished_at)
-    SELECT id, %(number)s::int, %(service_id)s::bigint, %(service_name)s::text, %(method)s::text,
-           %(url)s::text, %(request_body)s::jsonb, %(response_status)s::int, %(response_body)s::text,
-           %(latency_ms)s::float8, %(attempt_error)s::text, %(outcome)s::text, %(worker)s::text,
-           %(started_at)s::timestamptz, %(finished_at)s::timestamptz
-      FROM s
+    UPDATE workflows_stepattempt
+       SET service_id = %(service_id)s::bigint, service_name = %(service_name)s::text,
+           request_method = %(method)s::text, request_url = %(url)s::text,
+           request_body = %(request_body)s::jsonb, response_status = %(response_status)s::int,
+           response_body = %(response_body)s::text, latency_ms = %(latency_ms)s::float8,
+           error = %(attempt_error)s::text, outcome = %(outcome)s::text, worker = %(worker)s::text,
+           started_at = %(started_at)s::timestamptz, finished_at = %(finished_at)s::timestamptz
+     WHERE id = %(attempt)s::bigint AND EXISTS (SELECT 1 FROM s)
 ), r AS (
     UPDATE workflows_workflowrun
        SET context = %(context)s,
@@ -547,14 +824,14 @@ def _complete(run, step, token, wf, record, number, status, output, error="") ->
         context.update(output)
     next_index = step.index + 1
     last = next_index >= len(wf.steps)
-    if connection.vendor == "postgresql" and (last or wf.steps[next_index].kind != "human"):
+    if (connection.vendor == "postgresql" and record.attempt_id is not None
+            and (last or wf.steps[next_index].kind != "human")):
         return _complete_pg(run, step, token, record, number, status, output, error, context, now,
                             next_index, last)
     with transaction.atomic():
-        updated = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, deliveries=token).update(
+        updated = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, attempts_total=token).update(
             status=status, output=output, error=error, finished_at=now, lease_expires_at=None,
-            attempt_count=F("attempt_count") + 1, attempts_total=F("attempts_total") + 1,
-            deliveries=0,
+            attempt_count=F("attempt_count") + 1, deliveries=0,
         )
         if updated != 1:
             return "lost lease"
@@ -583,12 +860,12 @@ def _complete_pg(run, step, token, record, number, status, output, error, contex
 
     params = {
         "status": str(status), "output": Jsonb(output) if output is not None else None, "error": error,
-        "now": now, "step": step.pk, "token": token, "number": number, "service_id": record.service_id,
+        "now": now, "step": step.pk, "token": token, "attempt": record.attempt_id, "service_id": record.service_id,
         "service_name": record.service_name[:200], "method": record.method[:10], "url": record.url[:2000],
         "request_body": Jsonb(record.request_body) if record.request_body is not None else None,
         "response_status": record.status, "response_body": _truncate(record.response),
         "latency_ms": record.latency_ms, "attempt_error": record.error, "outcome": record.outcome,
-        "worker": WORKER_ID[:200], "started_at": record.started_at, "finished_at": record.finished_at,
+        "worker": worker_id()[:200], "started_at": record.started_at, "finished_at": record.finished_at,
         "context": Jsonb(context), "last": last, "run": run.pk, "next": next_index,
     }
     step_done, run_moved, next_id = _hot_statement(_COMPLETE_SQL, params)
@@ -606,10 +883,9 @@ def _complete_pg(run, step, token, record, number, status, output, error, contex
 def _finish_failed_run(run, step, token, message: str, attempt: tuple | None) -> str:
     now = _now()
     with transaction.atomic():
-        updated = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, deliveries=token).update(
+        updated = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, attempts_total=token).update(
             status=StepStatus.FAILED, error=message, finished_at=now, lease_expires_at=None,
             attempt_count=F("attempt_count") + (1 if attempt else 0),
-            attempts_total=F("attempts_total") + (1 if attempt else 0),
         )
         if updated != 1:
             return "lost lease"
@@ -636,7 +912,7 @@ def _fail_delivery_cap(run: WorkflowRun, step: StepRun) -> str:
     with transaction.atomic():
         RunEvent.objects.create(run_id=run.pk, kind=RunEvent.Kind.DELIVERY_CAP, actor=SYSTEM,
                                 step_name=step.name, details={"deliveries": step.deliveries})
-        return _finish_failed_run(run, step, step.deliveries, message, None)
+        return _finish_failed_run(run, step, step.attempts_total, message, None)
 
 
 # --------------------------------------------------------------------------- reconcile
@@ -648,10 +924,17 @@ def steps_reconcile(*, batch: int = 500) -> dict[str, int]:
     Each step is touched at most once per pass (its due time / lease is pushed forward
     before its message is sent). Returns counts of what was done.
     """
+    # Tries held by dead processes of this host: their leases end now, not in a lease's time.
+    _expire_dead_holders_here()
     now = _now()
     grace = timedelta(seconds=settings.WORKFLOW_RECONCILE_GRACE_SECONDS)
     counts = {"requeued": 0, "lease_expired": 0, "timed_out": 0}
-    _declare_queue()
+    waiting_messages = _declare_queue()
+    if waiting_messages == 0:
+        # The broker holds no message for the queue, so a step queued for more than a
+        # moment has lost its message (broker flushed or restarted): re-send it now
+        # rather than after the long grace meant for a backlog.
+        grace = min(grace, timedelta(seconds=settings.WORKFLOW_RECONCILE_EMPTY_QUEUE_GRACE_SECONDS))
     overdue = list(
         StepRun.objects.filter(status__in=STEP_CLAIMABLE, next_attempt_at__lt=now - grace,
                                run__status=RunStatus.RUNNING)
@@ -678,8 +961,12 @@ def steps_reconcile(*, batch: int = 500) -> dict[str, int]:
                 status=StepStatus.QUEUED, next_attempt_at=now, lease_expires_at=None
             ) != 1:
                 continue
+            lost = StepAttempt.objects.filter(step_id=pk, outcome=AttemptOutcome.SENT).update(
+                outcome=AttemptOutcome.WORKER_LOST, finished_at=now,
+                error=WORKER_LOST.format(why="no heartbeat: its lease expired"),
+            )
             RunEvent.objects.create(run_id=run_id, kind=RunEvent.Kind.REQUEUED, actor=SYSTEM,
-                                    step_name=name, details={"reason": "lease expired"})
+                                    step_name=name, details={"reason": "lease expired", "worker_lost": lost})
             _enqueue_on_commit(pk)
         counts["lease_expired"] += 1
     waits = list(
@@ -694,21 +981,27 @@ def steps_reconcile(*, batch: int = 500) -> dict[str, int]:
     return counts
 
 
-def _declare_queue() -> None:
-    """(Re)declare the step queue's broker binding.
+def _declare_queue() -> int | None:
+    """(Re)declare the step queue's broker binding; returns the messages waiting in it.
 
     An emptied Redis (restart without persistence, FLUSHDB) also loses kombu's routing
     table; publishers cache their declarations, so without this every re-enqueued
-    message would be dead-lettered until the workers restart.
+    message would be dead-lettered until the workers restart. ``None``: unknown (the
+    broker is down).
     """
     from berrys_portal.celery import app
 
     try:
         queue = app.amqp.queues[_queue()]
         with app.connection_for_write() as conn:
-            queue.bind(conn.default_channel).declare()
+            bound = queue.bind(conn.default_channel)
+            bound.declare()
+            # Not passive: Redis has no key for an empty queue, so a passive declare fails.
+            declared = bound.queue_declare()
+            return getattr(declared, "message_count", None)
     except Exception:  # noqa: BLE001 - the broker may be down; the next pass tries again
         logger.warning("could not declare the workflow queue %s", _queue(), exc_info=True)
+        return None
 
 
 def wait_timeout(*, step_id: int) -> bool:

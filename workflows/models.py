@@ -149,6 +149,11 @@ class StepRun(models.Model):
         "fails once this exceeds WORKFLOW_MAX_DELIVERIES.",
     )
     wait_until = models.DateTimeField(null=True, blank=True, help_text="Human step: timeout deadline.")
+    generation = models.PositiveIntegerField(
+        default=1,
+        help_text="Bumped by an operator retry or rerun: part of the Idempotency-Key, so a deliberate "
+        "rerun is a new effect while redeliveries and retries repeat the same one.",
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -172,6 +177,26 @@ class StepRun(models.Model):
     def __str__(self) -> str:
         return f"{self.index}. {self.name} ({self.status})"
 
+    @property
+    def idempotency_key(self) -> str:
+        """What every HTTP call of this step's current effect carries (see ``workflows.engine``)."""
+        return step_idempotency_key(run_id=self.run_id, step_name=self.name, generation=self.generation)
+
+
+def step_idempotency_key(*, run_id, step_name: str, generation: int) -> str:
+    """``<run id>:<step name>:<generation>``: stable across redeliveries and retries of one effect."""
+    return f"{run_id}:{step_name}:{generation}"
+
+
+class AttemptOutcome(models.TextChoices):
+    SENT = "sent", "Sent (in flight)"
+    SUCCEEDED = "succeeded", "Succeeded"
+    RETRY = "retry", "Failed, retried"
+    FAILED = "failed", "Failed"
+    FALLBACK = "fallback", "Fallback used"
+    SKIPPED = "skipped", "Skipped"
+    WORKER_LOST = "worker_lost", "Outcome unknown — worker lost"
+
 
 class StepAttempt(models.Model):
     """One try of a step: the HTTP request and response (truncated), or a local call."""
@@ -191,16 +216,20 @@ class StepAttempt(models.Model):
     response_body = models.TextField(blank=True, help_text="Truncated to WORKFLOW_RESPONSE_BODY_LIMIT.")
     latency_ms = models.FloatField(null=True, blank=True, help_text="Time spent in the HTTP call.")
     error = models.TextField(blank=True)
-    outcome = models.CharField(max_length=16, blank=True, help_text="succeeded, retry, failed, fallback, skipped.")
+    # Written as "sent" when the step is claimed, before the request leaves; completed after.
+    # A "sent" row whose worker died is closed by the reconciler (or the next claim) as worker_lost.
+    outcome = models.CharField(max_length=16, blank=True, choices=AttemptOutcome.choices)
     worker = models.CharField(max_length=200, blank=True, help_text="Worker hostname and pid.")
     started_at = models.DateTimeField()
-    finished_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True, help_text="Empty while the try is in flight.")
 
     class Meta:
         ordering = ["step", "number"]
         indexes = [
             # Run page: attempts of the run's steps, in order.
             models.Index(fields=["step", "number"], name="workflows_attempt_step"),
+            # Reconciler: tries in flight (few at any time), to find those whose worker died.
+            models.Index(fields=["worker"], name="workflows_attempt_in_flight", condition=Q(outcome="sent")),
         ]
 
     def __str__(self) -> str:
@@ -220,6 +249,7 @@ class RunEvent(models.Model):
         TIMED_OUT = "timed_out", "Wait timed out"
         REQUEUED = "requeued", "Re-enqueued by the reconciler"
         DELIVERY_CAP = "delivery_cap", "Delivery cap reached"
+        LATE_REFUSED = "late_refused", "Late completion refused (lease lost)"
 
     # No index of its own: workflows_event_run (run, at) starts with it.
     run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="events", db_index=False)

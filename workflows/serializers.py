@@ -87,7 +87,7 @@ class StepOut(serializers.ModelSerializer):
     class Meta:
         model = StepRun
         fields = ["index", "name", "kind", "service_type", "required", "status", "attempt_count",
-                  "output", "error", "next_attempt_at", "deliveries", "wait_until", "started_at",
+                  "output", "error", "next_attempt_at", "deliveries", "generation", "wait_until", "started_at",
                   "finished_at", "attempts"]
 
 
@@ -124,6 +124,11 @@ class DefinitionStepOut(serializers.Serializer):
     has_fallback = serializers.BooleanField()
     max_attempts = serializers.IntegerField()
     timeout = serializers.FloatField(allow_null=True)
+    idempotency_header = serializers.CharField(
+        allow_null=True, help_text="Header carrying the step's idempotency key on every call (null: none).")
+    delivery = serializers.ChoiceField(
+        choices=["exactly once", "at least once", ""],
+        help_text="Whether a call repeated after a lost worker is deduplicated by the service.")
     description = serializers.CharField()
 
 

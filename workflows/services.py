@@ -15,6 +15,7 @@ from uuid import UUID
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from berrys_portal.errors import Conflict, InvalidInput, NotFound
@@ -90,6 +91,8 @@ def run_retry(
             status=StepStatus.PENDING, output=None, error="", attempt_count=0, deliveries=0,
             next_attempt_at=None, lease_expires_at=None, wait_until=None, started_at=None,
             finished_at=None,
+            # A deliberate operator action: a new effect, so a new Idempotency-Key.
+            generation=F("generation") + 1,
         )
         run.input, run.context = new_input, context
         run.status, run.error, run.failed_step = RunStatus.RUNNING, "", ""
@@ -155,3 +158,23 @@ def run_answer(
         engine.advance_after(run=run, step=step_row, wf=wf, status=StepStatus.SUCCEEDED, output=output)
     run.refresh_from_db()
     return run
+
+
+def run_start_checked(*, workflow: str, input: dict[str, Any], idempotency_key: str | None,  # noqa: A002
+                      triggered_by: str, owner_key=None) -> tuple[WorkflowRun, bool]:
+    """``engine.run_start``, unless the workflow refuses starts while blocked and is blocked now
+    (``Conflict`` naming the missing service). A replayed Idempotency-Key still gets its run."""
+    from workflows.readiness import readiness_refusal
+
+    try:
+        definition = definitions.get(workflow)
+    except definitions.UnknownWorkflow:
+        definition = None  # run_start answers it
+    if definition is not None:
+        replay = idempotency_key and WorkflowRun.objects.filter(
+            workflow=workflow, idempotency_key=idempotency_key, owner_key=owner_key).exists()
+        refusal = None if replay else readiness_refusal(workflow=definition)
+        if refusal:
+            raise Conflict(refusal)
+    return engine.run_start(workflow=workflow, input=input, idempotency_key=idempotency_key,
+                            triggered_by=triggered_by, owner_key=owner_key)

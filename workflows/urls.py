@@ -15,4 +15,5 @@ urlpatterns = [
     re_path(RUN + r"/cancel/?$", views.RunCancelView.as_view(), name="workflow-run-cancel"),
     re_path(RUN + r"/signal/?$", views.RunSignalView.as_view(), name="workflow-run-signal"),
     re_path(r"^definitions/?$", views.DefinitionListView.as_view(), name="workflow-definitions"),
+    re_path(r"^readiness/?$", views.ReadinessView.as_view(), name="workflow-readiness"),
 ]

@@ -26,7 +26,7 @@ from rest_framework.views import APIView
 from berrys_portal.errors import InvalidInput, NotFound
 from berrys_portal.query import query_params_read, query_params_validate
 from registry.serializers import ErrorSerializer
-from workflows import definitions, engine, services
+from workflows import definitions, services
 from workflows.models import StepAttempt, StepRun, WorkflowRun
 from workflows.serializers import (
     DefinitionOut,
@@ -165,13 +165,16 @@ class RunListView(APIView):
             201: OpenApiResponse(RunDetailOut, description="A new run was started."),
             200: OpenApiResponse(RunDetailOut, description="This Idempotency-Key already started this run."),
             **_errors(400, 401, 403, 413, 429),
+            409: OpenApiResponse(ErrorSerializer, description=(
+                "The workflow refuses starts while blocked (`when_blocked: refuse`) and a required "
+                "service is unavailable; `detail` names it. See GET /workflows/readiness.")),
         },
         summary="Start a run (or return the run an Idempotency-Key already started).",
     )
     def post(self, request: Request) -> Response:
         data = RunStartInput(data=request.data)
         data.is_valid(raise_exception=True)
-        run, created = engine.run_start(
+        run, created = services.run_start_checked(
             workflow=data.validated_data["workflow"], input=data.validated_data["input"],
             idempotency_key=request.headers.get("Idempotency-Key") or None,
             triggered_by=_actor(request), owner_key=_key(request),
@@ -238,3 +241,32 @@ class DefinitionListView(APIView):
     def get(self, request: Request) -> Response:
         query_params_read(request, allowed=())
         return Response(DefinitionOut([wf.describe() for wf in definitions.all()], many=True).data)
+
+
+class ReadinessOut(serializers.Serializer):
+    workflow = serializers.CharField()
+    version = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=["ready", "degraded", "blocked"])
+    when_blocked = serializers.ChoiceField(choices=["start", "refuse"])
+    required = serializers.ListField(child=serializers.DictField())
+    optional = serializers.ListField(child=serializers.DictField())
+    blocked_by = serializers.ListField(child=serializers.CharField())
+    degraded_by = serializers.ListField(child=serializers.CharField())
+
+
+class ReadinessView(APIView):
+    """``GET /workflows/readiness``: can each workflow start now, and if not, why."""
+
+    required_scopes = {"GET": ("runs:read", "registry:read", "metrics")}
+    pagination_class = None
+
+    @extend_schema(
+        operation_id="workflow_readiness", responses={200: ReadinessOut(many=True), **_errors(400, 401, 403)},
+        summary="Each workflow: ready, degraded (an optional service down: which fallback runs) or "
+                "blocked (a required one down: which, since when, breaker state).",
+    )
+    def get(self, request: Request) -> Response:
+        query_params_read(request, allowed=())
+        from workflows.readiness import readiness_all
+
+        return Response(readiness_all())

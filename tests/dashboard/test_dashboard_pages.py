@@ -71,7 +71,7 @@ def test_the_dashboard_costs_the_same_few_queries_with_more_rows(operator_client
     with CaptureQueriesContext(connection) as big:
         assert operator_client.get("/admin/").status_code == 200
     assert len(big) == len(small)
-    assert len(big) <= 12
+    assert len(big) <= 14  # 12, plus the workflow readiness panel's two (services, last deregistrations)
 
 
 def test_uptime_is_computed_per_day_from_status_changes():
@@ -142,3 +142,25 @@ def test_closed_hours_of_the_runs_chart_are_cached_and_the_current_hour_is_live(
     failed_run(minutes_ago=0)  # a new run in the current hour shows at once
     again = queries.dashboard_data(now=timezone.now())
     assert again["runs_total_24h"] == first["runs_total_24h"] + 1
+
+
+def test_the_dashboard_shows_each_workflows_readiness(viewer_client):
+    for name, type_ in (("ao", "AGENT_ORCHESTRATOR"), ("mo", "MODEL_ORCHESTRATION")):
+        _svc(name, type_)
+    _svc("tools", "TOOL_INTEGRATION", HealthStatus.CRITICAL)
+    page = viewer_client.get("/admin/").content.decode()
+    row = page.split('id="bp-readiness-agent_task_execution"')[1].split("</tr>")[0]
+    assert ">degraded<" in row
+    assert "without <b>TOOL_INTEGRATION</b>" in row and "discover_tools: skipped" in row
+    row = page.split('id="bp-readiness-project_planning"')[1].split("</tr>")[0]
+    assert ">blocked<" in row and "needs <b>PLANNING_SYSTEM</b>: no instance registered" in row
+
+
+def test_a_workflows_run_list_says_whether_it_can_start(viewer_client):
+    _svc("ao", "AGENT_ORCHESTRATOR")
+    page = viewer_client.get("/admin/workflows/workflowrun/?workflow=agent_task_execution").content.decode()
+    banner = page.split('id="bp-workflow-readiness"')[1].split("</div>\n</div>")[0]
+    assert "<b>agent_task_execution</b> is <b>blocked</b>" in banner
+    assert "Needs <b>MODEL_ORCHESTRATION</b>: no instance registered" in banner
+    assert "Runs without <b>TOOL_INTEGRATION</b>" in banner
+    assert 'id="bp-workflow-readiness"' not in viewer_client.get("/admin/workflows/workflowrun/").content.decode()

@@ -165,3 +165,22 @@ def test_the_fallback_without_a_breaker_store_reads_the_latest_breaker_event():
     BreakerEvent.objects.create(service=svc, service_name="evt", old_state="open", new_state="half-open",
                                 at=now - timedelta(minutes=1))
     assert state_metrics.breaker_states_from_events([svc.id, quiet.id]) == {svc.id: "half-open"}
+
+
+def test_the_oldest_running_and_queued_steps_are_gauges(read_client):
+    from workflows.models import RunStatus, StepRun, StepStatus, WorkflowRun
+
+    samples = scrape(read_client)
+    assert value(samples, "berrys_workflow_oldest_running_step_seconds") == 0.0
+    assert value(samples, "berrys_workflow_oldest_queued_step_seconds") == 0.0
+    now = timezone.now()
+    run = WorkflowRun.objects.create(workflow="test_demo", version=1, status=RunStatus.RUNNING, started_at=now)
+    StepRun.objects.create(run=run, index=0, name="a", status=StepStatus.RUNNING,
+                           started_at=now - timedelta(seconds=300))
+    StepRun.objects.create(run=run, index=1, name="b", status=StepStatus.QUEUED,
+                           next_attempt_at=now - timedelta(seconds=120))
+    StepRun.objects.create(run=run, index=2, name="c", status=StepStatus.RETRYING,
+                           next_attempt_at=now + timedelta(seconds=600))  # not due yet: not late
+    samples = scrape(read_client)
+    assert 300 <= value(samples, "berrys_workflow_oldest_running_step_seconds") < 330
+    assert 120 <= value(samples, "berrys_workflow_oldest_queued_step_seconds") < 150

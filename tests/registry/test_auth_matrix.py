@@ -88,6 +88,15 @@ RULES: dict[tuple[str, str], Rule] = {
     ("RunSignalView", "POST"): Rule(RUN_ACTORS, 200, owned="run", everyone={"workflows:operate"}, not_owner=404,
                                     path=RUN + "/signal", body={"data": {"ok": True}}),
     ("DefinitionListView", "GET"): Rule(RUN_READERS | REGISTRY_READERS, 200, path="/workflows/definitions"),
+    ("ReadinessView", "GET"): Rule(RUN_READERS | REGISTRY_READERS | {"metrics"}, 200, path="/workflows/readiness"),
+    # The Consul-compatible read API: registry:read or metrics (Prometheus' Consul SD uses a metrics key).
+    ("agent_self_view", "GET"): Rule(REGISTRY_READERS | {"metrics"}, 200, path="/v1/agent/self"),
+    ("catalog_services_view", "GET"): Rule(REGISTRY_READERS | {"metrics"}, 200, path="/v1/catalog/services"),
+    ("catalog_service_view", "GET"): Rule(REGISTRY_READERS | {"metrics"}, 200,
+                                          path="/v1/catalog/service/PLANNING_SYSTEM"),
+    ("health_service_view", "GET"): Rule(REGISTRY_READERS | {"metrics"}, 200,
+                                         path="/v1/health/service/planning-system"),
+    ("health_state_view", "GET"): Rule(REGISTRY_READERS | {"metrics"}, 200, path="/v1/health/state/any"),
 }
 # The gateway forwards every method; "owner" here means the type is on the key's allow-list.
 # Access granted shows as 404: no TOOL_INTEGRATION instance is registered.
@@ -96,7 +105,9 @@ for _method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
                                            body={} if _method in ("POST", "PUT", "PATCH") else None)
 
 # Function views (no DRF class to read methods from): their methods, named here.
-FUNCTION_VIEWS = {"metrics_view": ("GET",), "json_page_not_found": ("GET",)}
+FUNCTION_VIEWS = {"metrics_view": ("GET",), "json_page_not_found": ("GET",),
+                  "agent_self_view": ("GET",), "catalog_services_view": ("GET",),
+                  "catalog_service_view": ("GET",), "health_service_view": ("GET",), "health_state_view": ("GET",)}
 
 
 def _walk(patterns, prefix=""):
@@ -210,8 +221,11 @@ def test_public_endpoints_need_no_key(db, view, method):
     assert getattr(APIClient(), method.lower())(rule.path).status_code in (rule.ok, 503)
 
 
-GUARDED = [(view, method) for (view, method), rule in sorted(RULES.items()) if rule.scopes is not None]
+# The Consul-compatible API answers every token problem with 403, as Consul does (tested below).
+GUARDED = [(view, method) for (view, method), rule in sorted(RULES.items())
+           if rule.scopes is not None and not rule.path.startswith("/v1/")]
 GUARDED_IDS = [f"{m} {v}" for v, m in GUARDED]
+CONSUL = [(view, method) for (view, method), rule in sorted(RULES.items()) if rule.path.startswith("/v1/")]
 
 
 def _guarded_call(view, method, plain):
@@ -254,6 +268,21 @@ def test_an_expired_key_gets_401(db, view, method):
     response = _guarded_call(view, method, plain)
     assert response.status_code == 401
     assert response.json()["detail"] == "API key has expired."
+
+
+@pytest.mark.parametrize(("view", "method"), CONSUL, ids=[f"{m} {v}" for v, m in CONSUL])
+@pytest.mark.parametrize("problem", ["none", "unknown", "revoked", "expired"])
+def test_consul_endpoints_answer_403_to_every_token_problem(db, view, method, problem):
+    plain = {"none": None, "unknown": "bp_not-a-real-key"}.get(problem)
+    if plain is None and problem in ("revoked", "expired"):
+        key, plain = api_key_create(name="k", scopes=ALL_SCOPES)
+        change = {"revoked_at": timezone.now()} if problem == "revoked" else {
+            "expires_at": timezone.now() - timedelta(seconds=1)}
+        ApiKey.objects.filter(pk=key.pk).update(**change)
+    response = _guarded_call(view, method, plain)
+    assert response.status_code == 403
+    assert response.json()["code"] == "not_authenticated"
+    assert "X-Consul-Index" not in response
 
 
 def test_a_malformed_authorization_header_gets_401(db):

@@ -213,7 +213,7 @@ def _admin_session(portal: str) -> requests.Session:
 
 
 def test_make_demo_starts_on_the_embedded_defaults_stops_on_ctrl_c_and_restarts_cleanly(clean_clone):
-    first = _free_block(7)
+    first = _free_block(9)  # portal, 5 simulators, control, web dashboard, watch server
     portal_port, base_port = first, first + 1
     portal = f"http://127.0.0.1:{portal_port}"
 

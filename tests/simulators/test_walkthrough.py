@@ -69,7 +69,7 @@ def _wait_for_run(page, portal: str, run_id: str, key: str, timeout: float = 60.
 
 
 def test_the_readme_walkthrough_works_on_the_embedded_default(clean_clone):  # noqa: F811
-    first = _free_block(7)
+    first = _free_block(9)  # portal, 5 simulators, control, web dashboard, watch server
     portal = f"http://127.0.0.1:{first}"
     demo = DemoOnTerminal(clean_clone, first, first + 1)
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's loop in this thread; no ORM used here

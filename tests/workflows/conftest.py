@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,10 +29,11 @@ from workflows.models import RUN_FINISHED, WorkflowRun
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE = f"wf-test-{uuid.uuid4().hex[:8]}"
-# Short leases so lost-worker tests finish quickly; the cap is small for the killer test.
+# Short leases so lost-worker tests finish quickly; the production delivery cap (the fault
+# run's faults may hit one step twice, and a third delivery must still run it).
 WORKER_ENV = {
     "WORKFLOW_STEP_LEASE_SECONDS": "5",
-    "WORKFLOW_MAX_DELIVERIES": "2",
+    "WORKFLOW_MAX_DELIVERIES": "3",
 }
 
 
@@ -113,9 +116,83 @@ def worker_for_session(worker_class: type[Worker], django_db_blocker):
     w.kill()
 
 
-@pytest.fixture(scope="session")
-def worker(django_db_setup, django_db_blocker):
-    yield from worker_for_session(Worker, django_db_blocker)
+# The engine suite runs on each production broker: Redis (the default) and RabbitMQ
+# (the durable choice, quorum queues). BROKERS=redis runs only the first.
+BROKERS = [b for b in os.environ.get("WORKFLOW_TEST_BROKERS", "redis,rabbitmq").split(",") if b]
+_active = {"broker": "redis"}
+
+
+class RabbitMQ:
+    """A vhost of our own on the shared RabbitMQ (127.0.0.1:5672), deleted afterwards."""
+
+    def __init__(self):
+        self.vhost = f"wf-test-{uuid.uuid4().hex[:8]}"
+        self.url = f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}"
+
+    @staticmethod
+    def available() -> str | None:
+        """Why RabbitMQ cannot be used here, or None."""
+        if shutil.which("rabbitmqctl") is None:
+            return "rabbitmqctl is not installed"
+        try:
+            socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+        except OSError:
+            return "no RabbitMQ on 127.0.0.1:5672"
+        return None
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+    def create(self) -> None:
+        self._ctl("add_vhost", self.vhost)
+        self._ctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+
+    def delete(self) -> None:
+        self._ctl("delete_vhost", self.vhost)
+
+
+_REDIS = {}
+
+
+def _use_broker(url: str | None) -> None:
+    """Point this process's Celery app (and the settings the workers inherit) at ``url``
+    (an amqp URL, or None: back to the suite's Redis)."""
+    from berrys_portal.celery import app
+
+    if not _REDIS:
+        _REDIS.update(url=settings.CELERY_BROKER_URL, options=dict(settings.CELERY_BROKER_TRANSPORT_OPTIONS))
+    amqp = url is not None
+    settings.CELERY_BROKER_URL = url if amqp else _REDIS["url"]
+    app.conf.broker_url = settings.CELERY_BROKER_URL
+    app.conf.broker_transport_options = {"confirm_publish": True} if amqp else _REDIS["options"]
+    # As berrys_portal/settings.py configures an amqp:// broker.
+    app.conf.task_default_queue_type = app.conf.task_create_missing_queue_type = "quorum" if amqp else "classic"
+    app.conf.task_default_exchange_type = "topic" if amqp else "direct"
+    app._after_fork()  # drop the connection pools
+    app.__dict__.pop("amqp", None)  # queue declarations cached with the old queue type
+    _active["broker"] = "rabbitmq" if amqp else "redis"
+
+
+@pytest.fixture(scope="session", params=BROKERS)
+def worker(request, django_db_setup, django_db_blocker):
+    if request.param == "redis":
+        yield from worker_for_session(Worker, django_db_blocker)
+        return
+    why = RabbitMQ.available() if settings.REDIS_URL else "the embedded-default pass keeps its own broker"
+    if why:
+        pytest.skip(f"RabbitMQ broker variant skipped: {why}")
+    rabbit = RabbitMQ()
+    rabbit.create()
+    _use_broker(rabbit.url)  # the worker inherits it through settings.CELERY_BROKER_URL
+    try:
+        for w in worker_for_session(Worker, django_db_blocker):
+            w.broker_url = rabbit.url
+            _use_broker(None)
+            yield w
+            _use_broker(rabbit.url)  # its stop/restart below
+    finally:
+        _use_broker(None)
+        rabbit.delete()
 
 
 @pytest.fixture
@@ -128,11 +205,19 @@ def wf_settings(settings):
 
 @pytest.fixture
 def engine_env(worker, wf_settings, transactional_db):
-    """Everything a worker test needs: a running worker, committed rows, our queue."""
-    yield worker
-    # A test that killed the worker leaves it for the next one in a good state.
-    if worker.proc is None or worker.proc.poll() is not None:
-        worker.start()
+    """Everything a worker test needs: a running worker, committed rows, our queue
+    (and, for the RabbitMQ variant, this process publishing to RabbitMQ for the test)."""
+    rabbit_url = getattr(worker, "broker_url", None)
+    if rabbit_url:
+        _use_broker(rabbit_url)
+    try:
+        yield worker
+        # A test that killed the worker leaves it for the next one in a good state.
+        if worker.proc is None or worker.proc.poll() is not None:
+            worker.start()
+    finally:
+        if rabbit_url:
+            _use_broker(None)
 
 
 # --------------------------------------------------------------------------- HTTP stubs
@@ -144,6 +229,7 @@ class StubServer:
     def __init__(self):
         self.routes: dict[tuple[str, str], Callable] = {}
         self.requests: list[tuple[str, str, object, float]] = []
+        self.headers: list[dict[str, str]] = []  # each request's headers, parallel to requests
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -157,6 +243,7 @@ class StubServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
+                stub.headers.append(dict(self.headers.items()))
                 stub.requests.append((self.command, self.path, body, time.monotonic()))
                 route = stub.routes.get((self.command, self.path))
                 status, payload = route(body) if route else (404, {"detail": "no route"})
@@ -235,9 +322,31 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str =
         time.sleep(0.05)
 
 
+class _AmqpBroker:
+    """The two things the tests ask of the broker, on RabbitMQ: empty it, count a queue."""
+
+    def flushdb(self) -> None:
+        from berrys_portal.celery import app
+
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_purge(QUEUE)
+
+    def llen(self, queue: str) -> int:
+        from berrys_portal.celery import app
+
+        with app.connection_for_write() as conn:
+            try:
+                return conn.default_channel.queue_declare(queue, passive=True).message_count
+            except Exception:  # noqa: BLE001 - no such queue: nothing was ever sent
+                return 0
+
+    def close(self) -> None:
+        pass
+
+
 @pytest.fixture
 def broker():
-    """The test's own Redis db (the broker): only ever FLUSHDB on it."""
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    """The test's own Redis db (the broker): only ever FLUSHDB on it (RabbitMQ: purge our queue)."""
+    client = _AmqpBroker() if _active["broker"] == "rabbitmq" else redis.Redis.from_url(settings.CELERY_BROKER_URL)
     yield client
     client.close()

@@ -107,7 +107,31 @@ EGRESS_CALL = Workflow(
     required_inputs=("route",),
 )
 
-ALL = [DEMO, SKIPPY, HUMAN, KILLER, SLOW_RETRY, EGRESS_CALL]
+# Idempotency keys: the default header, a renamed one, none at all, and a service marked
+# as unable to dedupe (the step still sends the key: it costs nothing and may help).
+KEYS = Workflow(
+    name="test_keys",
+    version=1,
+    steps=[
+        Step(name="default", service_type="PROJECT_COORDINATOR", path="/k/default", timeout=5.0),
+        Step(name="renamed", service_type="PROJECT_COORDINATOR", path="/k/renamed", timeout=5.0,
+             idempotency_header="X-Request-Key"),
+        Step(name="off", service_type="PROJECT_COORDINATOR", path="/k/off", timeout=5.0,
+             idempotency_header=None),
+        Step(name="no_dedupe", service_type="PROJECT_COORDINATOR", path="/k/no-dedupe", timeout=5.0,
+             service_dedupes=False),
+    ],
+)
+
+# One step that takes longer than the test worker's 5 s lease: the heartbeat must keep it.
+LONG_STEP = Workflow(
+    name="test_long_step",
+    version=1,
+    steps=[Step(name="slow", service_type="PLANNING_SYSTEM", path="/long", timeout=20.0,
+                retry=RetryPolicy(max_attempts=1))],
+)
+
+ALL = [DEMO, SKIPPY, HUMAN, KILLER, SLOW_RETRY, EGRESS_CALL, KEYS, LONG_STEP]
 
 for _wf in ALL:
     register(_wf, replace=True)

@@ -135,7 +135,8 @@ def test_definitions_list_steps_and_required_and_optional_services(read_client):
     assert demo["steps"][1] == {
         "name": "plan", "kind": "http", "service_type": "PLANNING_SYSTEM", "method": "POST",
         "path": "/plans/strategic/{project_id}", "required": False, "has_fallback": True,
-        "max_attempts": 3, "timeout": 5.0, "description": "",
+        "max_attempts": 3, "timeout": 5.0, "idempotency_header": "Idempotency-Key",
+        "delivery": "exactly once", "description": "",
     }
 
 

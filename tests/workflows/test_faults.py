@@ -9,7 +9,14 @@ import pytest
 
 from tests.workflows.conftest import wait_until
 from workflows.engine import run_start, steps_reconcile
-from workflows.models import RUN_FINISHED, RunEvent, RunStatus, StepStatus, WorkflowRun
+from workflows.models import (
+    RUN_FINISHED,
+    AttemptOutcome,
+    RunEvent,
+    RunStatus,
+    StepStatus,
+    WorkflowRun,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +56,15 @@ def test_a_run_survives_its_worker_being_sigkilled_mid_request(engine_env, demo_
     (run,) = reconcile_until_finished([run.pk])
     assert run.status == RunStatus.SUCCEEDED, run.error
     plan = run.steps.get(name="plan")
-    assert plan.attempts.count() == 1  # the killed try never finished, so it left no row
+    # Both tries are on record: the killed one closed as "outcome unknown — worker lost".
+    lost, done = plan.attempts.order_by("number")
+    assert (lost.outcome, done.outcome) == (AttemptOutcome.WORKER_LOST, AttemptOutcome.SUCCEEDED)
+    assert "worker lost" in lost.error and lost.finished_at is not None
     assert len(calls) == 2
+    # The repeat carried the same Idempotency-Key, so a careful service could answer it once.
+    keys = [h.get("Idempotency-Key") for (m, p, *_), h in zip(demo_services.requests, demo_services.headers,
+                                                              strict=True) if p == "/plans/strategic/p-1"]
+    assert keys == [f"{run.pk}:plan:1"] * 2
     assert run.events.filter(kind=RunEvent.Kind.REQUEUED, step_name="plan",
                              details__reason="lease expired").exists()
 
@@ -78,10 +92,10 @@ def test_a_step_that_kills_its_worker_every_time_fails_after_the_delivery_cap(en
     run, _ = run_start(workflow="test_killer", input={}, triggered_by="test")
     (run,) = reconcile_until_finished([run.pk], timeout=60)
     assert run.status == RunStatus.FAILED
-    assert run.error.startswith("Delivery cap reached: step boom was delivered 3 times")
-    assert "WORKFLOW_MAX_DELIVERIES=2" in run.error
+    assert run.error.startswith("Delivery cap reached: step boom was delivered 4 times")
+    assert "WORKFLOW_MAX_DELIVERIES=3" in run.error
     step = run.steps.get()
-    assert (step.status, step.deliveries) == (StepStatus.FAILED, 3)
+    assert (step.status, step.deliveries) == (StepStatus.FAILED, 4)
     assert run.events.filter(kind=RunEvent.Kind.DELIVERY_CAP).exists()
 
 
@@ -105,13 +119,13 @@ def test_the_reconciler_requeues_a_lost_step_at_most_once_per_pass(wf_settings):
     assert events.first().details == {"reason": "queued past due"}
 
 
-def test_setup_periodic_tasks_schedules_the_reconciler_every_15_seconds(transactional_db):
+def test_setup_periodic_tasks_schedules_the_reconciler_every_5_seconds(transactional_db):
     from django.core.management import call_command
     from django_celery_beat.models import PeriodicTask
 
     call_command("setup_periodic_tasks")
     row = PeriodicTask.objects.get(task="workflows.reconcile")
-    assert row.enabled and row.interval.every == 15 and row.interval.period == "seconds"
+    assert row.enabled and row.interval.every == 5 and row.interval.period == "seconds"
 
 
 def test_a_retry_longer_than_the_visibility_timeout_is_left_to_the_reconciler(

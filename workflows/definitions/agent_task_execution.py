@@ -35,6 +35,8 @@ register(Workflow(
     version=1,
     description="Execute an agent's task: execution plan, tools (optional), execution, task update.",
     required_inputs=("task_id",),
+    requires=(ServiceType.AGENT_ORCHESTRATOR, ServiceType.MODEL_ORCHESTRATION),
+    optional=(ServiceType.TOOL_INTEGRATION,),
     steps=[
         _http(
             name="get_task", service_type=ServiceType.AGENT_ORCHESTRATOR, method="GET",
@@ -44,6 +46,8 @@ register(Workflow(
         ),
         _http(
             name="execution_plan", service_type=ServiceType.MODEL_ORCHESTRATION,
+            # Model Orchestration cannot dedupe (each call is a fresh model run): at least once.
+            service_dedupes=False,
             path="/plans/execution",
             build_request=lambda ctx: {"task_id": ctx["task_id"], "task": ctx["task"]},
             read_response=read_execution_plan,
@@ -58,6 +62,8 @@ register(Workflow(
         ),
         _http(
             name="execute_task", service_type=ServiceType.MODEL_ORCHESTRATION,
+            # Model Orchestration cannot dedupe (each call is a fresh model run): at least once.
+            service_dedupes=False,
             path="/executions",
             build_request=execution_request,
             read_response=lambda ctx, body: {"execution": body},

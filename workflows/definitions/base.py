@@ -7,6 +7,7 @@ calling, persisting and retrying; a definition only says *what* to do.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 # Client errors that a retry cannot fix (408 Request Timeout, 425 Too Early and
 # 429 Too Many Requests are transient and stay retryable).
 CLIENT_ERROR_STATUSES = frozenset(set(range(400, 500)) - {408, 425, 429})
+# RFC 9110 token characters.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 class DefinitionError(ValueError):
@@ -132,6 +135,10 @@ class Step:
     build_request: Callable[[Context], Any] | None = None
     read_response: Callable[[Context, Any], Output] | None = None
     timeout: float | None = None
+    # The header carrying the step's idempotency key on every call (None: send none).
+    idempotency_header: str | None = "Idempotency-Key"
+    # False for a service known not to honour the key: the step is then "at least once".
+    service_dedupes: bool = True
     # --- every kind ---
     required: bool = True
     fallback: Callable[[Context], Output] | None = None
@@ -141,6 +148,8 @@ class Step:
     local: Callable[[Context], Output] | None = None
     # --- human steps ---
     human: HumanSpec | None = None
+    # --- local steps: service types the code consults (declared for readiness) ---
+    uses: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"Step {self.name!r}"
@@ -164,6 +173,19 @@ class Step:
             raise DefinitionError(f"{where}: kind must be 'http', 'local' or 'human'")
         if self.timeout is not None and self.timeout <= 0:
             raise DefinitionError(f"{where}: timeout must be positive")
+        if self.idempotency_header is not None and not _HEADER_NAME.match(self.idempotency_header):
+            raise DefinitionError(f"{where}: idempotency_header must be an HTTP header name (or None)")
+
+    @property
+    def delivery(self) -> str:
+        """``"exactly once"`` when the service dedupes on the step's key, else ``"at least once"``.
+
+        A worker lost mid-call means the call is sent again; only a service that honours
+        the key turns that repeat into the first answer. Empty for local and human steps.
+        """
+        if self.kind != "http":
+            return ""
+        return "exactly once" if self.idempotency_header and self.service_dedupes else "at least once"
 
     @property
     def path_fields(self) -> list[str]:
@@ -215,10 +237,22 @@ class Workflow:
     steps: tuple[Step, ...]
     description: str = ""
     required_inputs: tuple[str, ...] = ()
+    # Readiness (workflows/readiness.py): the service types the workflow needs (``requires``)
+    # and can do without (``optional``), as in the guide's dependency table; ``callers`` are
+    # the ones among them that start it rather than being called by a step (the Web
+    # Dashboard). Checked against the steps below, so table and steps cannot drift apart.
+    # ``when_blocked``: "start" (runs start and wait for the service, the default) or
+    # "refuse" (POST /workflows/runs answers 409 naming the missing service).
+    requires: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    callers: tuple[str, ...] = ()
+    when_blocked: str = "start"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
         object.__setattr__(self, "required_inputs", tuple(self.required_inputs))
+        for name in ("requires", "optional", "callers"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.name or not self.name.replace("_", "").isalnum() or not self.name.islower():
             raise DefinitionError(f"Workflow name {self.name!r}: use lower_snake_case")
         if self.version < 1:
@@ -229,6 +263,40 @@ class Workflow:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise DefinitionError(f"Workflow {self.name!r}: duplicate step names {dupes}")
+        self._check_dependencies()
+
+    def _check_dependencies(self) -> None:
+        """The declared dependency table agrees with the steps (only when one is declared)."""
+        where = f"Workflow {self.name!r}"
+        if self.when_blocked not in ("start", "refuse"):
+            raise DefinitionError(f"{where}: when_blocked must be 'start' or 'refuse'")
+        if not (self.requires or self.optional or self.callers):
+            return
+        declared = set(self.requires) | set(self.optional)
+        if set(self.requires) & set(self.optional):
+            raise DefinitionError(f"{where}: {sorted(set(self.requires) & set(self.optional))} "
+                                  "both required and optional")
+        used = {s.service_type for s in self.steps if s.service_type} | {t for s in self.steps for t in s.uses}
+        hard = {s.service_type for s in self.steps if s.service_type and s.required and s.fallback is None}
+        problems = []
+        if hard - set(self.requires):
+            problems.append(f"steps that fail the run without {sorted(hard - set(self.requires))} "
+                            "but they are not in requires")
+        if used - declared:
+            problems.append(f"steps use {sorted(used - declared)}, not declared in requires or optional")
+        if declared - used - set(self.callers):
+            problems.append(f"{sorted(declared - used - set(self.callers))} declared but no step uses "
+                            "them (a caller? list it in callers)")
+        if set(self.callers) - declared:
+            problems.append(f"callers {sorted(set(self.callers) - declared)} not in requires or optional")
+        if problems:
+            raise DefinitionError(f"{where}: dependency table and steps disagree: " + "; ".join(problems))
+
+    def dependencies(self) -> tuple[list[str], list[str]]:
+        """(required, optional) service types: the declared table, else what the steps imply."""
+        if self.requires or self.optional or self.callers:
+            return sorted(self.requires), sorted(self.optional)
+        return self.required_services, self.optional_services
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -274,6 +342,8 @@ class Workflow:
                     "has_fallback": s.fallback is not None,
                     "max_attempts": s.retry.max_attempts,
                     "timeout": s.timeout,
+                    "idempotency_header": s.idempotency_header if s.kind == "http" else None,
+                    "delivery": s.delivery,
                     "description": s.description or (s.human.prompt if s.human else ""),
                 }
                 for s in self.steps

@@ -44,6 +44,9 @@ register(Workflow(
     description="An agent asks a question; an operator answers it; the agent gets the answer "
     "and the project is notified.",
     required_inputs=("agent_id", "question", "project_id"),
+    requires=(ServiceType.AGENT_ORCHESTRATOR, ServiceType.WEB_DASHBOARD),
+    optional=(ServiceType.PROJECT_COORDINATOR,),
+    callers=(ServiceType.WEB_DASHBOARD,),
     steps=[
         _http(
             name="ask_question", service_type=ServiceType.AGENT_ORCHESTRATOR,

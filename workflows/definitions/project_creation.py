@@ -30,13 +30,13 @@ def start_planning(ctx: dict[str, Any]) -> dict[str, Any]:
     """Start ``project_planning`` for the new project, if its services are available."""
     # Imported here: the engine imports the definitions package at start-up.
     from berrys_portal.errors import NoEligibleServiceError, ServiceNotFoundError
-    from registry.discovery import service_eligible_list
+    from registry.discovery import service_pick
     from workflows.engine import run_start
 
     unavailable = []
     for service_type in (ServiceType.PLANNING_SYSTEM, ServiceType.AGENT_ORCHESTRATOR):
         try:
-            service_eligible_list(service_type=service_type)
+            service_pick(service_type=service_type)  # one row, whatever the registry's size
         except (ServiceNotFoundError, NoEligibleServiceError) as exc:
             unavailable.append(exc.message)
     if unavailable:
@@ -55,6 +55,9 @@ register(Workflow(
     description="Create a project from the dashboard's chat payload, then plan it if the "
     "Planning System and Agent Orchestrator are available.",
     required_inputs=("name",),
+    requires=(ServiceType.WEB_DASHBOARD, ServiceType.PROJECT_COORDINATOR),
+    optional=(ServiceType.PLANNING_SYSTEM, ServiceType.AGENT_ORCHESTRATOR),
+    callers=(ServiceType.WEB_DASHBOARD,),
     steps=[
         Step(
             name="create_project",
@@ -71,6 +74,7 @@ register(Workflow(
             name="start_planning",
             kind="local",
             local=start_planning,
+            uses=(ServiceType.PLANNING_SYSTEM, ServiceType.AGENT_ORCHESTRATOR),
             required=False,
             retry=BERRYS_RETRY,
             description="Start project_planning when the Planning System and Agent Orchestrator "

@@ -74,6 +74,8 @@ register(Workflow(
     description="Plan a project: strategic plan, tactical plan with tasks, agents, assignments; "
     "a locally generated fallback plan when the Planning System is unavailable.",
     required_inputs=("project_id",),
+    requires=(ServiceType.PROJECT_COORDINATOR, ServiceType.PLANNING_SYSTEM, ServiceType.AGENT_ORCHESTRATOR),
+    optional=(ServiceType.MODEL_ORCHESTRATION,),
     steps=[
         _http(
             name="get_project", service_type=ServiceType.PROJECT_COORDINATOR, method="GET",
@@ -118,6 +120,8 @@ register(Workflow(
         ),
         _http(
             name="execution_preview", service_type=ServiceType.MODEL_ORCHESTRATION,
+            # Model Orchestration cannot dedupe (each call is a fresh model run): at least once.
+            service_dedupes=False,
             path="/plans/execution",
             build_request=lambda ctx: {"task_id": ctx["assignments"][0]["task_id"],
                                        "task": ctx["tactical_plan"]["tasks"][0]},

@@ -1,0 +1,266 @@
+"""Benchmark of blocking watches on the ASGI watch server (not a test).
+
+    .venv/bin/python -m bench.watch [--watchers 1000] [--rounds 5] [--seconds 8] [--repeats 2]
+
+What it does: creates its own PostgreSQL database (``<name>_bench``, dropped at the
+end), seeds it like bench/registry.py (1,000 services of 50 types), starts the
+regular server (gunicorn, 2 sync workers) and the watch server (uvicorn,
+berrys_portal.asgi_watch), then:
+
+1. ``discovery`` alone: GET /discovery/{type} on gunicorn (bench/registry.py's load:
+   32 keep-alive connections over 4 processes) for N seconds — the baseline;
+2. opens ``--watchers`` blocking watches on the watch server, all on TYPE_00 (the
+   worst case: one change wakes every one of them), half ``/v1/health/service/TYPE_00``,
+   half ``/discovery/TYPE_00?all=1``, from a separate process (aiohttp, one connection
+   each); reports the watch server's RSS and threads before and with them open;
+3. ``discovery`` again while they are open (no change meanwhile: the watchers wait);
+4. ``--rounds`` times: changes TYPE_00's first service (passing <-> warning) in one
+   committed UPDATE and records, for each watcher, the time from that commit to its
+   answer arriving; each watcher then re-watches with the new index.
+
+Baseline and "with watchers" discovery runs are interleaved ``--repeats`` times; the
+ratio is the median of per-repeat ratios. Targets: wake-up p99 <= 200 ms;
+discovery with the watchers open within 10 % of the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bench.registry import N_TYPES, _admin_sql, _free_port, _wait_ready, run_load
+
+ROOT = Path(__file__).resolve().parents[1]
+WATCHED_TYPE = "TYPE_00"
+
+
+def _proc_status(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "Threads:")):
+            name, value = line.split(":", 1)
+            out[name] = int(value.split()[0])
+    return out
+
+
+# --- the watchers (a separate process) ----------------------------------------------------
+
+
+def _watchers(port: int, key: str, n: int, rounds: int, spread: bool, to_main, from_main) -> None:
+    """Watcher i watches TYPE_00 (all on one type) or TYPE_{i mod 50} (spread); only TYPE_00 changes.
+
+    Each round reports when TYPE_00's watchers got their answers, then re-watches them
+    with the new index; the other types' watchers stay open, waiting, throughout.
+    """
+    import aiohttp
+
+    async def run() -> None:
+        base = f"http://127.0.0.1:{port}"
+        headers = {"X-Consul-Token": key, "Authorization": f"Token {key}"}
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=900)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+            async def one(i: int, service_type: str, index: int) -> tuple[float, int, int]:
+                if i % 2:
+                    path, params = f"/v1/health/service/{service_type}", {}
+                else:
+                    path, params = f"/discovery/{service_type}", {"all": "1"}
+                params.update(index=str(index), wait="10m")
+                async with session.get(base + path, params=params, headers=headers) as response:
+                    await response.read()
+                    arrived = time.time()
+                    header = response.headers.get("X-Consul-Index") or response.headers.get("X-Registry-Index")
+                    return arrived, response.status, int(header or 0)
+
+            types = [WATCHED_TYPE if not spread else f"TYPE_{i % N_TYPES:02d}" for i in range(n)]
+            indexes = {}
+            for service_type in sorted(set(types)):
+                async with session.get(base + f"/v1/health/service/{service_type}", headers=headers) as first:
+                    indexes[service_type] = int(first.headers["X-Consul-Index"])
+            others = [asyncio.create_task(one(i, t, indexes[t])) for i, t in enumerate(types) if t != WATCHED_TYPE]
+            mine = [i for i, t in enumerate(types) if t == WATCHED_TYPE]
+            index = indexes[WATCHED_TYPE]
+            for _ in range(rounds + 1):
+                tasks = [asyncio.create_task(one(i, WATCHED_TYPE, index)) for i in mine]
+                await asyncio.sleep(2.0)
+                to_main.put(("open", len(tasks)))
+                await asyncio.to_thread(from_main.get)  # the main process committed a change
+                results = await asyncio.gather(*tasks)
+                early = sum(1 for t in others if t.done())
+                to_main.put(("arrived", [a for a, _, _ in results], sorted({s for _, s, _ in results}), early))
+                index = max(i for _, _, i in results)
+            for task in others:
+                task.cancel()
+
+    asyncio.run(run())
+
+
+def _quiet(pid: int, *, below: float = 0.05, timeout: float = 120) -> None:
+    """Wait until the process uses less than ``below`` of a core (the watches are all open and idle)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        before = cpu()
+        time.sleep(0.5)
+        if (cpu() - before) / 0.5 < below:
+            return
+
+
+# --- changes ----------------------------------------------------------------------------
+
+
+def _change(db_url: str, flip: int) -> float:
+    """Flip TYPE_00's first service between passing and warning; the time of the commit."""
+    import psycopg
+
+    status = "warning" if flip % 2 == 0 else "passing"
+    with psycopg.connect(db_url.replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
+        conn.execute("UPDATE registry_service SET status = %s WHERE id = "
+                     "(SELECT min(id) FROM registry_service WHERE type = %s)", [status, WATCHED_TYPE])
+        return time.time()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--watchers", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--all-on-one-type", action="store_true",
+                        help="every watcher on TYPE_00 (one change wakes them all) instead of spread over 50 types")
+    args = parser.parse_args()
+
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal_watch")
+    parts = urlsplit(base)
+    db_name = parts.path.lstrip("/") + "_bench"
+    db_url = parts._replace(path=f"/{db_name}").geturl()
+    env = dict(
+        os.environ, DATABASE_URL=db_url, REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1"),
+        DJANGO_SETTINGS_MODULE="bench.settings_bench", DJANGO_ENV="development", DEBUG="0", CONN_MAX_AGE="60",
+        API_WRITE_THROTTLE_RATE="100000000/min", PYTHONPATH=str(ROOT),
+    )
+    _admin_sql(base, f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)', f'CREATE DATABASE "{db_name}"')
+    servers: list[subprocess.Popen] = []
+    watcher_proc = None
+    try:
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
+        seeded = subprocess.run([sys.executable, "-m", "bench.registry", "--seed"], cwd=ROOT, env=env, check=True,
+                                capture_output=True, text=True)
+        data = json.loads(seeded.stdout.strip().splitlines()[-1])
+        web_port, watch_port = _free_port(), _free_port()
+        bin_dir = Path(sys.executable).parent
+        servers.append(subprocess.Popen(
+            [str(bin_dir / "gunicorn"), "berrys_portal.wsgi:application", "--workers", str(args.workers),
+             "--worker-class", "sync", "--bind", f"127.0.0.1:{web_port}", "--backlog", "2048",
+             "--log-level", "warning"], cwd=ROOT, env=env, start_new_session=True))
+        watch_env = dict(env, DJANGO_SETTINGS_MODULE="berrys_portal.settings_watch")
+        servers.append(subprocess.Popen(
+            [str(bin_dir / "uvicorn"), "berrys_portal.asgi_watch:application", "--host", "127.0.0.1",
+             "--port", str(watch_port), "--no-access-log", "--log-level", "warning", "--backlog", "4096"],
+            cwd=ROOT, env=watch_env, start_new_session=True))
+        _wait_ready(web_port, servers[0])
+        _wait_ready(watch_port, servers[1])
+        watch_pid = servers[1].pid
+
+        def discovery(seconds: float) -> dict:
+            return run_load(port=web_port, scenario="discovery", key=data["key"], ids=data["ids"], seconds=seconds,
+                            connections=args.connections, processes=args.processes)
+
+        discovery(2)  # warm-up
+        baseline = [discovery(args.seconds)]
+        idle = _proc_status(watch_pid)
+
+        ctx = mp.get_context("fork")
+        to_main, from_main = ctx.Queue(), ctx.Queue()
+        watcher_proc = ctx.Process(target=_watchers,
+                                   args=(watch_port, data["key"], args.watchers, args.rounds,
+                                         not args.all_on_one_type, to_main, from_main))
+        watcher_proc.start()
+        kind, _ = to_main.get(timeout=120)
+        _quiet(watch_pid)
+        loaded = _proc_status(watch_pid)
+        with_watchers = [discovery(args.seconds)]  # the watchers are open (and idle) meanwhile
+
+        wakeups: list[float] = []
+        statuses: set[int] = set()
+        woken_others = 0
+        for flip in range(args.rounds + 1):
+            changed_at = _change(db_url, flip)
+            from_main.put("changed")
+            _, arrived, round_statuses, early = to_main.get(timeout=120)
+            statuses.update(round_statuses)
+            woken_others = max(woken_others, early)
+            wakeups.extend(a - changed_at for a in arrived)
+            if flip < args.rounds:
+                kind, _ = to_main.get(timeout=120)  # re-opened with the new index
+                _quiet(watch_pid)
+                if len(with_watchers) < args.repeats:
+                    with_watchers.append(discovery(args.seconds))
+        watcher_proc.join(30)
+        while len(baseline) < len(with_watchers):  # the watchers are closed now
+            baseline.append(discovery(args.seconds))
+        _print(args, baseline, with_watchers, wakeups, statuses, idle, loaded, woken_others)
+    finally:
+        if watcher_proc is not None and watcher_proc.is_alive():
+            watcher_proc.kill()
+        for proc in servers:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        _admin_sql(base, f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+def _print(args, baseline, with_watchers, wakeups, statuses, idle, loaded, woken_others) -> None:
+    wakeups.sort()
+    p = lambda q: wakeups[min(len(wakeups) - 1, int(len(wakeups) * q))] * 1000  # noqa: E731
+    ratios = [w["rps"] / b["rps"] for w, b in zip(with_watchers, baseline, strict=True) if b["rps"]]
+    ratio = statistics.median(ratios)
+    rss_per_watch = (loaded["VmRSS"] - idle["VmRSS"]) / args.watchers
+    layout = "all on TYPE_00" if args.all_on_one_type else f"spread over {N_TYPES} types"
+    woken = len(wakeups) // (args.rounds + 1)
+    print(f"\nWatch bench: {args.watchers} open watches, {layout} (half /v1/health/service, half "
+          f"/discovery?all=1), one uvicorn process; each change to TYPE_00 wakes its {woken}; "
+          f"discovery on gunicorn {args.workers} sync workers, {args.connections} connections, "
+          f"{args.seconds:g} s x {args.repeats}\n")
+    print("| figure | value | target |")
+    print("|---|---|---|")
+    print(f"| wake-up after a change, p50 | {p(0.5):.0f} ms | |")
+    print(f"| wake-up after a change, p99 ({len(wakeups)} wake-ups, {args.rounds + 1} changes) | {p(0.99):.0f} ms "
+          f"| <= 200 ms {'ok' if p(0.99) <= 200 else 'MISS'} |")
+    print(f"| wake-up, max | {wakeups[-1] * 1000:.0f} ms | |")
+    print(f"| answers | {sorted(statuses)} | all 200 |")
+    print(f"| watches of other types woken by the changes | {woken_others} | 0 |")
+    print(f"| watch server RSS idle -> {args.watchers} open | {idle['VmRSS'] / 1024:.1f} -> "
+          f"{loaded['VmRSS'] / 1024:.1f} MiB ({rss_per_watch:.1f} KiB per watch) | |")
+    print(f"| watch server threads idle -> {args.watchers} open | {idle['Threads']} -> {loaded['Threads']} | "
+          f"not one per watch |")
+    print(f"| discovery req/s, baseline (median) | {statistics.median(b['rps'] for b in baseline):.0f} | |")
+    print(f"| discovery req/s, {args.watchers} watches open (median) | "
+          f"{statistics.median(w['rps'] for w in with_watchers):.0f} | |")
+    print(f"| discovery with watches open vs baseline (median of paired ratios) | {ratio:.0%} | "
+          f">= 90 % {'ok' if ratio >= 0.9 else 'MISS'} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""ASGI entry point of the watch server: ``uvicorn berrys_portal.asgi_watch:application``.
+
+Django's ASGIHandler runs each request inside its own ``ThreadSensitiveContext`` and
+hops to a sync thread for the request_started receivers and again to close the
+response: a thread created per request and kept until it ends (a thread per open
+watch), and, when one change wakes a thousand watches, a thousand hops queued on
+that thread. The watch views do their database work in the shared executor
+(``thread_sensitive=False``) and never touch the database from the event loop, so
+this handler serves them without either: the same steps as Django's (read the body,
+build the request, run the middleware and view, stop when the client disconnects,
+send, close), with the response closed in the loop (its request_finished receivers
+find no database connection of the loop's thread to close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "berrys_portal.settings_watch")
+django.setup(set_prefix=False)
+
+from django.core.exceptions import RequestAborted  # noqa: E402 - after setup
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
+from django.urls import set_script_prefix  # noqa: E402
+
+
+class WatchASGIHandler(ASGIHandler):
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            raise ValueError(f"The watch server serves HTTP only, not {scope['type']}.")
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope, receive, send):
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            set_script_prefix(get_script_prefix(scope))
+            request, response = self.create_request(scope, body_file)
+            if request is not None:
+                serving = asyncio.ensure_future(self.get_response_async(request))
+                disconnect = asyncio.ensure_future(self.listen_for_disconnect(receive))
+                await asyncio.wait({serving, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+                if not serving.done():  # the watcher went away: stop waiting on its behalf
+                    serving.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await serving
+                    with contextlib.suppress(RequestAborted):
+                        disconnect.result()
+                    return
+                disconnect.cancel()
+                response = serving.result()
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass
+            finally:
+                response.close()
+        finally:
+            body_file.close()
+
+
+application = WatchASGIHandler()

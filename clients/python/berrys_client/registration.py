@@ -1,0 +1,102 @@
+"""Register on start-up, heartbeat on a background task, deregister on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+
+from berrys_client.errors import ServiceConnectionError, ServiceResponseError
+
+logger = logging.getLogger("berrys_client")
+
+
+class ServiceRegistration:
+    """The guide's registration payload, kept alive for the life of the service.
+
+    ``async with ServiceRegistration(portal, key, name=..., type=..., url=..., ttl_seconds=30):``
+    registers (``POST /registry/services``, an idempotent upsert on name + url), heartbeats
+    every ``ttl_seconds / 3`` (``PUT .../heartbeat``; registers again if the portal has
+    dropped the instance), and deregisters on exit. Without ``ttl_seconds`` the portal
+    probes ``health_url`` instead and no heartbeat is sent.
+    """
+
+    def __init__(self, portal_url: str, api_key: str, *, name: str, type: str, url: str,  # noqa: A002
+                 health_url: str | None = None, metadata: dict[str, Any] | None = None,
+                 ttl_seconds: int | None = None, heartbeat_interval: float | None = None,
+                 timeout: float = 10.0, **fields: Any) -> None:
+        self.portal_url = portal_url.rstrip("/")
+        self.api_key = api_key
+        self.payload: dict[str, Any] = {"name": name, "type": type, "url": url, **fields}
+        if health_url:
+            self.payload["health_url"] = health_url
+        if metadata is not None:
+            self.payload["metadata"] = metadata
+        if ttl_seconds:
+            self.payload["ttl_seconds"] = ttl_seconds
+        self.heartbeat_interval = heartbeat_interval or (ttl_seconds / 3 if ttl_seconds else None)
+        self.timeout = timeout
+        self.service_id: int | None = None
+        self.heartbeats = 0
+        self._http: httpx.AsyncClient | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> int:
+        self._http = httpx.AsyncClient(headers={"Authorization": f"Token {self.api_key}"}, timeout=self.timeout)
+        await self._register()
+        if self.heartbeat_interval:
+            self._task = asyncio.create_task(self._beat())
+        return self.service_id  # type: ignore[return-value]
+
+    async def _register(self) -> None:
+        assert self._http is not None
+        try:
+            response = await self._http.post(f"{self.portal_url}/registry/services", json=self.payload)
+        except httpx.HTTPError as exc:
+            raise ServiceConnectionError(f"Could not reach the portal to register: {exc}") from exc
+        if response.status_code not in (200, 201):
+            raise ServiceResponseError(f"Registration refused: {response.status_code} {response.text[:300]}",
+                                       status=response.status_code, body=response.text)
+        self.service_id = response.json()["id"]
+
+    async def heartbeat(self) -> None:
+        assert self._http is not None and self.service_id is not None
+        response = await self._http.put(f"{self.portal_url}/registry/services/{self.service_id}/heartbeat")
+        if response.status_code == 404:  # deregistered meanwhile (e.g. by an operator): come back
+            await self._register()
+        elif response.status_code >= 400:
+            raise ServiceResponseError(f"Heartbeat refused: {response.status_code}", status=response.status_code)
+        self.heartbeats += 1
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval or 10)
+            try:
+                await self.heartbeat()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep beating: the portal may be back next time
+                logger.warning("heartbeat failed: %s", exc)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._http is not None:
+            if self.service_id is not None:
+                try:
+                    await self._http.delete(f"{self.portal_url}/registry/services/{self.service_id}")
+                except httpx.HTTPError as exc:
+                    logger.warning("deregistration failed: %s", exc)
+            await self._http.aclose()
+            self._http = None
+
+    async def __aenter__(self) -> ServiceRegistration:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

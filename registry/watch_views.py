@@ -1,0 +1,93 @@
+"""The native watches (``?index=&wait=``) as async views, for the ASGI watch server.
+
+On the regular (WSGI) server ``GET /registry/services`` and ``GET /discovery/{type}``
+wait in their own thread (``registry.watch.watch_sync``). Here the same requests
+wait without one: the DRF view answers once at once (authentication, validation,
+the answer and its index), and only if the caller's index is current does the
+request wait on the process's index feed, then ask the view again. Watchers
+woken by the same change share one answer (one query, not one per watcher).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from berrys_portal.errors import PortalError
+from registry import views
+from registry.watch import INDEX_HEADER, index_feed, wait_timeout, watch_params
+
+_WATCH = ("index", "wait")
+_inflight: dict[tuple, asyncio.Future] = {}
+
+
+def _call(view: Callable, request: HttpRequest, kwargs: dict) -> tuple[int, list[tuple[str, str]], bytes]:
+    response = view(request, **kwargs)
+    if hasattr(response, "render"):
+        response.render()
+    return response.status_code, list(response.items()), response.content
+
+
+def _response(status: int, headers: list[tuple[str, str]], content: bytes) -> HttpResponse:
+    response = HttpResponse(content, status=status)
+    for name, value in headers:
+        response[name] = value
+    return response
+
+
+async def _answer(view: Callable, request: HttpRequest, kwargs: dict, shared: tuple | None):
+    """The view's answer, computed once per ``shared`` key by the first watcher that asks."""
+    if shared is None:
+        return await sync_to_async(_call, thread_sensitive=False)(view, request, kwargs)
+    future = _inflight.get(shared)
+    if future is not None:
+        return await asyncio.shield(future)
+    future = asyncio.get_running_loop().create_future()
+    _inflight[shared] = future
+    try:
+        result = await sync_to_async(_call, thread_sensitive=False)(view, request, kwargs)
+        future.set_result(result)
+        return result
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()
+        raise
+    finally:
+        _inflight.pop(shared, None)
+
+
+def native_watch(view: Callable, *, type_kwarg: str | None = None) -> Callable:
+    @csrf_exempt
+    async def watch(request: HttpRequest, **kwargs) -> HttpResponseBase:
+        if request.method != "GET":
+            return JsonResponse({"detail": "The watch server answers GET only.", "code": "method_not_allowed"},
+                                status=405)
+        try:
+            index, wait = watch_params(request.GET.get("index"), request.GET.get("wait"))
+        except PortalError as exc:
+            return JsonResponse(exc.as_dict(), status=exc.status_code)
+        query = request.GET.copy()
+        for name in _WATCH:
+            query.pop(name, None)
+        request.GET = query  # the view answers at once; the waiting happens here
+        status, headers, content = await _answer(view, request, kwargs, None)
+        current = dict(headers).get(INDEX_HEADER)
+        if index == 0 or current is None or int(current) > index:
+            return _response(status, headers, content)  # also refusals (401, 403, 400)
+        service_type = kwargs.get(type_kwarg) if type_kwarg else None
+        feed = index_feed()
+        await sync_to_async(feed.start, thread_sensitive=False)()
+        after = await feed.wait_async(after=index, service_type=service_type, timeout=wait_timeout(wait))
+        # Same path, query and credentials, same index: one answer for all of them.
+        shared = (request.path, query.urlencode(), request.headers.get("Authorization", ""), after)
+        return _response(*await _answer(view, request, kwargs, shared))
+
+    return watch
+
+
+service_list_watch = native_watch(views.ServiceCollectionView.as_view())
+discovery_watch = native_watch(views.DiscoveryView.as_view(), type_kwarg="service_type")
