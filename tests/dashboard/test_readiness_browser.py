@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dashboard.roles import VIEWERS
-
+from berrys_portal.roles import VIEWERS
 from registry.models import HealthStatus, Service
 from tests.dashboard.test_browser import _login, _user, browser, expect, pytestmark  # noqa: F401
 

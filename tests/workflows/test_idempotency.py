@@ -11,7 +11,7 @@ import uuid
 import pytest
 from django.urls import reverse
 
-from dashboard.roles import OPERATORS
+from berrys_portal.roles import OPERATORS
 from tests.personas import logged_in, staff_user
 from tests.workflows.conftest import wait_for_run
 from workflows import engine
