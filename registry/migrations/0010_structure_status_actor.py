@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("registry", "0007_merge_wave2"),
+        ("registry", "0009_merge_index_and_pick"),
     ]
 
     operations = [
