@@ -233,9 +233,9 @@ def _grow(db_url: str, start: int, end: int) -> None:
     columns = ("name, type, url, health_url, metadata, capabilities, endpoints, tags, criticality, status, "
                "status_reason, registered_at, updated_at, check_interval_seconds, check_timeout_seconds, "
                "failures_before_critical, successes_before_passing, consecutive_failures, "
-               "consecutive_successes, pending_approval")
+               "consecutive_successes, pending_approval, create_index, modify_index")
     values = (f"'bulk-' || n, 'TYPE_' || lpad((n % {N_TYPES})::text, 2, '0'), 'http://127.0.0.1/' || n, '', "
-              "'{}', '[]', '[]', '[]', 'non_critical', 'passing', '', now(), now(), 15, 5.0, 2, 1, 0, 0, false")
+              "'{}', '[]', '[]', '[]', 'non_critical', 'passing', '', now(), now(), 15, 5.0, 2, 1, 0, 0, false, 0, 0")
     with psycopg.connect(host=parts.hostname, port=parts.port or 5432, user=parts.username or "postgres",
                          dbname=parts.path.lstrip("/"), autocommit=True) as conn:
         conn.execute(f"INSERT INTO registry_service ({columns}) SELECT {values} "

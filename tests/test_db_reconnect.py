@@ -16,18 +16,25 @@ from django.test.utils import CaptureQueriesContext
 
 from tests import dbenv
 
-PORT = 9061
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.mark.django_db(transaction=True)
 def test_the_next_request_after_the_databases_sessions_are_terminated_succeeds():
+    port = _free_port()
     env = {**os.environ, **dbenv.broker_env(), "DATABASE_URL": dbenv.test_database_url(),
            "DJANGO_SETTINGS_MODULE": "berrys_portal.settings", "CONN_MAX_AGE": "600"}
     server = subprocess.Popen(
-        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{PORT}", "--noreload", "--nothreading"],
+        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload", "--nothreading"],
         cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    url = f"http://127.0.0.1:{PORT}/health"
+    url = f"http://127.0.0.1:{port}/health"
     try:
         for _ in range(100):
             try:

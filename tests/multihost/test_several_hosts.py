@@ -1,6 +1,7 @@
 """Several hosts, proven: network namespaces joined by veth pairs on one bridge, as root.
 
-Hosts (namespaces ``bp-dur-*``, addresses in 10.231.0.0/24, all deleted afterwards):
+Hosts (namespaces ``bp-dur-<run id>-<host>``, addresses in 10.231.0.0/24 inside them only; the
+run id keeps concurrent runs apart; each run deletes only the namespaces it made):
 
     db   10.231.0.10  private PostgreSQL (initdb + postgres) and Redis (the broker) on that address
     sim  10.231.0.20  the five simulated Berrys services (Idempotency-Key honoured)
@@ -33,7 +34,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-PREFIX = "bp-dur-"
+# Unique per run (several checkouts may run the suite at once): bp-dur-<run>-<host>.
+PREFIX = f"bp-dur-{uuid.uuid4().hex[:6]}-"
 NET = "10.231.0"
 HOSTS = {"db": 10, "sim": 20, "w1": 31, "w2": 32, "web1": 41, "web2": 42, "ctl": 50}
 SIM_PORT, WEB_PORT = 8800, 8890
@@ -50,7 +52,7 @@ def _unavailable() -> str | None:
         return "PostgreSQL server binaries (initdb, postgres) are not installed"
     if shutil.which("redis-server") is None:
         return "redis-server is not installed"
-    probe = f"{PREFIX}probe-{os.getpid()}"
+    probe = f"{PREFIX}probe"
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True)
     if made.returncode != 0:
         return f"cannot create a network namespace: {made.stderr.decode().strip()}"
@@ -73,6 +75,7 @@ class Fabric:
     def __init__(self):
         self.tmp = Path(tempfile.mkdtemp(prefix="bp-dur-mh-"))
         self.procs: dict[str, subprocess.Popen] = {}
+        self.namespaces: list[str] = []  # only these are deleted at the end
         self.secret = uuid.uuid4().hex * 2
         self.env = {
             "DJANGO_SETTINGS_MODULE": "berrys_portal.settings", "DEBUG": "0", "PYTHONPATH": str(ROOT),
@@ -88,13 +91,17 @@ class Fabric:
         }
 
     # --- network ----------------------------------------------------------------------
+    def _netns_add(self, ns: str) -> None:
+        _ip("netns", "add", ns)
+        self.namespaces.append(ns)
+
     def build(self) -> None:
-        _ip("netns", "add", f"{PREFIX}sw")
+        self._netns_add(f"{PREFIX}sw")
         _ip("link", "add", "br0", "type", "bridge", ns=f"{PREFIX}sw")
         _ip("link", "set", "br0", "up", ns=f"{PREFIX}sw")
         for host in HOSTS:
             ns = PREFIX + host
-            _ip("netns", "add", ns)
+            self._netns_add(ns)
             _ip("link", "add", f"p-{host}", "type", "veth", "peer", "name", "eth0", "netns", ns,
                 ns=f"{PREFIX}sw")
             _ip("link", "set", f"p-{host}", "master", "br0", "up", ns=f"{PREFIX}sw")
@@ -118,8 +125,8 @@ class Fabric:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 pass
-        for host in [*HOSTS, "sw"]:
-            subprocess.run(["ip", "netns", "del", PREFIX + host], capture_output=True)
+        for ns in self.namespaces:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # --- processes ----------------------------------------------------------------------

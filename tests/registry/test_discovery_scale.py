@@ -34,10 +34,10 @@ def _seed(count: int) -> None:
     columns = ("name, type, url, health_url, metadata, capabilities, endpoints, tags, criticality, status, "
                "status_reason, registered_at, updated_at, check_interval_seconds, check_timeout_seconds, "
                "failures_before_critical, successes_before_passing, consecutive_failures, "
-               "consecutive_successes, pending_approval")
+               "consecutive_successes, pending_approval, create_index, modify_index")
     values = (f"'seed-' || n, 'TYPE_' || substr('0' || (n % {N_TYPES}), -2, 2), 'http://127.0.0.1/' || n, '', "
               f"'{{}}', '[]', '[]', '[]', 'non_critical', {statuses}, '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, "
-              "15, 5.0, 2, 1, 0, 0, FALSE")
+              "15, 5.0, 2, 1, 0, 0, FALSE, 0, 0")
     if connection.vendor == "postgresql":
         values = values.replace("substr('0' || (n % 50), -2, 2)", "lpad((n % 50)::text, 2, '0')")
         sql = f"INSERT INTO registry_service ({columns}) SELECT {values} FROM generate_series(1, {count}) AS g(n)"
