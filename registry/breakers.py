@@ -228,7 +228,29 @@ def _rule_set(r, *, state, now, error) -> tuple[str, str]:
     return st, state
 
 
-class _MemoryBackend:
+class _RuleBackend:
+    """The breaker operations of a store that applies the pure rules itself (memory, database):
+    each store supplies ``_apply(sid, rule, **kwargs)``, run atomically on one service's row."""
+
+    def _apply(self, sid: int, rule, **kwargs):
+        raise NotImplementedError
+
+    def acquire(self, sid, **kwargs) -> tuple[str, str, bool, int]:
+        return self._apply(sid, _rule_acquire, **kwargs)
+
+    def success(self, sid, **kwargs) -> tuple[str, str]:
+        return self._apply(sid, _rule_success, **kwargs)
+
+    def failure(self, sid, **kwargs) -> tuple[str, str]:
+        kwargs["error"] = kwargs["error"][:1000]
+        return self._apply(sid, _rule_failure, **kwargs)
+
+    def set_state(self, sid, **kwargs) -> tuple[str, str]:
+        kwargs["error"] = kwargs["error"][:1000]
+        return self._apply(sid, _rule_set, **kwargs)
+
+
+class _MemoryBackend(_RuleBackend):
     """Process-local breaker state (the fallback when the configured store is unreachable)."""
 
     def __init__(self) -> None:
@@ -247,20 +269,6 @@ class _MemoryBackend:
         with self._lock:
             return rule(self._row(sid), **kwargs)
 
-    def acquire(self, sid, **kwargs) -> tuple[str, str, bool, int]:
-        return self._apply(sid, _rule_acquire, **kwargs)
-
-    def success(self, sid, **kwargs) -> tuple[str, str]:
-        return self._apply(sid, _rule_success, **kwargs)
-
-    def failure(self, sid, **kwargs) -> tuple[str, str]:
-        kwargs["error"] = kwargs["error"][:1000]
-        return self._apply(sid, _rule_failure, **kwargs)
-
-    def set_state(self, sid, **kwargs) -> tuple[str, str]:
-        kwargs["error"] = kwargs["error"][:1000]
-        return self._apply(sid, _rule_set, **kwargs)
-
     def forget(self, sid: int) -> None:
         with self._lock:
             self._rows.pop(sid, None)
@@ -270,7 +278,7 @@ class BreakerStoreContended(DatabaseError):
     """A row kept changing under us: treated like an unreachable store (fallback)."""
 
 
-class _DatabaseBackend:
+class _DatabaseBackend(_RuleBackend):
     """Breaker state in ``registry_breaker_store``: one row per service id.
 
     A change reads the row, applies the rule, and writes it back with
@@ -331,20 +339,6 @@ class _DatabaseBackend:
             if updated == 1:
                 return result
         raise BreakerStoreContended(f"breaker row of service {sid} changed {self.ATTEMPTS} times in a row")
-
-    def acquire(self, sid, **kwargs) -> tuple[str, str, bool, int]:
-        return self._apply(sid, _rule_acquire, **kwargs)
-
-    def success(self, sid, **kwargs) -> tuple[str, str]:
-        return self._apply(sid, _rule_success, **kwargs)
-
-    def failure(self, sid, **kwargs) -> tuple[str, str]:
-        kwargs["error"] = kwargs["error"][:1000]
-        return self._apply(sid, _rule_failure, **kwargs)
-
-    def set_state(self, sid, **kwargs) -> tuple[str, str]:
-        kwargs["error"] = kwargs["error"][:1000]
-        return self._apply(sid, _rule_set, **kwargs)
 
     def forget(self, sid: int) -> None:
         BreakerStore.objects.filter(service_id=sid).delete()
