@@ -7,17 +7,16 @@ import json
 import os
 import re
 import runpy
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.test import Client
+
+from tests.gunicorn import gunicorn_running
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,42 +50,8 @@ def test_a_long_header_or_too_many_headers_is_a_json_431():
 
 @pytest.fixture
 def gunicorn(transactional_db, tmp_path):
-    db = settings.DATABASES["default"]
-    prom_dir = tmp_path / "prom"  # emptied by gunicorn's on_starting: not where the log goes
-    prom_dir.mkdir()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "berrys_portal.settings_test",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}",
-        "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
-        "PYTHONPATH": str(ROOT),
-        "WEB_CONCURRENCY": "1",
-    }
-    log_path = tmp_path / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "berrys_portal/gunicorn_conf.py", "--bind", "127.0.0.1:0",
-             "berrys_portal.wsgi:application"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            text = log_path.read_text(errors="replace")
-            port = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", text)
-            if port and "Booting worker" in text:
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not start:\n{text[-3000:]}")
-            time.sleep(0.2)
-        yield int(port.group(1))
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    with gunicorn_running(tmp_path) as server:
+        yield server.port
 
 
 def _raw(port: int, target: str, headers: list[str] = ()) -> tuple[int, str, str]:

@@ -8,18 +8,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
-from django.conf import settings
-from django.db import connection
 
 from tests.dashboard.test_metrics import value
+from tests.gunicorn import gunicorn_running
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _samples(text: str) -> dict:
@@ -37,43 +34,9 @@ def gunicorn(transactional_db, tmp_path):
     prom_dir = tmp_path / "prom"
     prom_dir.mkdir()
     (prom_dir / "stale_counter.db").write_bytes(b"left over from a previous start")
-    db = settings.DATABASES["default"]
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "berrys_portal.settings_test",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}",
-        "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
-        "METRICS_ALLOWED_NETWORKS": "127.0.0.0/8",
-        "PYTHONPATH": str(ROOT),
-        "WEB_CONCURRENCY": "2",
-    }
-    log_path = tmp_path / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "berrys_portal/gunicorn_conf.py", "--bind", "127.0.0.1:0",
-             "berrys_portal.wsgi:application"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            text = log_path.read_text(errors="replace")
-            port = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", text)
-            workers = re.findall(r"Booting worker with pid: (\d+)", text)
-            if port and len(workers) >= 2:
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not start:\n{text[-3000:]}")
-            time.sleep(0.2)
-        yield {"url": f"http://127.0.0.1:{port.group(1)}", "env": env, "dir": prom_dir, "log": log_path,
-               "workers": [int(w) for w in workers]}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    with gunicorn_running(tmp_path, workers=2, env={"METRICS_ALLOWED_NETWORKS": "127.0.0.0/8"}) as server:
+        yield {"url": server.url, "env": server.env, "dir": prom_dir, "log": server.log,
+               "workers": server.workers}
 
 
 def test_every_gunicorn_worker_reports_the_sum_of_all_processes_and_a_restart_keeps_it(gunicorn):

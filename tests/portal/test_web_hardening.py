@@ -6,10 +6,8 @@ import json
 import os
 import re
 import runpy
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -97,32 +95,12 @@ def test_the_gunicorn_bind_defaults_to_loopback_and_comes_from_portal_bind(monke
 
 
 def test_gunicorn_listens_where_portal_bind_says(transactional_db, tmp_path):
-    from django.conf import settings
-    from django.db import connection
+    from tests.gunicorn import gunicorn_running
 
-    db = settings.DATABASES["default"]
-    env = {
-        **os.environ, "DJANGO_SETTINGS_MODULE": "berrys_portal.settings_test", "PYTHONPATH": str(ROOT),
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}",
-        "PORTAL_BIND": "127.0.0.1:0", "WEB_CONCURRENCY": "1", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
-    }
-    (tmp_path / "prom").mkdir()
-    log_path = tmp_path / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "berrys_portal/gunicorn_conf.py",
-                                 "berrys_portal.wsgi:application"], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not (port := re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log_path.read_text())):
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
-            time.sleep(0.2)
-        response = requests.get(f"http://127.0.0.1:{port.group(1)}/health", timeout=10)
+    with gunicorn_running(tmp_path, bind=False, env={"PORTAL_BIND": "127.0.0.1:0"}) as server:
+        response = requests.get(f"{server.url}/health", timeout=10)
         assert response.status_code in (200, 503)
         assert "Content-Security-Policy" in response.headers
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
 
 
 # --- Content-Security-Policy ------------------------------------------------------------------
