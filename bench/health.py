@@ -96,11 +96,10 @@ def start_servers(n: int, ports_each: int) -> tuple[list, list[int]]:
 
 
 def _cleanup() -> None:
-    from registry import alerts, breakers
+    from registry import alerts
     from registry.models import Alert, BreakerEvent, Service, StatusChange
 
-    breakers.events_flush(60)
-    alerts.alerts_flush(60)
+    alerts.alerts_flush()
     Alert.objects.filter(service__type=BENCH_TYPE).delete()
     BreakerEvent.objects.filter(service__type=BENCH_TYPE).delete()
     StatusChange.objects.filter(service_type=BENCH_TYPE).delete()
@@ -120,11 +119,10 @@ def _reset_round() -> None:
     import redis
     from django.conf import settings
 
-    from registry import alerts, breakers
+    from registry import alerts
     from registry.models import HealthSnapshot, Service, StatusChange
 
-    breakers.events_flush(60)
-    alerts.alerts_flush(60)
+    alerts.alerts_flush()
     HealthSnapshot.objects.filter(service__type=BENCH_TYPE).delete()
     StatusChange.objects.filter(service_type=BENCH_TYPE).delete()
     Service.objects.filter(type=BENCH_TYPE).update(

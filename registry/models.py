@@ -321,6 +321,10 @@ class StatusChange(models.Model):
                   "(health-sweep, health-ttl, health-deregister).",
     )
     at = models.DateTimeField()
+    processed = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When the outbox task derived this change's alert (empty: not yet; see registry.outbox).",
+    )
 
     class Meta:
         ordering = ["-at"]
@@ -329,6 +333,8 @@ class StatusChange(models.Model):
             models.Index(fields=["service", "-at"], name="registry_statuschange_latest"),
             # Dashboard: recent changes across all services.
             models.Index(fields=["-at"], name="registry_statuschange_at"),
+            # The outbox task's claim: changes not processed yet, oldest first.
+            models.Index(fields=["id"], name="registry_statuschange_todo", condition=Q(processed__isnull=True)),
         ]
 
     def __str__(self) -> str:
@@ -348,6 +354,9 @@ class StatusChange(models.Model):
         ]
         if rows:
             cls.objects.bulk_create(rows)
+            from registry.outbox import outbox_kick  # late: the outbox reads these models
+
+            outbox_kick()  # alerts follow from the rows, delivered by a task after commit
         return len(rows)
 
 
@@ -369,11 +378,17 @@ class BreakerEvent(models.Model):
     at = models.DateTimeField()
     last_error = models.TextField(blank=True)
     actor = models.CharField(max_length=150, blank=True, help_text="Operator, for manual resets.")
+    processed = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When the outbox task derived this event's alert (empty: not yet; see registry.outbox).",
+    )
 
     class Meta:
         ordering = ["-at"]
         indexes = [
             models.Index(fields=["service", "-at"], name="registry_breakerevent_latest"),
+            # The outbox task's claim: events not processed yet, oldest first.
+            models.Index(fields=["id"], name="registry_breakerevent_todo", condition=Q(processed__isnull=True)),
             # Dashboard: breaker trips in the last 24 h.
             models.Index(fields=["new_state", "-at"], name="registry_breakerevent_trips"),
             # Retention pruning (berrys_portal.retention): oldest first.
@@ -392,10 +407,13 @@ class AlertKind(models.TextChoices):
 
 
 class Alert(models.Model):
-    """One notification sent to the alert channels (webhooks, ADMINS e-mail).
+    """One notification for the alert channels (webhooks, ADMINS e-mail): the delivery row.
 
-    Also the de-duplication state: a (service, kind) alert is not re-sent while
-    it is the service's latest alert and younger than ALERT_DEDUP_SECONDS.
+    Derived from a ``StatusChange`` or ``BreakerEvent`` row by the outbox task
+    (``registry.outbox``), or raised directly (``registry.alerts.alert_raise``).
+    ``dedup_key`` is unique: de-duplication across every worker is this constraint
+    (one alert per status change; one per breaker episode; one per kind and window
+    for direct alerts). A delivery round claims the row by moving ``claimed_until``.
     """
 
     service = models.ForeignKey(
@@ -408,6 +426,17 @@ class Alert(models.Model):
     delivered_at = models.DateTimeField(null=True, blank=True, help_text="Every channel accepted it.")
     attempts = models.PositiveIntegerField(default=0, help_text="Delivery rounds tried.")
     last_error = models.TextField(blank=True)
+    dedup_key = models.CharField(
+        max_length=200, null=True, blank=True, unique=True,
+        help_text="What this alert is about (status-change:<id>, breaker-trip:<service>:<event id>, …): "
+                  "one alert per key, whichever worker gets there first.",
+    )
+    claimed_until = models.DateTimeField(
+        null=True, blank=True,
+        help_text="No delivery round starts before this: the lease of the round in progress, "
+                  "or the wait before the next round after a failed one.",
+    )
+    delivered_to = models.JSONField(default=list, blank=True, help_text="Channels that accepted it.")
 
     class Meta:
         ordering = ["-created_at"]

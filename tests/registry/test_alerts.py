@@ -10,7 +10,6 @@ from django.core import mail
 
 from berrys_portal.errors import ServiceResponseError
 from registry import alerts, health
-from registry.breakers import events_flush
 from registry.client import ServiceClient
 from registry.models import Alert, HealthStatus, Service
 from tests.registry.loopback import Reply, sequence
@@ -30,7 +29,6 @@ def _bodies(server):
 
 
 def _wait_alerts():
-    events_flush()
     alerts.alerts_flush()
 
 

@@ -12,7 +12,7 @@ from django.db import connection
 
 from berrys_portal.errors import CircuitOpenError, ServiceResponseError
 from registry import alerts, breakers
-from registry.breakers import breaker_config, breaker_for, breaker_forget, events_flush
+from registry.breakers import breaker_config, breaker_for, breaker_forget
 from registry.client import ServiceClient
 from registry.models import Alert, BreakerEvent, Criticality
 from registry.models_breaker import BreakerStore
@@ -87,7 +87,6 @@ def test_transitions_are_recorded_as_breaker_events(loopback, make_service, clie
     time.sleep(0.35)
     server.routes["/x"] = Reply(200)
     assert client.get(service=svc, endpoint="/x").status == 200  # the half-open trial
-    events_flush()
 
     rows = list(BreakerEvent.objects.filter(service=svc).order_by("at").values_list("old_state", "new_state"))
     assert rows == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
@@ -114,13 +113,11 @@ def test_a_breaker_tripped_in_another_process_is_seen_open_here(loopback, make_s
     child = run_python(
         "from registry.client import ServiceClient\n"
         "from registry.models import Service\n"
-        "from registry.breakers import events_flush\n"
         f"svc = Service.objects.get(pk={svc.pk})\n"
         "c = ServiceClient(sleep=lambda s: None)\n"
         "for _ in range(3):\n"
         "    try: c.get(service=svc, endpoint='/x', retries=0)\n"
-        "    except Exception as e: print(type(e).__name__)\n"
-        "events_flush()\n",
+        "    except Exception as e: print(type(e).__name__)\n",
         stdout=subprocess.PIPE,
     )
     out, _ = child.communicate(timeout=60)
@@ -144,11 +141,9 @@ def test_only_one_half_open_trial_runs_at_a_time_across_processes(loopback, make
         "import time\n"
         "from registry.client import ServiceClient\n"
         "from registry.models import Service\n"
-        "from registry.breakers import events_flush\n"
         f"svc = Service.objects.get(pk={svc.pk})\n"
         "r = ServiceClient().get(service=svc, endpoint='/slow', retries=0)\n"
-        "print(r.call.trial, r.status, flush=True)\n"
-        "events_flush()\n",
+        "print(r.call.trial, r.status, flush=True)\n",
         stdout=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
@@ -191,7 +186,6 @@ def test_redis_going_away_leaves_breakers_usable_and_raises_an_alert(
     with pytest.raises(CircuitOpenError):
         client.get(service=svc, endpoint="/x")
 
-    breakers.events_flush()
     alerts.alerts_flush()
     assert Alert.objects.filter(kind="breaker_storage_down").count() == 1
 
@@ -219,7 +213,6 @@ def test_the_database_store_going_away_leaves_breakers_usable_and_raises_an_aler
     finally:
         with connection.schema_editor() as editor:
             editor.create_model(BreakerStore)
-    breakers.events_flush()
     alerts.alerts_flush()
     assert Alert.objects.filter(kind="breaker_storage_down").count() == 1
 
