@@ -415,6 +415,9 @@ ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0, 
 # before the next round after a failed one (doubled each round).
 ALERT_MAX_ROUNDS = env_int("ALERT_MAX_ROUNDS", 5, minimum=1)
 ALERT_REDELIVER_SECONDS = env_int("ALERT_REDELIVER_SECONDS", 120, minimum=1)
+# A delivery round's claim lasts its worst case (every webhook, every attempt, timed out) plus
+# this margin; a worker that dies mid-round leaves the alert to another once the claim ends.
+ALERT_ROUND_MARGIN_SECONDS = env_int("ALERT_ROUND_MARGIN_SECONDS", 60, minimum=1)
 # How often beat runs the outbox catch-up (transitions a crash left unprocessed, due alerts).
 OUTBOX_CATCH_UP_SECONDS = env_int("OUTBOX_CATCH_UP_SECONDS", 30, minimum=1)
 SERVICE_CLIENT_RETRIES = env_int("SERVICE_CLIENT_RETRIES", 2, minimum=0)

@@ -145,7 +145,8 @@ def _round_lease() -> timedelta:
     timeout = _setting("ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0)
     backoff = sum(_setting("ALERT_WEBHOOK_BACKOFF_SECONDS", 0.5) * 2 ** n for n in range(attempts - 1))
     per_url = attempts * timeout + backoff
-    return timedelta(seconds=per_url * max(len(_setting("ALERT_WEBHOOK_URLS", [])), 1) + 60)
+    return timedelta(seconds=per_url * max(len(_setting("ALERT_WEBHOOK_URLS", [])), 1)
+                     + _setting("ALERT_ROUND_MARGIN_SECONDS", 60))
 
 
 def _due(now: datetime) -> Q:
