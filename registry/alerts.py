@@ -39,6 +39,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from berrys_portal import metrics
 from registry import egress
 from registry.models import Alert, HealthStatus, Service
 from registry.outbox import alert_deliver_enqueue, outbox_process
@@ -181,6 +182,7 @@ def alert_deliver(*, alert_id: int) -> bool:
         claimed_until=done + retry_in if errors else None,
         last_error="; ".join(errors)[:5000],
     )
+    metrics.record_alert_round(kind=alert.kind, outcome="failed" if errors else "delivered")
     if errors:
         logger.warning("alert %s not fully delivered (round %d): %s", alert.pk, alert.attempts, errors)
     return not errors

@@ -24,17 +24,20 @@ De-duplication is a database constraint, ``Alert.dedup_key`` (unique), not a loc
 
 Two workers processing the same rows (a task delivered twice, the catch-up
 racing the on-commit task) insert the same keys: one insert wins, the other is
-ignored. Delivery and its guarantee: ``registry.alerts``.
+ignored. The rows' metrics (``berrys_transitions_processed``) are counted here, once per row.
+Delivery and its guarantee: ``registry.alerts``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 from django.db import transaction
 from django.utils import timezone
 
+from berrys_portal import metrics
 from registry.models import (
     Alert,
     AlertKind,
@@ -164,10 +167,18 @@ def outbox_process_once() -> tuple[int, list[int]]:
             )
         StatusChange.objects.filter(pk__in=[c.pk for c in changes]).update(processed=now)
         BreakerEvent.objects.filter(pk__in=[e.pk for e in events]).update(processed=now)
+        # Metrics follow from the rows too; counted once the claim's transaction commits.
+        counts = Counter([("status", c.new_status) for c in changes] + [("breaker", e.new_state) for e in events])
+        transaction.on_commit(lambda: _count(counts))
         alert_ids = list(Alert.objects.filter(dedup_key__in=[d.key for d in send], delivered_at__isnull=True)
                          .values_list("id", flat=True))
         alert_deliver_enqueue(alert_ids)
     return len(changes) + len(events), alert_ids
+
+
+def _count(counts: Counter) -> None:
+    for (kind, to), n in counts.items():
+        metrics.record_transitions(kind=kind, to=to, count=n)
 
 
 def outbox_process() -> list[int]:

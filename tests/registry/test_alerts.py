@@ -184,3 +184,23 @@ def test_the_sweep_sends_nothing_itself_and_starts_no_thread_for_side_effects(lo
     names = {t.name.split("_")[0].rstrip("-0123456789") for t in threading.enumerate()}
     assert not names & {"alerts", "breaker-events"}
     assert not hasattr(alerts, "_executor")
+
+
+def test_transition_metrics_are_counted_from_the_rows_once(make_service, hook):
+    from berrys_portal import metrics
+
+    def counted(kind: str, to: str) -> float:
+        return metrics.TRANSITIONS.labels(kind, to)._value.get()
+
+    def rounds(outcome: str) -> float:
+        return metrics.ALERT_ROUNDS.labels("critical", outcome)._value.get()
+
+    before = counted("status", "critical"), counted("breaker", "open"), rounds("delivered")
+    svc = make_service(status=HealthStatus.PASSING)
+    _flip(svc, HealthStatus.CRITICAL, "down")
+    breaker_for(svc).force_open(reason="ops", actor="ops")
+    for _ in range(2):  # a second pass finds nothing to count or send
+        alerts.alerts_flush()
+        outbox.outbox_process()
+    after = counted("status", "critical"), counted("breaker", "open"), rounds("delivered")
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
