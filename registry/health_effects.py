@@ -17,9 +17,12 @@ loop, the verdict rules or the writes. Alerts are not raised here: they follow f
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+from django.db import DatabaseError
 
 from registry.breakers import (
     HEALTH_TRIP_PREFIX,
@@ -37,6 +40,8 @@ from registry.breakers import (
 )
 from registry.health_rules import timeout_of
 from registry.models import HealthStatus, Service
+
+logger = logging.getLogger(__name__)
 
 BREAKER_OPEN_REASON = "breaker open"
 
@@ -116,8 +121,15 @@ def breaker_events_held():
 
 
 def breaker_events_write(events: list) -> None:
-    """Write a group's held events in one statement (the outbox derives their alerts)."""
-    write_events(events)
+    """Write a group's held events in one statement (the outbox derives their alerts).
+
+    A failure is logged, not raised: the transitions stand in the breaker store and the
+    group's results are already written; only the history rows are missing.
+    """
+    try:
+        write_events(events)
+    except DatabaseError:
+        logger.exception("health: could not record %d breaker transition(s)", len(events))
 
 
 def breakers_open_expired(services: Iterable[Service]) -> None:
