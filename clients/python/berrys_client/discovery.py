@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from berrys_client.errors import ServiceNotFoundError
+from berrys_client.version import USER_AGENT
 
 logger = logging.getLogger("berrys_client")
 INDEX_HEADER = "X-Registry-Index"
@@ -50,8 +51,8 @@ class ServiceDiscovery:
     @property
     def http(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(headers={"Authorization": f"Token {self.api_key}"},
-                                           follow_redirects=False)
+            self._http = httpx.AsyncClient(follow_redirects=False, headers={
+                "Authorization": f"Token {self.api_key}", "User-Agent": USER_AGENT})
         return self._http
 
     async def get_services_by_type(self, service_type: str) -> list[Instance]:

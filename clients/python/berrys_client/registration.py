@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from berrys_client.errors import ServiceConnectionError, ServiceResponseError
+from berrys_client.version import USER_AGENT
 
 logger = logging.getLogger("berrys_client")
 _waiting_for: set[str] = set()  # portals a "waiting for the portal" line was logged for (one line, not one per service)
@@ -54,8 +55,8 @@ class ServiceRegistration:
         self._starting = asyncio.current_task()
         try:
             if self._http is None:
-                self._http = httpx.AsyncClient(headers={"Authorization": f"Token {self.api_key}"},
-                                               timeout=self.timeout)
+                self._http = httpx.AsyncClient(timeout=self.timeout, headers={
+                    "Authorization": f"Token {self.api_key}", "User-Agent": USER_AGENT})
             delay = 0.2
             while True:
                 try:
