@@ -339,8 +339,10 @@ def main() -> None:
     Service.objects.create(name="bench-stub", type="BENCH_STUB", url=url, status=HealthStatus.PASSING)
 
     worker = _start_worker()
-    dbos_procs, client = _dbos_start() if with_dbos else ([], None)
+    dbos_procs, client = [], None
     try:
+        if with_dbos:
+            dbos_procs, client = _dbos_start()
         # Warm-up (also waits for the worker to come up): imports, connections, pools.
         _engine_batch(4)
         _chain_batch(4, url)

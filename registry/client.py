@@ -41,7 +41,7 @@ from berrys_portal.errors import (
 )
 from registry import egress
 from registry.adapters import adapt_request
-from registry.breakers import Permit, breaker_for
+from registry.breakers import CLOSED, Permit, Snapshot, breaker_for, breaker_snapshots
 from registry.discovery import recent_instances, service_candidates, service_pick
 from registry.models import Service
 from registry.transport import DeadlineExceeded, ResponseTooLarge, call_send
@@ -147,6 +147,9 @@ class ServiceClient:
         self.default_timeout = default_timeout
         self.sleep = sleep
         self.rand = rand
+        # Breaker states read with the recent view of the registry: per type, (read at, the
+        # view's instance objects, their snapshots). See ``_permit``.
+        self._breaker_views: dict[str, tuple[float, list[Service], dict[int, Snapshot]]] = {}
 
     # --- retry policy -----------------------------------------------------------------
 
@@ -172,9 +175,48 @@ class ServiceClient:
         return service_candidates(service_type=service,
                                   max_age=settings.SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS)
 
-    def _permit(self, candidates: list[Service]) -> tuple[Service, Permit] | None:
+    def _breaker_view(self, service_type: str, candidates: list[Service], max_age: float) -> dict[int, Snapshot]:
+        """The candidates' breaker states, read once per view of the registry (one pipelined
+        round trip for all of them), not once per call.
+
+        Tied to the registry view by identity: the view's instance objects are new whenever
+        it is read again — after ``max_age``, or at once when this process changed a service,
+        a health sweep here wrote, or a call failed — and then so are these states.
+        """
+        instances = sorted(candidates, key=lambda s: s.pk)
+        now = time.monotonic()
+        view = self._breaker_views.get(service_type)
+        if (view is not None and now - view[0] < max_age and len(view[1]) == len(instances)
+                and all(a is b for a, b in zip(view[1], instances, strict=True))):
+            return view[2]
+        snapshots = breaker_snapshots([s.pk for s in instances])
+        self._breaker_views[service_type] = (now, instances, snapshots)
+        return snapshots
+
+    def _breaker_view_forget(self, service_type: str) -> None:
+        self._breaker_views.pop(service_type, None)
+
+    def _permit(self, candidates: list[Service], *, by_type: bool) -> tuple[Service, Permit] | None:
+        """The first candidate whose breaker lets a call through.
+
+        Called by type, a breaker seen closed with no failures counted at most
+        ``SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS`` ago (and less than its reset timeout ago)
+        lets the call through without asking the store: the same staleness as the client's
+        view of the registry — a breaker another process opened within that second is seen
+        at the next read, one this process's own calls open is seen at once (a failure
+        forgets the view). Every other state asks the store's atomic ``acquire``, so the
+        half-open trial stays one at a time: a view younger than the reset timeout cannot
+        hide a half-open breaker (closed → open → half-open takes a reset timeout).
+        """
+        max_age = settings.SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS if by_type else 0
+        view = self._breaker_view(candidates[0].type, candidates, max_age) if max_age > 0 else {}
         for instance in candidates:
-            permit = breaker_for(instance).acquire()
+            breaker = breaker_for(instance)
+            seen = view.get(instance.pk)
+            if (seen is not None and seen.state == CLOSED and not seen.fail_counter and not seen.trial_held
+                    and max_age < breaker.config.reset_timeout):
+                return instance, Permit(breaker, clean=True)
+            permit = breaker.acquire()
             if permit is not None:
                 return instance, permit
         return None
@@ -209,9 +251,10 @@ class ServiceClient:
             service_type = candidates[0].type
             body = adapt_request(service_type=service_type, method=method, endpoint=endpoint, data=data)
 
-            picked = self._permit(candidates)
+            picked = self._permit(candidates, by_type=not isinstance(service, Service))
             if picked is None:
                 recent_instances.forget(service_type)
+                self._breaker_view_forget(service_type)
                 names = ", ".join(s.name for s in candidates)
                 raise _attach(
                     CircuitOpenError(f"Circuit breaker open for {names}; the call was not sent"),
@@ -245,6 +288,7 @@ class ServiceClient:
                                exc, attempt, extra={"service": instance.name})
                 breaker.failed(permit, call.error)
                 recent_instances.forget(service_type)  # a retry sees the registry as it is now
+                self._breaker_view_forget(service_type)
                 transient = isinstance(exc, requests.RequestException | DeadlineExceeded)
                 if transient and may_retry and attempt <= retries:
                     self.sleep(self.backoff_delay(attempt - 1))
@@ -285,6 +329,7 @@ class ServiceClient:
                 # The service is failing: counts toward tripping its breaker.
                 breaker.failed(permit, call.error)
                 recent_instances.forget(service_type)
+                self._breaker_view_forget(service_type)
             else:
                 # A 4xx is the caller's problem; the service answered, so it is up.
                 breaker.succeeded(permit)

@@ -21,7 +21,6 @@ Faults
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -81,9 +80,6 @@ def worker_id() -> str:
 # they go straight to fallback / skip / fail.
 UNAVAILABLE = (ServiceNotFoundError, NoEligibleServiceError, CircuitOpenError)
 
-# The registry's client gains a ``retries`` argument with the breaker work; until then
-# the engine must not pass it. The engine owns retries (one StepAttempt per try).
-_CLIENT_TAKES_RETRIES = "retries" in inspect.signature(service_client.request).parameters
 
 
 # --------------------------------------------------------------------------- helpers
@@ -234,8 +230,11 @@ def _create_run(wf: Workflow, input: dict, idempotency_key: str | None, triggere
     return run
 
 
-def _activate(run: WorkflowRun, step: StepRun, spec: Step, now: datetime) -> None:
-    """Make ``step`` the current step: queue it (after commit) or, for a human step, wait."""
+def _activate(run: WorkflowRun, step: StepRun, spec: Step, now: datetime, *, enqueue: bool = True) -> None:
+    """Make ``step`` the current step: queue it (after commit) or, for a human step, wait.
+
+    ``enqueue=False``: queue it without a message (the caller claims it in the same transaction).
+    """
     if spec.kind == "human":
         wait_until = now + timedelta(seconds=spec.human.timeout) if spec.human.timeout else None
         StepRun.objects.filter(pk=step.pk).update(
@@ -248,7 +247,8 @@ def _activate(run: WorkflowRun, step: StepRun, spec: Step, now: datetime) -> Non
         status=StepStatus.QUEUED, next_attempt_at=now, lease_expires_at=None, error="",
         output=None, finished_at=None,
     )
-    _enqueue_on_commit(step.pk)
+    if enqueue:
+        _enqueue_on_commit(step.pk)
 
 
 # --------------------------------------------------------------------------- dead workers
@@ -567,21 +567,67 @@ def _claim_orm(step_id: int) -> StepRun | None:
     return step
 
 
-def step_execute(*, step_id: int) -> str:
-    """Run one attempt of a step (the body of the ``run_step`` task). Returns what happened."""
+def step_execute(*, step_id: int, inline_seconds: float = 0.0) -> str:
+    """Run one attempt of a step (the body of the ``run_step`` task). Returns what happened.
+
+    ``inline_seconds`` > 0: when the attempt completes the step, the same statement claims
+    the run's next step for this worker, which runs it at once instead of sending it a
+    message — for as long as this call has run less than ``inline_seconds`` (and the next
+    step's timeout still fits under the task's soft time limit). Returns what the last
+    attempt did.
+    """
     # Log lines inside carry step_id, and run_id once the step is claimed (scoped to this call).
     with log_context(step_id=step_id):
-        return _step_execute(step_id=step_id)
-
-
-def _step_execute(*, step_id: int) -> str:
-    step = _claim(step_id)
-    if step is None and _expire_if_holder_died(step_id):
-        # Its worker died on this host (Celery re-delivers a killed child's message at
-        # once): take the step over now rather than after its lease.
         step = _claim(step_id)
-    if step is None:
-        return "not claimed"
+        if step is None and _expire_if_holder_died(step_id):
+            # Its worker died on this host (Celery re-delivers a killed child's message at
+            # once): take the step over now rather than after its lease.
+            step = _claim(step_id)
+        if step is None:
+            # The step is done, but its worker may have died running a later step of the run
+            # inline (the message re-delivered is this step's): take that one over now.
+            successor = _successor_held_by_dead_worker(step_id)
+            step = _claim(successor) if successor is not None else None
+        if step is None:
+            return "not claimed"
+        started = time.monotonic()
+        budget = Budget(inline_until=started + inline_seconds,
+                        hard_until=started + settings.WORKFLOW_STEP_SOFT_TIME_LIMIT - 5)
+        while True:
+            result, step = _run_claimed(step, budget)
+            if step is None:
+                return result
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long one task may keep running claimed steps inline (``time.monotonic()`` values)."""
+
+    inline_until: float
+    hard_until: float
+
+    def allows(self, spec: Step) -> bool:
+        now = time.monotonic()
+        return spec.kind != "human" and now < self.inline_until and now + (spec.timeout or 0) < self.hard_until
+
+
+NO_INLINE = Budget(0.0, 0.0)
+
+
+def _successor_held_by_dead_worker(step_id: int) -> int | None:
+    """The running step after ``step_id`` in its run, if a dead process of this host holds it."""
+    row = StepRun.objects.filter(pk=step_id).values_list("run_id", "index").first()
+    if row is None:
+        return None
+    later = (StepRun.objects.filter(run_id=row[0], index__gt=row[1], status=StepStatus.RUNNING)
+             .values_list("pk", flat=True).first())
+    if later is not None and _expire_if_holder_died(later):
+        return later
+    return None
+
+
+def _run_claimed(step: StepRun, budget: Budget) -> tuple[str, StepRun | None]:
+    """Run one claimed step's attempt; returns what happened and the next step if claimed inline."""
     run = step.run
     log_context_update(run_id=run.pk, step_id=step.pk)
     # The fencing token: every claim bumps attempts_total, so a worker that lost its lease
@@ -593,13 +639,13 @@ def _step_execute(*, step_id: int) -> str:
             status=StepStatus.SKIPPED, error="Run is no longer running", lease_expires_at=None,
             finished_at=_now(),
         )
-        return "run not running"
+        return "run not running", None
     if step.deliveries > settings.WORKFLOW_MAX_DELIVERIES:
-        return _fail_delivery_cap(run, step)
+        return _fail_delivery_cap(run, step), None
     try:
         wf = definitions.get(run.workflow, run.version)
     except definitions.UnknownWorkflow as exc:
-        return _finish_failed_run(run, step, token, f"{exc} (the run is pinned to it)", None)
+        return _finish_failed_run(run, step, token, f"{exc} (the run is pinned to it)", None), None
     spec = wf.steps[step.index]
     ctx = run.context
     record = AttemptRecord(started_at=_now(), attempt_id=step.attempt_id)
@@ -632,22 +678,23 @@ def _step_execute(*, step_id: int) -> str:
         lease_keeper.release(step.pk)
     record.finished_at = _now()
     try:
-        result = _decide(run, step, token, wf, spec, record, output, exc)
+        result, next_step = _decide(run, step, token, wf, spec, record, output, exc, budget)
     except (OperationalError, InterfaceError):
         # The database connection broke (backend terminated, failover) after the call was
         # made: record it on a new connection rather than leave the step to its lease.
         # Safe to repeat: the decision is fenced by the token (a committed first try
-        # makes this one "lost lease").
+        # makes this one "lost lease"). Not inline: the first try may have claimed the next
+        # step, and only a message finds out.
         logger.warning("recording step %s failed on a broken connection; retrying once", step.pk)
         connection.close()
-        result = _decide(run, step, token, wf, spec, record, output, exc)
+        result, next_step = _decide(run, step, token, wf, spec, record, output, exc, NO_INLINE)
     if result == "lost lease":
         _record_late_refusal(run, step, token, record)
     metrics.observe_step(
         workflow=run.workflow, step=step.name, outcome=record.outcome or result,
         duration_seconds=(record.finished_at - record.started_at).total_seconds(),
     )
-    return result
+    return result, next_step
 
 
 def _record_late_refusal(run: WorkflowRun, step: StepRun, token: int, record: AttemptRecord) -> None:
@@ -675,8 +722,7 @@ def _call_http(spec: Step, ctx: dict, record: AttemptRecord, key: str) -> dict[s
         # The same on every redelivery and retry of this effect: a service that honours it
         # answers a repeat with its first answer instead of acting twice.
         kwargs["headers"] = {spec.idempotency_header: key}
-    if _CLIENT_TAKES_RETRIES:
-        kwargs["retries"] = 0
+    kwargs["retries"] = 0  # the engine owns retries: one StepAttempt per try
     try:
         result = service_client.request(
             spec.method, service=spec.service_type, endpoint=path, data=body, **kwargs
@@ -728,19 +774,22 @@ def _save_attempt(step: StepRun, record: AttemptRecord, number: int) -> None:
         StepAttempt.objects.create(step_id=step.pk, number=number, **fields)
 
 
-def _decide(run, step, token, wf, spec, record, output, exc) -> str:
+def _decide(run, step, token, wf, spec, record, output, exc, budget: Budget = NO_INLINE
+            ) -> tuple[str, StepRun | None]:
+    """Record the attempt and move the run on; returns what happened and the next step when
+    it was claimed inline (the budget allowing)."""
     attempt_number = step.attempt_count + 1
     number = step.attempts_total
     if exc is None:
         record.outcome = "succeeded"
-        return _complete(run, step, token, wf, record, number, StepStatus.SUCCEEDED, output)
+        return _complete(run, step, token, wf, record, number, StepStatus.SUCCEEDED, output, budget=budget)
     retryable = not isinstance(exc, (*UNAVAILABLE, WorkflowError)) and spec.retry.is_retryable(
         exc, record.status
     )
     if retryable and attempt_number < spec.retry.max_attempts:
         record.outcome = "retry"
         delay = spec.retry.delay_after(attempt_number)
-        return _retry(step, token, record, number, delay)
+        return _retry(step, token, record, number, delay), None
     # The step cannot complete: fallback, skip, or fail the run.
     cause = record.error
     if spec.fallback is not None:
@@ -752,13 +801,14 @@ def _decide(run, step, token, wf, spec, record, output, exc) -> str:
         if fallback_output is not None:
             record.outcome = "fallback"
             return _complete(run, step, token, wf, record, number, StepStatus.FALLBACK,
-                             dict(fallback_output), error=cause)
+                             dict(fallback_output), error=cause, budget=budget)
     if not spec.required:
         record.outcome = "skipped"
-        return _complete(run, step, token, wf, record, number, StepStatus.SKIPPED, None, error=cause)
+        return _complete(run, step, token, wf, record, number, StepStatus.SKIPPED, None, error=cause,
+                         budget=budget)
     record.outcome = "failed"
     tries = f"after {attempt_number} attempt{'s' if attempt_number != 1 else ''}"
-    return _finish_failed_run(run, step, token, f"{cause} (step {step.name}, {tries})", (record, number))
+    return _finish_failed_run(run, step, token, f"{cause} (step {step.name}, {tries})", (record, number)), None
 
 
 def _retry(step: StepRun, token: int, record: AttemptRecord, number: int, delay: float) -> str:
@@ -807,55 +857,87 @@ WITH s AS (
     RETURNING id
 ), n AS (
     UPDATE workflows_steprun
-       SET status = 'queued', next_attempt_at = %(now)s, lease_expires_at = NULL, error = '',
-           output = NULL, finished_at = NULL
+       SET status = CASE WHEN %(inline)s THEN 'running' ELSE 'queued' END, next_attempt_at = %(now)s,
+           lease_expires_at = CASE WHEN %(inline)s THEN %(lease)s::timestamptz END,
+           deliveries = deliveries + CASE WHEN %(inline)s THEN 1 ELSE 0 END,
+           attempts_total = attempts_total + CASE WHEN %(inline)s THEN 1 ELSE 0 END,
+           started_at = CASE WHEN %(inline)s THEN COALESCE(started_at, %(now)s) ELSE started_at END,
+           error = '', output = NULL, finished_at = NULL
      WHERE run_id = %(run)s AND "index" = %(next)s AND EXISTS (SELECT 1 FROM r)
+    RETURNING id, name, deliveries, attempt_count, attempts_total, generation
+), lost AS (
+    UPDATE workflows_stepattempt AS a
+       SET outcome = 'worker_lost', error = %(lost)s, finished_at = %(now)s
+      FROM n
+     WHERE %(inline)s AND a.step_id = n.id AND a.outcome = 'sent' AND a.number < n.attempts_total
+    RETURNING a.id
+), na AS (
+    INSERT INTO workflows_stepattempt
+           (step_id, number, service_name, request_method, request_url, response_body, error,
+            outcome, worker, started_at)
+    SELECT id, attempts_total, '', '', '', '', '', 'sent', %(worker)s::text, %(now)s::timestamptz
+      FROM n
+     WHERE %(inline)s AND deliveries <= %(cap)s
     RETURNING id
 )
-SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM r), (SELECT id FROM n)
+SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM r), n.id, n.name, n.deliveries, n.attempt_count,
+       n.attempts_total, n.generation, (SELECT id FROM na), (SELECT count(*) FROM lost)
+  FROM (SELECT 1) AS one LEFT JOIN n ON true
 """
 
 
-def _complete(run, step, token, wf, record, number, status, output, error="") -> str:
-    """The step is done (succeeded / fallback / skipped): merge its output and move on."""
+def _complete(run, step, token, wf, record, number, status, output, error="", *, budget: Budget = NO_INLINE
+              ) -> tuple[str, StepRun | None]:
+    """The step is done (succeeded / fallback / skipped): merge its output and move on.
+
+    With the budget allowing, the next step is claimed for this worker in the same
+    statement (PostgreSQL) or transaction, its "sent" attempt row written with it, and
+    returned; otherwise it is queued and sent a message after commit.
+    """
     now = _now()
     context = dict(run.context)
     if output:
         context.update(output)
     next_index = step.index + 1
     last = next_index >= len(wf.steps)
+    inline = not last and budget.allows(wf.steps[next_index])
     if (connection.vendor == "postgresql" and record.attempt_id is not None
             and (last or wf.steps[next_index].kind != "human")):
         return _complete_pg(run, step, token, record, number, status, output, error, context, now,
-                            next_index, last)
+                            next_index, last, inline)
     with transaction.atomic():
         updated = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, attempts_total=token).update(
             status=status, output=output, error=error, finished_at=now, lease_expires_at=None,
             attempt_count=F("attempt_count") + 1, deliveries=0,
         )
         if updated != 1:
-            return "lost lease"
+            return "lost lease", None
         _save_attempt(step, record, number)
         if next_index >= len(wf.steps):
             if WorkflowRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
                 status=RunStatus.SUCCEEDED, context=context, finished_at=now
             ):
                 _count_finished_on_commit(run.workflow, RunStatus.SUCCEEDED)
-            return str(status)
+            return str(status), None
         moved = WorkflowRun.objects.filter(
             pk=run.pk, status=RunStatus.RUNNING, cancel_requested=False
         ).update(context=context)
         if moved != 1:
             # Cancelled meanwhile: the running step finished, nothing further runs.
-            return f"{status}; run cancelled"
+            return f"{status}; run cancelled", None
         next_step = StepRun.objects.only("pk").get(run_id=run.pk, index=next_index)
         run.context = context
-        _activate(run, next_step, wf.steps[next_index], now)
-    return str(status)
+        _activate(run, next_step, wf.steps[next_index], now, enqueue=not inline)
+        if inline:
+            claimed = _claim_orm(next_step.pk)  # a savepoint in this transaction
+            if claimed is None:
+                _enqueue_on_commit(next_step.pk)
+            return str(status), claimed
+    return str(status), None
 
 
 def _complete_pg(run, step, token, record, number, status, output, error, context, now, next_index,
-                 last) -> str:
+                 last, inline) -> tuple[str, StepRun | None]:
     from psycopg.types.json import Jsonb
 
     params = {
@@ -866,18 +948,29 @@ def _complete_pg(run, step, token, record, number, status, output, error, contex
         "response_status": record.status, "response_body": _truncate(record.response),
         "latency_ms": record.latency_ms, "attempt_error": record.error, "outcome": record.outcome,
         "worker": worker_id()[:200], "started_at": record.started_at, "finished_at": record.finished_at,
-        "context": Jsonb(context), "last": last, "run": run.pk, "next": next_index,
+        "context": Jsonb(context), "last": last, "run": run.pk, "next": next_index, "inline": inline,
+        "lease": now + timedelta(seconds=settings.WORKFLOW_STEP_LEASE_SECONDS),
+        "cap": settings.WORKFLOW_MAX_DELIVERIES, "lost": WORKER_LOST.format(why="its lease expired"),
     }
-    step_done, run_moved, next_id = _hot_statement(_COMPLETE_SQL, params)
+    (step_done, run_moved, next_id, name, deliveries, attempt_count, attempts_total, generation, attempt_id,
+     _lost) = _hot_statement(_COMPLETE_SQL, params)
     if not step_done:
-        return "lost lease"
+        return "lost lease", None
     if last and run_moved:
         _count_finished_on_commit(run.workflow, RunStatus.SUCCEEDED)
-    if next_id is not None:
+    if next_id is None:
+        if not last and not run_moved:
+            return f"{status}; run cancelled", None
+        return str(status), None
+    if not inline:
         _enqueue_on_commit(next_id)  # autocommit: runs now, after the statement committed
-    elif not last and not run_moved:
-        return f"{status}; run cancelled"
-    return str(status)
+        return str(status), None
+    run.context = context
+    claimed = StepRun(id=next_id, run=run, index=next_index, name=name, deliveries=deliveries,
+                      attempt_count=attempt_count, attempts_total=attempts_total, generation=generation,
+                      status=StepStatus.RUNNING)
+    claimed.attempt_id = attempt_id
+    return str(status), claimed
 
 
 def _finish_failed_run(run, step, token, message: str, attempt: tuple | None) -> str:
