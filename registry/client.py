@@ -14,8 +14,16 @@ Retries: only transient failures (connection errors, timeouts, 502/503/504)
 are retried, with exponential backoff and full jitter
 (``uniform(0, min(cap, base * 2**n))``), and only for idempotent methods unless
 the caller passes ``idempotent=True``. ``retries=0`` means exactly one try.
-Every error carries ``.call`` (the last try, or None when nothing was sent) and
-``.tries`` (every try).
+
+Two ways to call: ``request`` (and ``get``/``post``/…) returns a ``CallResult`` or
+raises the typed error, which carries ``.call`` (the last try, or None when nothing
+was sent) and ``.tries`` (every try) as the integration guide describes; ``call``
+returns a ``CallOutcome`` value either way (result or error, with the tries beside
+them), for callers that record every try — the workflow engine stores its
+``CallInfo`` as the step's attempt.
+
+(About 400 lines: one call path — discovery, breaker, send, retry, errors — kept together
+so its order is read in one place.)
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CallInfo",
+    "CallOutcome",
     "CallResult",
     "ServiceClient",
     "ServiceDiscovery",
@@ -90,7 +99,8 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 @dataclass
 class CallInfo:
-    """What one HTTP try sent and received (also attached to errors as ``.call``)."""
+    """What one HTTP try sent and received: the one record of an attempt's call, kept by
+    the workflow engine as its ``StepAttempt`` (and attached to errors as ``.call``)."""
 
     method: str
     url: str
@@ -114,6 +124,23 @@ class CallResult:
     service: Service
     call: CallInfo
     tries: list[CallInfo]
+
+
+@dataclass
+class CallOutcome:
+    """What ``ServiceClient.call`` did: a result or an error (never both), and the tries."""
+
+    result: CallResult | None
+    error: PortalError | None
+    call: CallInfo | None  # the last try; None when nothing was sent
+    tries: list[CallInfo]
+
+
+def _failed(error: PortalError, call: CallInfo | None, tries: list[CallInfo],
+            cause: BaseException | None = None) -> CallOutcome:
+    if cause is not None:
+        error.__cause__ = cause
+    return CallOutcome(result=None, error=error, call=call, tries=list(tries))
 
 
 def _attach(error: PortalError, call: CallInfo | None, tries: list[CallInfo]) -> PortalError:
@@ -237,6 +264,29 @@ class ServiceClient:
         retries: int | None = None,
         max_body: int | None = None,
     ) -> CallResult:
+        """Call and return the result, or raise its typed error (with ``.call`` and ``.tries``)."""
+        outcome = self.call(method, service=service, endpoint=endpoint, data=data, params=params, timeout=timeout,
+                            headers=headers, idempotent=idempotent, retries=retries, max_body=max_body)
+        if outcome.error is not None:
+            raise _attach(outcome.error, outcome.call, outcome.tries)
+        return outcome.result
+
+    def call(
+        self,
+        method: str,
+        *,
+        service: Service | str,
+        endpoint: str,
+        data: Any = None,
+        params: dict | None = None,
+        timeout: float | None = None,
+        headers: dict | None = None,
+        idempotent: bool | None = None,
+        retries: int | None = None,
+        max_body: int | None = None,
+    ) -> CallOutcome:
+        """Call, retrying transient failures; returns what happened as a value (never raises
+        the portal's errors: they are ``CallOutcome.error``)."""
         method = method.upper()
         default_retries, _, _ = self._settings()
         retries = default_retries if retries is None else max(0, retries)
@@ -247,7 +297,7 @@ class ServiceClient:
             try:
                 candidates = self._candidates(service)
             except (ServiceNotFoundError, NoEligibleServiceError) as exc:
-                raise _attach(exc, tries[-1] if tries else None, tries) from None
+                return _failed(exc, tries[-1] if tries else None, tries)
             service_type = candidates[0].type
             body = adapt_request(service_type=service_type, method=method, endpoint=endpoint, data=data)
 
@@ -256,10 +306,8 @@ class ServiceClient:
                 recent_instances.forget(service_type)
                 self._breaker_view_forget(service_type)
                 names = ", ".join(s.name for s in candidates)
-                raise _attach(
-                    CircuitOpenError(f"Circuit breaker open for {names}; the call was not sent"),
-                    tries[-1] if tries else None, tries,
-                )
+                return _failed(CircuitOpenError(f"Circuit breaker open for {names}; the call was not sent"),
+                               tries[-1] if tries else None, tries)
             instance, permit = picked
             breaker = permit.breaker
             url = instance.url.rstrip("/") + "/" + endpoint.lstrip("/")
@@ -293,11 +341,11 @@ class ServiceClient:
                 if transient and may_retry and attempt <= retries:
                     self.sleep(self.backoff_delay(attempt - 1))
                     continue
-                raise _attach(
+                return _failed(
                     ServiceConnectionError(f"Could not reach {instance.name} ({url}): {call.error[0].lower()}"
                                            f"{call.error[1:]}"),
-                    call, tries,
-                ) from exc
+                    call, tries, cause=exc,
+                )
 
             call.latency_ms = (time.perf_counter() - started) * 1000
             call.status = response.status
@@ -315,15 +363,16 @@ class ServiceClient:
                 else:
                     what = f"HTTP {response.status}"
                 call.error = f"unusable answer: {what}"
-                raise _attach(UnusableAnswerError(
+                return _failed(UnusableAnswerError(
                     f"{instance.name} answered {what} to {method} {endpoint}; the portal does not "
                     "follow redirects or forward interim answers"), call, tries)
             if response.status < 400:
                 breaker.succeeded(permit)
-                return CallResult(
+                result = CallResult(
                     status=response.status, body=call.body, latency_ms=call.latency_ms,
                     service=instance, call=call, tries=tries,
                 )
+                return CallOutcome(result=result, error=None, call=call, tries=list(tries))
             call.error = f"HTTP {response.status}"
             if response.status >= 500:
                 # The service is failing: counts toward tripping its breaker.
@@ -336,7 +385,7 @@ class ServiceClient:
             if response.status in TRANSIENT_STATUSES and may_retry and attempt <= retries:
                 self.sleep(self.backoff_delay(attempt - 1))
                 continue
-            raise _attach(
+            return _failed(
                 ServiceResponseError(
                     f"{instance.name} answered HTTP {response.status} to {method} {endpoint}",
                     status=response.status, body=call.body,

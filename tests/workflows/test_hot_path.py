@@ -10,9 +10,12 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
-from workflows import engine
-from workflows.engine import run_start, step_execute
+from registry.client import CallInfo
+from workflows import definitions
+from workflows.engine import claims, run_start, step_execute, transitions
+from workflows.engine.attempts import Attempt
 from workflows.models import RunStatus, StepAttempt, StepStatus
 
 # Runs on PostgreSQL + Redis and on the embedded default (SQLite); see tests/conftest.py.
@@ -28,6 +31,13 @@ def unconsumed_queue(wf_settings):
     yield wf_settings
     with app.connection_for_write() as conn:
         conn.default_channel.queue_delete(wf_settings.WORKFLOW_QUEUE)
+
+
+def _attempt(attempt_id) -> Attempt:
+    """A finished successful try, as the execution would hand it to a transition."""
+    now = timezone.now()
+    return Attempt(started_at=now, finished_at=now, outcome="succeeded", attempt_id=attempt_id,
+                   call=CallInfo(method="POST", url="/projects"))
 
 
 def _drive(run) -> list[str]:
@@ -57,14 +67,15 @@ def test_a_claim_that_lost_its_lease_changes_nothing(prepared, transactional_db,
     unconsumed_queue.WORKFLOW_PREPARED_STATEMENTS = prepared
     run, _ = run_start(workflow="test_demo", input={"name": "A"}, triggered_by="test")
     first = run.steps.get(index=0)
-    claimed = engine._claim(first.pk)
-    assert claimed is not None and engine._claim(first.pk) is None  # held: nobody else gets it
-    record = engine.AttemptRecord(started_at=engine._now(), finished_at=engine._now(), outcome="succeeded")
-    wf = engine.definitions.get("test_demo")
+    claimed = claims.step_claim(first.pk)
+    assert claimed is not None and claims.step_claim(first.pk) is None  # held: nobody else gets it
+    record = _attempt(claimed.attempt_id)
+    wf = definitions.get("test_demo")
     # A token from an earlier delivery (the lease was taken over meanwhile): nothing is written.
-    record.attempt_id = claimed.attempt_id
-    result, next_step = engine._complete(claimed.run, claimed, claimed.attempts_total - 1, wf, record, 1,
-                                         StepStatus.SUCCEEDED, {"x": 1})
+    stale = claims.Claim(claimed.step, claimed.attempt_id)
+    stale.step.attempts_total -= 1
+    result, next_step = transitions.step_complete(stale, wf=wf, attempt=record, status=StepStatus.SUCCEEDED,
+                                                  output={"x": 1})
     assert (result, next_step) == ("lost lease", None)
     first.refresh_from_db()
     # The try is on record as sent (written by the claim), and stays so.
@@ -82,19 +93,15 @@ def test_a_late_completion_after_a_takeover_is_refused_even_after_a_retry(
     unconsumed_queue.WORKFLOW_PREPARED_STATEMENTS = prepared
     run, _ = run_start(workflow="test_demo", input={"name": "A"}, triggered_by="test")
     first = run.steps.get(index=0)
-    old = engine._claim(first.pk)
-    time_machine.move_to(engine._now() + timedelta(seconds=unconsumed_queue.WORKFLOW_STEP_LEASE_SECONDS + 1))
-    new = engine._claim(first.pk)  # the lease expired: another worker takes the step over
-    assert new is not None and new.attempts_total == old.attempts_total + 1
-    wf = engine.definitions.get("test_demo")
-    late = engine.AttemptRecord(started_at=engine._now(), finished_at=engine._now(), outcome="succeeded",
-                                attempt_id=old.attempt_id)
-    assert engine._complete(old.run, old, old.attempts_total, wf, late, 1, StepStatus.SUCCEEDED,
-                            {"late": 1}) == ("lost lease", None)
-    ok = engine.AttemptRecord(started_at=engine._now(), finished_at=engine._now(), outcome="succeeded",
-                              attempt_id=new.attempt_id)
-    assert engine._complete(new.run, new, new.attempts_total, wf, ok, 2, StepStatus.SUCCEEDED,
-                            {"project_id": "p-1"}) == ("succeeded", None)
+    old = claims.step_claim(first.pk)
+    time_machine.move_to(timezone.now() + timedelta(seconds=unconsumed_queue.WORKFLOW_STEP_LEASE_SECONDS + 1))
+    new = claims.step_claim(first.pk)  # the lease expired: another worker takes the step over
+    assert new is not None and new.token == old.token + 1
+    wf = definitions.get("test_demo")
+    assert transitions.step_complete(old, wf=wf, attempt=_attempt(old.attempt_id), status=StepStatus.SUCCEEDED,
+                                     output={"late": 1}) == ("lost lease", None)
+    assert transitions.step_complete(new, wf=wf, attempt=_attempt(new.attempt_id), status=StepStatus.SUCCEEDED,
+                                     output={"project_id": "p-1"}) == ("succeeded", None)
     first.refresh_from_db()
     assert "late" not in (first.output or {})
     # The taken-over try is on record as lost, the new one as succeeded.
@@ -167,10 +174,10 @@ def test_a_redelivered_message_takes_over_the_step_a_dead_worker_ran_inline(
     run, _ = run_start(workflow="test_demo", input={"name": "A"}, triggered_by="test")
     first, second = run.steps.order_by("index")[:2]
     assert step_execute(step_id=first.pk, inline_seconds=0) == "succeeded"
-    claimed = engine._claim(second.pk)
+    claimed = claims.step_claim(second.pk)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    second.attempts.filter(pk=claimed.attempt_id).update(worker=f"{engine._HOSTNAME}:{dead.pid}")
+    second.attempts.filter(pk=claimed.attempt_id).update(worker=f"{claims.HOSTNAME}:{dead.pid}")
     assert step_execute(step_id=first.pk, inline_seconds=30) == "succeeded"
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED
