@@ -40,7 +40,7 @@ from workflows.engine.claims import Claim, step_claim_redelivered
 from workflows.engine.leases import lease_keeper, worker_process_stopping
 from workflows.models import RunStatus, StepStatus, step_idempotency_key
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("workflows.engine")  # one name for the engine's log lines, whatever module
 
 # Errors that mean "the service is not there to call": never retried by the engine,
 # they go straight to fallback / skip / fail.

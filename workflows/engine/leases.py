@@ -20,7 +20,7 @@ from django.utils import timezone
 from workflows.engine.transitions import step_requeue_lost
 from workflows.models import StepRun, StepStatus
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("workflows.engine")  # one name for the engine's log lines, whatever module
 
 
 class LeaseKeeper:

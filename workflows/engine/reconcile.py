@@ -22,7 +22,7 @@ from workflows.engine import transitions
 from workflows.engine.claims import expire_dead_holders_here
 from workflows.models import STEP_CLAIMABLE, RunEvent, RunStatus, StepRun, StepStatus
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("workflows.engine")  # one name for the engine's log lines, whatever module
 
 
 def steps_reconcile(*, batch: int = 500) -> dict[str, int]:

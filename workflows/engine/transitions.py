@@ -43,7 +43,7 @@ from workflows.models import (
     WorkflowRun,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("workflows.engine")  # one name for the engine's log lines, whatever module
 
 SYSTEM = "system"
 # The run whose local step is executing, if any: a run that step starts gets the same owner key.
