@@ -80,8 +80,43 @@ def _wait_for_workers(configs: list[tuple[str, str, int]], timeout: float = 120)
             raise SystemExit(f"workers not up after {timeout}s: {missing} (have {sorted(names)})")
 
 
+class LockSampler:
+    """Samples pg_stat_activity every 20 ms while armed: how often a backend of this database waits on a lock.
+
+    The question it answers: do two worker processes queue behind each other in PostgreSQL
+    (row locks on claims, a serialising statement)?
+    """
+
+    def __init__(self):
+        import psycopg
+        from django.conf import settings
+
+        db = settings.DATABASES["default"]
+        self.conn = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"],
+                                    password=db.get("PASSWORD"), dbname=db["NAME"], autocommit=True)
+        self.label: str | None = None
+        self.samples: dict[str, list[int]] = {}  # label -> [samples, samples with a lock wait]
+        self.waits: dict[str, int] = {}  # "label: statement" -> times seen waiting
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            label = self.label
+            if label:
+                rows = self.conn.execute(
+                    "SELECT left(query, 60) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'").fetchall()
+                got = self.samples.setdefault(label, [0, 0])
+                got[0] += 1
+                got[1] += bool(rows)
+                for (query,) in rows:
+                    key = f"{label}: {query}"
+                    self.waits[key] = self.waits.get(key, 0) + 1
+            time.sleep(0.02)
+
+
 def drive(configs: list[tuple[str, str, int]], *, runs: int, repeats: int, stub_host: str,
-          chain: bool = True) -> dict:
+          chain: bool = True, sample_locks: bool = False) -> dict:
     """Measure every configuration (label, queue, worker processes); runs/s per repeat."""
     from http.server import ThreadingHTTPServer
 
@@ -106,10 +141,16 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, repeats: int, stub_
     cpu = {label: {k: [] for k in kinds} for label, _, _ in configs}
     markers = {label: f"-Q {queue} " for label, queue, _ in configs}
 
-    def batch(kind: str, queue: str, n: int) -> float:
+    sampler = LockSampler() if sample_locks else None
+
+    def batch(kind: str, queue: str, n: int, label: str | None = None) -> float:
         if kind == "engine":
             settings.WORKFLOW_QUEUE = queue  # the engine reads it per call
+            if sampler:
+                sampler.label = label
             elapsed, ids = wf._engine_batch(n)
+            if sampler:
+                sampler.label = None
             WorkflowRun.objects.filter(pk__in=ids).delete()  # every batch starts from the same tables
         else:
             elapsed, _ = wf._chain_batch(n, url, queue=queue)
@@ -125,7 +166,7 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, repeats: int, stub_
             for label, queue, _ in order:
                 for kind in kinds:
                     before = _cpu_of(markers)[label]
-                    rates[label][kind].append(batch(kind, queue, runs))
+                    rates[label][kind].append(batch(kind, queue, runs, label))
                     cpu[label][kind].append((_cpu_of(markers)[label] - before) * 1000 / (runs * wf.STEPS))
             print(f"repeat {r + 1}/{repeats}: " + ", ".join(
                 f"{label} {k} {rates[label][k][-1]:.1f}/s" for label, _, _ in configs for k in kinds),
@@ -133,7 +174,10 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, repeats: int, stub_
     finally:
         server.shutdown()
         WorkflowRun.objects.filter(workflow="bench_seven").delete()
-    return {"rates": rates, "worker_cpu_ms_per_step": cpu}
+    got = {"rates": rates, "worker_cpu_ms_per_step": cpu}
+    if sampler:
+        got["lock_waits"] = {"samples": sampler.samples, "statements": sampler.waits}
+    return got
 
 
 def _worker_cmd(queue: str, index: int) -> list[str]:
@@ -173,6 +217,16 @@ def _report_workers(got: dict, args, load_before: str) -> None:
           f"{med(c_up):.2f}× | **{med(rel):.2f}** (target ≥ 0.9) |")
     print("\nworker CPU ms per step (median): " + ", ".join(
         f"{label} {kind} {med(c[label][kind]):.2f}" for label in c for kind in c[label]))
+
+
+def _report_locks(got: dict) -> None:
+    if "lock_waits" not in got:
+        return
+    print("\nPostgreSQL lock waits during engine batches (pg_stat_activity every 20 ms):")
+    for label, (n, waiting) in got["lock_waits"]["samples"].items():
+        print(f"  {label}: {waiting} of {n} samples had a backend waiting on a lock ({waiting / max(n, 1):.1%})")
+    for key, n in sorted(got["lock_waits"]["statements"].items(), key=lambda kv: -kv[1])[:5]:
+        print(f"    {n:>5}× {key}")
 
 
 def _report_hosts(got: dict, args, load_before: str) -> None:
@@ -225,10 +279,12 @@ def mode_workers(args) -> None:
                                               stderr=subprocess.STDOUT, start_new_session=True))
     load_before = _load()
     try:
-        got = drive(configs, runs=args.runs, repeats=args.repeats, stub_host="127.0.0.1")
+        got = drive(configs, runs=args.runs, repeats=args.repeats, stub_host="127.0.0.1",
+                    sample_locks=args.locks)
     finally:
         _stop(procs)
     _report_workers(got, args, load_before)
+    _report_locks(got)
 
 
 def mode_hosts(args) -> None:
@@ -258,7 +314,7 @@ def mode_hosts(args) -> None:
         out = subprocess.run(
             ["ip", "netns", "exec", prefix + "ctl", sys.executable, "-m", "bench.scaleout", "_drive",
              "--config", f"one host={one}:2", "--config", f"two hosts={two}:2", "--stub-host", addr("ctl"),
-             "--runs", str(args.runs), "--repeats", str(args.repeats)],
+             "--runs", str(args.runs), "--repeats", str(args.repeats), *(["--locks"] if args.locks else [])],
             cwd=ROOT, env={**fab.env, **env, "BENCH_QUEUE": f"warm-{RUN}"}, stdout=subprocess.PIPE)
         if out.returncode:
             for name in "abcd":
@@ -268,6 +324,7 @@ def mode_hosts(args) -> None:
     finally:
         fab.teardown()
     _report_hosts(got, args, load_before)
+    _report_locks(got)
 
 
 def mode_drive(args) -> None:
@@ -277,7 +334,7 @@ def mode_drive(args) -> None:
         label, rest = spec.split("=", 1)
         queue, n = rest.rsplit(":", 1)
         configs.append((label, queue, int(n)))
-    got = drive(configs, runs=args.runs, repeats=args.repeats, stub_host=args.stub_host)
+    got = drive(configs, runs=args.runs, repeats=args.repeats, stub_host=args.stub_host, sample_locks=args.locks)
     print(json.dumps(got), flush=True)
 
 
@@ -286,6 +343,8 @@ def main() -> None:
     parser.add_argument("mode", choices=["workers", "hosts", "_drive"])
     parser.add_argument("--runs", type=int, default=60, help="runs started at once per batch")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--locks", action="store_true",
+                        help="sample pg_stat_activity during engine batches: how often a backend waits on a lock")
     parser.add_argument("--config", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--stub-host", default="127.0.0.1", help=argparse.SUPPRESS)
     args = parser.parse_args()
