@@ -115,8 +115,8 @@ class LockSampler:
             time.sleep(0.02)
 
 
-def drive(configs: list[tuple[str, str, int]], *, runs: int, repeats: int, stub_host: str,
-          chain: bool = True, sample_locks: bool = False) -> dict:
+def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, repeats: int, stub_host: str,
+          sample_locks: bool = False) -> dict:
     """Measure every configuration (label, queue, worker processes); runs/s per repeat."""
     from http.server import ThreadingHTTPServer
 
@@ -136,7 +136,8 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, repeats: int, stub_
     wf._vacuum()
     Service.objects.create(name="bench-stub", type="BENCH_STUB", url=url, status=HealthStatus.PASSING)
 
-    kinds = ["engine", "chain"] if chain else ["engine"]
+    kinds = ["engine", "chain"]
+    sizes = {"engine": runs, "chain": chain_runs}
     rates = {label: {k: [] for k in kinds} for label, _, _ in configs}
     cpu = {label: {k: [] for k in kinds} for label, _, _ in configs}
     markers = {label: f"-Q {queue} " for label, queue, _ in configs}
@@ -166,8 +167,8 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, repeats: int, stub_
             for label, queue, _ in order:
                 for kind in kinds:
                     before = _cpu_of(markers)[label]
-                    rates[label][kind].append(batch(kind, queue, runs, label))
-                    cpu[label][kind].append((_cpu_of(markers)[label] - before) * 1000 / (runs * wf.STEPS))
+                    rates[label][kind].append(batch(kind, queue, sizes[kind], label))
+                    cpu[label][kind].append((_cpu_of(markers)[label] - before) * 1000 / (sizes[kind] * wf.STEPS))
             print(f"repeat {r + 1}/{repeats}: " + ", ".join(
                 f"{label} {k} {rates[label][k][-1]:.1f}/s" for label, _, _ in configs for k in kinds),
                 file=sys.stderr, flush=True)
@@ -202,7 +203,8 @@ def _report_workers(got: dict, args, load_before: str) -> None:
     e_up = _ratios(r["2 processes"]["engine"], r["1 process"]["engine"])
     c_up = _ratios(r["2 processes"]["chain"], r["1 process"]["chain"])
     rel = _ratios(e_up, c_up)
-    print(f"\nWorker scaling — 7 POSTs per run, {args.runs} runs at once, 1 vs 2 worker processes "
+    print(f"\nWorker scaling — 7 POSTs per run, {args.runs} runs ({args.chain_runs} chains) at once, "
+          "1 vs 2 worker processes "
           f"(prefork -c 1 each), {args.repeats} repeats")
     print(f"load average before {load_before}, after {_load()}\n")
     print("| repeat | engine 1 → 2 (runs/s) | speed-up | chain 1 → 2 (runs/s) | speed-up | engine / chain |")
@@ -215,6 +217,7 @@ def _report_workers(got: dict, args, load_before: str) -> None:
     print(f"| median | {med(r['1 process']['engine']):.1f} → {med(r['2 processes']['engine']):.1f} | "
           f"{med(e_up):.2f}× | {med(r['1 process']['chain']):.1f} → {med(r['2 processes']['chain']):.1f} | "
           f"{med(c_up):.2f}× | **{med(rel):.2f}** (target ≥ 0.9) |")
+    print(f"\nratio of the median speed-ups: {med(e_up) / med(c_up):.2f}")
     print("\nworker CPU ms per step (median): " + ", ".join(
         f"{label} {kind} {med(c[label][kind]):.2f}" for label in c for kind in c[label]))
 
@@ -233,7 +236,8 @@ def _report_hosts(got: dict, args, load_before: str) -> None:
     r, c = got["rates"], got["worker_cpu_ms_per_step"]
     med = statistics.median
     print(f"\nOne worker host vs two — 2 worker processes (prefork -c 1 each) in all, database + broker on a "
-          f"host of their own (network namespaces), {args.runs} runs at once, {args.repeats} repeats")
+          f"host of their own (network namespaces), {args.runs} runs ({args.chain_runs} chains) at once, "
+          f"{args.repeats} repeats")
     print(f"load average before {load_before}, after {_load()}\n")
     print("| repeat | engine one host | engine two hosts | two / one | chain one host | chain two hosts | two / one |")
     print("|---|---|---|---|---|---|---|")
@@ -245,6 +249,8 @@ def _report_hosts(got: dict, args, load_before: str) -> None:
     print(f"| median | {med(r['one host']['engine']):.1f} | {med(r['two hosts']['engine']):.1f} | "
           f"**{med(e_rel):.2f}** (target ≥ 0.9) | {med(r['one host']['chain']):.1f} | "
           f"{med(r['two hosts']['chain']):.1f} | {med(c_rel):.2f} |")
+    print(f"\nratio of the medians: engine {med(r['two hosts']['engine']) / med(r['one host']['engine']):.2f}, "
+          f"chain {med(r['two hosts']['chain']) / med(r['one host']['chain']):.2f}")
     print("\nworker CPU ms per step (median): " + ", ".join(
         f"{label} {kind} {med(c[label][kind]):.2f}" for label in c for kind in c[label]))
 
@@ -279,7 +285,7 @@ def mode_workers(args) -> None:
                                               stderr=subprocess.STDOUT, start_new_session=True))
     load_before = _load()
     try:
-        got = drive(configs, runs=args.runs, repeats=args.repeats, stub_host="127.0.0.1",
+        got = drive(configs, runs=args.runs, chain_runs=args.chain_runs, repeats=args.repeats, stub_host="127.0.0.1",
                     sample_locks=args.locks)
     finally:
         _stop(procs)
@@ -314,7 +320,8 @@ def mode_hosts(args) -> None:
         out = subprocess.run(
             ["ip", "netns", "exec", prefix + "ctl", sys.executable, "-m", "bench.scaleout", "_drive",
              "--config", f"one host={one}:2", "--config", f"two hosts={two}:2", "--stub-host", addr("ctl"),
-             "--runs", str(args.runs), "--repeats", str(args.repeats), *(["--locks"] if args.locks else [])],
+             "--runs", str(args.runs), "--chain-runs", str(args.chain_runs), "--repeats", str(args.repeats),
+             *(["--locks"] if args.locks else [])],
             cwd=ROOT, env={**fab.env, **env, "BENCH_QUEUE": f"warm-{RUN}"}, stdout=subprocess.PIPE)
         if out.returncode:
             for name in "abcd":
@@ -334,7 +341,8 @@ def mode_drive(args) -> None:
         label, rest = spec.split("=", 1)
         queue, n = rest.rsplit(":", 1)
         configs.append((label, queue, int(n)))
-    got = drive(configs, runs=args.runs, repeats=args.repeats, stub_host=args.stub_host, sample_locks=args.locks)
+    got = drive(configs, runs=args.runs, chain_runs=args.chain_runs, repeats=args.repeats, stub_host=args.stub_host,
+                sample_locks=args.locks)
     print(json.dumps(got), flush=True)
 
 
@@ -342,12 +350,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["workers", "hosts", "_drive"])
     parser.add_argument("--runs", type=int, default=60, help="runs started at once per batch")
+    parser.add_argument("--chain-runs", type=int, default=None,
+                        help="chains started at once per batch (default 2 x --runs: the chain is ~2x faster, "
+                             "so both kinds of batch last about as long)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--locks", action="store_true",
                         help="sample pg_stat_activity during engine batches: how often a backend waits on a lock")
     parser.add_argument("--config", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--stub-host", default="127.0.0.1", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.chain_runs = args.chain_runs or 2 * args.runs
     {"workers": mode_workers, "hosts": mode_hosts, "_drive": mode_drive}[args.mode](args)
 
 
