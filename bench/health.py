@@ -151,11 +151,11 @@ def _create(urls: list[str], *, timeout: float) -> None:
 
 
 def measure_sweep() -> float:
-    from registry import health
+    from registry import health_loop
 
     _reset_round()
     started = time.perf_counter()
-    report = health.health_sweep_run()
+    report = health_loop.health_sweep_run()
     elapsed = time.perf_counter() - started
     assert report.probed == report.claimed, report
     return elapsed

@@ -7,7 +7,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from registry import health
+from registry import health, health_expiry, health_loop
 from registry.alerts import alerts_redeliver
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def health_sweep_task() -> dict:
 @shared_task(name="registry.health_sweep_share", ignore_result=True, expires=30, **_LIMITS)
 def health_sweep_share_task() -> int:
     """Another worker's share of the running sweep: skip-locked claiming, no overlap."""
-    return health.health_sweep_run().claimed
+    return health_loop.health_sweep_run().claimed
 
 
 @shared_task(name="registry.health_check_now", ignore_result=True, **_LIMITS)
@@ -41,4 +41,4 @@ def health_check_now_task(service_ids: list[int]) -> int:
 def health_prune_task() -> int:
     """Hourly: drop snapshots past retention, re-send alerts that were not delivered."""
     alerts_redeliver()
-    return health.health_snapshots_prune()
+    return health_expiry.health_snapshots_prune()
