@@ -280,7 +280,7 @@ def mode_workers(args) -> None:
     for _, queue, n in configs:
         for k in range(n):
             env = dict(os.environ, WORKFLOW_QUEUE=queue, PYTHONPATH=str(ROOT), LOG_LEVEL="WARNING")
-            with open(ROOT / "var" / f"bench-scaleout-{queue}-{k}.log", "wb") as log:
+            with open(ROOT / "var" / f"bench-scaleout-{n}p-{k}.log", "wb") as log:
                 procs.append(subprocess.Popen(_worker_cmd(queue, k), cwd=ROOT, env=env, stdout=log,
                                               stderr=subprocess.STDOUT, start_new_session=True))
     load_before = _load()
