@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -360,6 +361,8 @@ def main() -> None:
     parser.add_argument("--stub-host", default="127.0.0.1", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.chain_runs = args.chain_runs or 2 * args.runs
+    # SIGTERM (``timeout``, a CI runner) unwinds like Ctrl-C: workers stopped, namespaces deleted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     {"workers": mode_workers, "hosts": mode_hosts, "_drive": mode_drive}[args.mode](args)
 
 
