@@ -407,6 +407,8 @@ if BREAKER_STORE not in {"redis", "database", "memory"}:
     raise ImproperlyConfigured(f"BREAKER_STORE={BREAKER_STORE!r}: use redis, database or memory")
 if BREAKER_STORE == "redis" and not REDIS_URL:
     raise ImproperlyConfigured("BREAKER_STORE=redis needs REDIS_URL")
+# One directly raised alert (breaker_storage_down) per kind and window; alerts derived from
+# transition rows are one per status change / breaker episode (registry.outbox).
 ALERT_DEDUP_SECONDS = env_int("ALERT_DEDUP_SECONDS", 3600, minimum=0)
 ALERT_WEBHOOK_ATTEMPTS = env_int("ALERT_WEBHOOK_ATTEMPTS", 4, minimum=1)
 ALERT_WEBHOOK_BACKOFF_SECONDS = env_float("ALERT_WEBHOOK_BACKOFF_SECONDS", 0.5, minimum=0)
