@@ -145,6 +145,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--port", type=int, default=0,
+                        help="gunicorn's port; the watch server takes the next one (default: free ones)")
     parser.add_argument("--all-on-one-type", action="store_true",
                         help="every watcher on TYPE_00 (one change wakes them all) instead of spread over 50 types")
     args = parser.parse_args()
@@ -166,7 +168,7 @@ def main() -> None:
         seeded = subprocess.run([sys.executable, "-m", "bench.registry", "--seed"], cwd=ROOT, env=env, check=True,
                                 capture_output=True, text=True)
         data = json.loads(seeded.stdout.strip().splitlines()[-1])
-        web_port, watch_port = _free_port(), _free_port()
+        web_port, watch_port = (args.port, args.port + 1) if args.port else (_free_port(), _free_port())
         bin_dir = Path(sys.executable).parent
         servers.append(subprocess.Popen(
             [str(bin_dir / "gunicorn"), "berrys_portal.wsgi:application", "--workers", str(args.workers),
