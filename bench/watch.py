@@ -159,6 +159,7 @@ def main() -> None:
         os.environ, DATABASE_URL=db_url, REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1"),
         DJANGO_SETTINGS_MODULE="bench.settings_bench", DJANGO_ENV="development", DEBUG="0", CONN_MAX_AGE="60",
         API_WRITE_THROTTLE_RATE="100000000/min", PYTHONPATH=str(ROOT),
+        WATCH_MAX_PER_KEY=str(max(256, args.watchers)),  # every watcher uses the one bench key
     )
     _admin_sql(base, f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)', f'CREATE DATABASE "{db_name}"')
     servers: list[subprocess.Popen] = []

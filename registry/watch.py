@@ -23,10 +23,16 @@ import logging
 import random
 import re
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.db import connection, connections
+from django.http import JsonResponse
+
+from berrys_portal.errors import PortalError
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +131,65 @@ def watch_sync(*, index: int, wait: float | None, service_type: str | None = Non
 
 
 INDEX_HEADER = "X-Registry-Index"
+
+
+# --- Bounds on open watches (this process) ----------------------------------------------------
+
+
+class TooManyWatches(PortalError):
+    """This API key has too many open watches on this server; retry later."""
+
+    status_code = 429
+    code = "too_many_watches"
+
+
+class WatchServerFull(PortalError):
+    """The watch server has as many open watches as it takes; retry later."""
+
+    status_code = 503
+    code = "watch_server_full"
+
+
+_slots_lock = threading.Lock()
+_open: Counter = Counter()
+
+
+@contextmanager
+def watch_slot(*, key: str) -> Iterator[None]:
+    """Hold one of ``key``'s open-watch slots while waiting, or raise naming the bound that is full.
+
+    ``key``: the caller's credential (hashed); the same API key sent as ``X-Consul-Token``
+    or ``Authorization`` counts once.
+    """
+    with _slots_lock:
+        if _open[None] >= settings.WATCH_MAX_OPEN:
+            raise WatchServerFull(f"This watch server has {settings.WATCH_MAX_OPEN} open watches "
+                                  "(WATCH_MAX_OPEN); retry later.")
+        if _open[key] >= settings.WATCH_MAX_PER_KEY:
+            raise TooManyWatches(f"This API key has {settings.WATCH_MAX_PER_KEY} open watches on this server "
+                                 "(WATCH_MAX_PER_KEY); close some or retry later.")
+        _open[None] += 1
+        _open[key] += 1
+    try:
+        yield
+    finally:
+        with _slots_lock:
+            for name in (None, key):
+                _open[name] -= 1
+                if not _open[name]:
+                    del _open[name]
+
+
+def watch_refusal(exc: PortalError) -> JsonResponse:
+    """A full bound as an answer: the API's error shape, with ``Retry-After``."""
+    response = JsonResponse(exc.as_dict(), status=exc.status_code)
+    response["Retry-After"] = str(settings.WATCH_RETRY_AFTER_SECONDS)
+    return response
+
+
+def open_watches() -> int:
+    """Watches holding a slot in this process."""
+    return _open[None]
 
 
 # --- The per-process feed -------------------------------------------------------------------

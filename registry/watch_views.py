@@ -20,13 +20,27 @@ from django.views.decorators.csrf import csrf_exempt
 
 from berrys_portal.errors import PortalError
 from registry import views
-from registry.watch import INDEX_HEADER, index_feed, wait_timeout, watch_params
+from registry.auth import hash_key
+from registry.watch import (
+    INDEX_HEADER,
+    TooManyWatches,
+    WatchServerFull,
+    index_feed,
+    wait_timeout,
+    watch_params,
+    watch_refusal,
+    watch_slot,
+)
 
 _WATCH = ("index", "wait")
 SHARE_SECONDS = 1.0
 _ANSWERS_MAX = 1000
 _inflight: dict[tuple, asyncio.Future] = {}
 _answers: dict[tuple, tuple[float, tuple]] = {}
+
+
+def answers_clear() -> None:
+    _answers.clear()
 
 
 def _call(view: Callable, request: HttpRequest, kwargs: dict) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -102,7 +116,11 @@ def native_watch(view: Callable, *, type_kwarg: str | None = None) -> Callable:
         current = dict(headers).get(INDEX_HEADER)
         if index == 0 or current is None or int(current) > index:
             return _response(status, headers, content)  # also refusals (401, 403, 400)
-        after = await feed.wait_async(after=index, service_type=service_type, timeout=wait_timeout(wait))
+        try:
+            with watch_slot(key=hash_key(credentials.split()[-1] if credentials else "")):  # "Token <key>"
+                after = await feed.wait_async(after=index, service_type=service_type, timeout=wait_timeout(wait))
+        except (TooManyWatches, WatchServerFull) as full:
+            return watch_refusal(full)
         shared = (request.path, query.urlencode(), credentials, after)
         return _response(*await _answer(view, request, kwargs, shared))
 
