@@ -458,6 +458,10 @@ WORKFLOW_HEARTBEAT_SECONDS = env_float("WORKFLOW_HEARTBEAT_SECONDS", WORKFLOW_ST
 if WORKFLOW_HEARTBEAT_SECONDS * 2 > WORKFLOW_STEP_LEASE_SECONDS:
     raise ImproperlyConfigured("WORKFLOW_HEARTBEAT_SECONDS must be at most half of WORKFLOW_STEP_LEASE_SECONDS")
 WORKFLOW_PREPARED_STATEMENTS = env_bool("WORKFLOW_PREPARED_STATEMENTS", True)
+# A worker that completes a step claims the run's next one in the same statement and runs it
+# at once (no message, no second statement), for up to this many seconds per task; then the
+# next step gets a message like any other. 0: every step goes through the broker.
+WORKFLOW_INLINE_SECONDS = env_float("WORKFLOW_INLINE_SECONDS", 2.0, minimum=0)
 WORKFLOW_RECONCILE_GRACE_SECONDS = env_int("WORKFLOW_RECONCILE_GRACE_SECONDS", 30, minimum=1)
 # Extra modules holding workflow definitions (the tests' workers use it); see workflows.definitions.
 WORKFLOW_DEFINITION_MODULES = env_list("WORKFLOW_DEFINITION_MODULES", [])
