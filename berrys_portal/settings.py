@@ -323,6 +323,11 @@ REGISTRY_HEARTBEAT_COALESCE_SECONDS = env_float("REGISTRY_HEARTBEAT_COALESCE_SEC
 # The Consul-compatible read API (/v1/, registry/consul.py): the datacenter and node name it
 # reports, and the Consul version whose answers the subset follows.
 CONSUL_DATACENTER = env_str("CONSUL_DATACENTER", "dc1")
+# Open blocking watches per process of the watch server: per API key (beyond it 429) and
+# in all (beyond it 503), both with Retry-After; a watch that answers at once takes no slot.
+WATCH_MAX_PER_KEY = env_int("WATCH_MAX_PER_KEY", 256, minimum=1)
+WATCH_MAX_OPEN = env_int("WATCH_MAX_OPEN", 10_000, minimum=1)
+WATCH_RETRY_AFTER_SECONDS = env_int("WATCH_RETRY_AFTER_SECONDS", 5, minimum=1)
 CONSUL_NODE_NAME = env_str("CONSUL_NODE_NAME", "berrys-portal")
 CONSUL_API_VERSION = "1.20.0"
 # Scopes an operator may mint in the admin; registry:admin additionally needs a superuser.
