@@ -9,7 +9,9 @@ that thread. The watch views do their database work in the shared executor
 this handler serves them without either: the same steps as Django's (read the body,
 build the request, run the middleware and view, stop when the client disconnects,
 send, close), with the response closed in the loop (its request_finished receivers
-find no database connection of the loop's thread to close).
+find no database connection of the loop's thread to close). A ``ReadyResponse`` (one
+answer shared by the watches a change woke, ``berrys_portal.ready_response``) is sent
+as the ASGI messages rendered for the first of them, and not closed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from django.core.exceptions import RequestAborted  # noqa: E402 - after setup
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
 from django.urls import set_script_prefix  # noqa: E402
 
+from berrys_portal.ready_response import ReadyResponse  # noqa: E402
+
 
 class WatchASGIHandler(ASGIHandler):
     async def __call__(self, scope, receive, send):
@@ -43,6 +47,7 @@ class WatchASGIHandler(ASGIHandler):
             set_script_prefix(get_script_prefix(scope))
             request, response = self.create_request(scope, body_file)
             if request is not None:
+                request.send_ready = True  # the views may answer with a shared ReadyResponse
                 serving = asyncio.ensure_future(self.get_response_async(request))
                 disconnect = asyncio.ensure_future(self.listen_for_disconnect(receive))
                 await asyncio.wait({serving, disconnect}, return_when=asyncio.FIRST_COMPLETED)
@@ -55,6 +60,11 @@ class WatchASGIHandler(ASGIHandler):
                     return
                 disconnect.cancel()
                 response = serving.result()
+            if isinstance(response, ReadyResponse):
+                with contextlib.suppress(asyncio.CancelledError):
+                    for message in await response.asgi_messages(self.send_response):
+                        await send(message)
+                return
             try:
                 await self.send_response(response, send)
             except asyncio.CancelledError:

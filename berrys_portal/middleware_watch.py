@@ -10,12 +10,19 @@ It also checks the Host header against ``ALLOWED_HOSTS`` first, as the regular
 server does (there ``CommonMiddleware`` asks ``request.get_host()``): a disallowed
 Host raises ``DisallowedHost`` and gets the ``handler400`` answer (the API's JSON
 error shape, status 400) before any view runs.
+
+A ``ReadyResponse`` (shared by the requests a change woke) goes through
+``process_response`` once. What that adds depends on the response and on
+``request.is_secure()`` only (HSTS), so the views share one only between requests of
+the same scheme.
 """
 
 from __future__ import annotations
 
 from django.middleware.security import SecurityMiddleware
 from django.utils.decorators import async_only_middleware
+
+from berrys_portal.ready_response import ReadyResponse
 
 
 @async_only_middleware
@@ -27,6 +34,8 @@ def watch_middleware(get_response):
         response = security.process_request(request)  # the HTTPS redirect, when configured
         if response is None:
             response = await get_response(request)
+        if isinstance(response, ReadyResponse):  # shared: its headers are set by the first request
+            return response.middleware_once(lambda shared: security.process_response(request, shared))
         return security.process_response(request, response)
 
     return middleware

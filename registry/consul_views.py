@@ -30,6 +30,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonR
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from berrys_portal.ready_response import ReadyResponse, ready_wanted
 from registry import consul
 from registry.auth import _key_lookup, _touch_last_used, hash_key
 from registry.scopes import key_has_scope
@@ -145,11 +146,13 @@ def _sync(request: HttpRequest, fn: Callable, *args):
 # One computation per (endpoint, arguments, index) however many watchers wake at once.
 _inflight: dict[tuple, asyncio.Future] = {}
 _answers: dict[tuple, tuple[int, bytes]] = {}
+_ready: dict[tuple, tuple[bytes, ReadyResponse]] = {}
 _ANSWERS_MAX = 1000
 
 
 def answers_clear() -> None:
     _answers.clear()
+    _ready.clear()
 
 
 def _compute(service_type: str | None, build: Callable[[], Any]) -> tuple[int, bytes]:
@@ -201,7 +204,8 @@ async def _serve(request: HttpRequest, *, extra: set[str], repeatable: set[str] 
         return refused.response()
     if options["index"] > 0:
         feed = index_feed()
-        await sync_to_async(feed.start, thread_sensitive=False)()  # no database work: any thread
+        if not feed.ready():
+            await sync_to_async(feed.start, thread_sensitive=False)()  # no database work: any thread
         if feed.state.of(service_type) <= options["index"]:
             try:
                 with watch_slot(key=hash_key(_token(request))):
@@ -210,13 +214,36 @@ async def _serve(request: HttpRequest, *, extra: set[str], repeatable: set[str] 
             except (TooManyWatches, WatchServerFull) as full:
                 return watch_refusal(full)
         index, body = await _answer(request, key, service_type, build)
+        if ready_wanted(request):
+            return _ready_response(key, index, body, options["consistency"], request.is_secure())
     else:
         index, body = await _sync(request, _compute, service_type, build)
-    response = HttpResponse(body, content_type="application/json")
+    return _response(HttpResponse, index, body, options["consistency"])
+
+
+def _ready_response(key: tuple, index: int, body: bytes, consistency: str, secure: bool) -> ReadyResponse:
+    """One response object for every blocking query asking the same at the same index.
+
+    The caller is authorized already (before it waited); what else the answer depends
+    on is in the key: the endpoint and its arguments, the index, the consistency mode
+    (a header) and the scheme (the middleware's HSTS header); and the body itself (two
+    computations at one index may differ: the index is read before the body).
+    """
+    ready_key = (key, index, consistency, secure)
+    entry = _ready.get(ready_key)
+    if entry is None or entry[0] is not body:
+        if len(_ready) >= _ANSWERS_MAX:
+            _ready.clear()
+        entry = _ready[ready_key] = (body, _response(ReadyResponse, index, body, consistency))
+    return entry[1]
+
+
+def _response(cls: type[HttpResponse], index: int, body: bytes, consistency: str) -> HttpResponse:
+    response = cls(body, content_type="application/json")
     response["X-Consul-Index"] = str(index)
     response["X-Consul-KnownLeader"] = "true"
     response["X-Consul-LastContact"] = "0"
-    response["X-Consul-Effective-Consistency"] = options["consistency"]
+    response["X-Consul-Effective-Consistency"] = consistency
     response["X-Consul-Query-Backend"] = "blocking-query"
     return response
 

@@ -19,6 +19,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.views.decorators.csrf import csrf_exempt
 
 from berrys_portal.errors import PortalError
+from berrys_portal.ready_response import ReadyResponse, ready_wanted
 from registry import views
 from registry.auth import hash_key
 from registry.watch import (
@@ -37,10 +38,12 @@ SHARE_SECONDS = 1.0
 _ANSWERS_MAX = 1000
 _inflight: dict[tuple, asyncio.Future] = {}
 _answers: dict[tuple, tuple[float, tuple]] = {}
+_ready: dict[tuple, tuple[tuple, ReadyResponse]] = {}
 
 
 def answers_clear() -> None:
     _answers.clear()
+    _ready.clear()
 
 
 def _call(view: Callable, request: HttpRequest, kwargs: dict) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -50,11 +53,27 @@ def _call(view: Callable, request: HttpRequest, kwargs: dict) -> tuple[int, list
     return response.status_code, list(response.items()), response.content
 
 
-def _response(status: int, headers: list[tuple[str, str]], content: bytes) -> HttpResponse:
-    response = HttpResponse(content, status=status)
+def _response(status: int, headers: list[tuple[str, str]], content: bytes,
+              cls: type[HttpResponse] = HttpResponse) -> HttpResponse:
+    response = cls(content, status=status)
     for name, value in headers:
         response[name] = value
     return response
+
+
+def _ready_response(shared: tuple, secure: bool, answer: tuple) -> ReadyResponse:
+    """One response object for the watches ``shared`` names (same path, query, credentials, index).
+
+    ``answer`` is the view's shared answer for ``shared`` (reused for at most
+    ``SHARE_SECONDS``); the response object lives as long as that answer does, and is
+    per scheme (the middleware's HSTS header).
+    """
+    entry = _ready.get((shared, secure))
+    if entry is None or entry[0] is not answer:
+        if len(_ready) >= _ANSWERS_MAX:
+            _ready.clear()
+        entry = _ready[shared, secure] = (answer, _response(*answer, cls=ReadyResponse))
+    return entry[1]
 
 
 async def _answer(view: Callable, request: HttpRequest, kwargs: dict, shared: tuple | None):
@@ -111,18 +130,25 @@ def native_watch(view: Callable, *, type_kwarg: str | None = None) -> Callable:
         # Same path, query and credentials at the same index: one answer for all of them
         # (a thousand watchers re-opening after a change share the answer that woke them).
         credentials = request.headers.get("Authorization", "")
-        shared = (request.path, query.urlencode(), credentials, feed.current(service_type))
-        status, headers, content = await _answer(view, request, kwargs, shared if index else None)
+        shared = (request.path, query.urlencode(), credentials, request.headers.get("Accept"),
+                  feed.current(service_type))
+        answer = await _answer(view, request, kwargs, shared if index else None)
+        status, headers, content = answer
         current = dict(headers).get(INDEX_HEADER)
-        if index == 0 or current is None or int(current) > index:
-            return _response(status, headers, content)  # also refusals (401, 403, 400)
+        if index == 0 or current is None or int(current) > index:  # also refusals (401, 403, 400)
+            if index and ready_wanted(request):
+                return _ready_response(shared, request.is_secure(), answer)
+            return _response(status, headers, content)
         try:
             with watch_slot(key=hash_key(credentials.split()[-1] if credentials else "")):  # "Token <key>"
                 after = await feed.wait_async(after=index, service_type=service_type, timeout=wait_timeout(wait))
         except (TooManyWatches, WatchServerFull) as full:
             return watch_refusal(full)
-        shared = (request.path, query.urlencode(), credentials, after)
-        return _response(*await _answer(view, request, kwargs, shared))
+        shared = (request.path, query.urlencode(), credentials, request.headers.get("Accept"), after)
+        answer = await _answer(view, request, kwargs, shared)
+        if ready_wanted(request):
+            return _ready_response(shared, request.is_secure(), answer)
+        return _response(*answer)
 
     return watch
 
