@@ -129,6 +129,21 @@ def api_key_cache_clear() -> None:
     _key_cache.clear()
 
 
+def key_lookup_cached(key_hash: str) -> ApiKey | None:
+    """The copy ``_key_lookup`` would return from its cache now, or None (it would query). No database."""
+    ttl = settings.API_KEY_CACHE_SECONDS
+    hit = _key_cache.get(key_hash) if ttl > 0 else None
+    if hit is not None and time.time() - hit[0] < ttl:
+        return hit[1]
+    return None
+
+
+def last_used_fresh(key: ApiKey, now: datetime) -> bool:
+    """Whether ``_touch_last_used`` would write nothing now."""
+    interval = timedelta(seconds=settings.API_KEY_LAST_USED_INTERVAL_SECONDS)
+    return key.last_used_at is not None and now - key.last_used_at < interval
+
+
 def _key_lookup(key_hash: str) -> ApiKey | None:
     """One indexed query, or a copy at most ``API_KEY_CACHE_SECONDS`` old (0: no cache).
 
@@ -212,9 +227,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
 def _touch_last_used(key: ApiKey, now: datetime) -> None:
     """Record use at most once per interval: a write on every request would halve throughput."""
-    interval = timedelta(seconds=settings.API_KEY_LAST_USED_INTERVAL_SECONDS)
-    if key.last_used_at is not None and now - key.last_used_at < interval:
+    if last_used_fresh(key, now):
         return
+    interval = timedelta(seconds=settings.API_KEY_LAST_USED_INTERVAL_SECONDS)
     # Conditional UPDATE: of concurrent requests only one writes; no row lock is held.
     ApiKey.objects.filter(pk=key.pk).filter(
         Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - interval)

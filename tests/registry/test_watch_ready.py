@@ -9,10 +9,10 @@ import aiohttp
 import pytest
 import requests
 from django.db import connection
-from django.test import override_settings
+from django.test import AsyncClient, override_settings
 
-from registry.auth import api_key_create
-from registry.models import HealthStatus, Service
+from registry.auth import api_key_create, api_key_revoke
+from registry.models import ApiKey, HealthStatus, Service
 from tests.registry.test_watch_server import watch_server  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_index_feed")]
@@ -131,3 +131,43 @@ def test_watches_answered_at_the_same_index_share_one_rendering(transactional_db
     for path, sent in answers.items():
         assert {(start["status"], tuple(start["headers"]), body) for start, body in sent} == {
             (fresh[path][0]["status"], tuple(fresh[path][0]["headers"]), fresh[path][1])}
+
+
+@override_settings(ROOT_URLCONF="berrys_portal.urls_watch",
+                   MIDDLEWARE=["berrys_portal.middleware_watch.watch_middleware"], API_KEY_CACHE_SECONDS=60)
+def test_a_consul_query_with_its_key_in_memory_is_authorized_in_the_loop_and_a_revoked_key_still_refused(
+        transactional_db, monkeypatch):
+    from registry import consul_views
+
+    Service.objects.create(name="planner-1", type="PLANNING_SYSTEM", url="http://127.0.0.1:8911",
+                           status=HealthStatus.PASSING)
+    api_key, token = api_key_create(name="watcher", scopes=["registry:read"])
+    hops: list[str] = []
+    real = consul_views._authorize
+
+    def spy(request):
+        hops.append(request.path)
+        try:
+            return real(request)
+        finally:
+            connection.close()  # an executor thread: not kept past the test
+
+    monkeypatch.setattr(consul_views, "_authorize", spy)
+
+    async def get():
+        return await AsyncClient().get("/v1/health/service/PLANNING_SYSTEM", headers={"X-Consul-Token": token})
+
+    def revoke() -> None:
+        api_key_revoke(keys=ApiKey.objects.filter(pk=api_key.pk))
+        connection.close()
+
+    async def scenario():
+        answers = [await get() for _ in range(4)]
+        hopped = len(hops)
+        await asyncio.to_thread(revoke)
+        return answers, hopped, await get()
+
+    answers, hopped, after_revocation = asyncio.run(scenario())
+    assert [a.status_code for a in answers] == [200] * 4
+    assert hopped == 1, hops  # the first read the key (and recorded its use); the others did not hop
+    assert after_revocation.status_code == 403  # revoking drops the cached copy: read again, refused
