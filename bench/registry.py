@@ -268,6 +268,10 @@ def main() -> None:
     parser.add_argument("--services", default=str(N_SERVICES),
                         help="Registered services, a comma-separated sweep, e.g. 100,1000,10000,100000")
     parser.add_argument("--port", type=int, default=0, help="gunicorn's port (default: a free one)")
+    parser.add_argument("--scenarios", default="ceiling,discovery,register,heartbeat",
+                        help="Comma-separated subset (the ceiling always runs: ratios are paired with it)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="cProfile each gunicorn worker (bench/gunicorn_profile.py); dumps in DIR at the end")
     parser.add_argument("--seed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.seed:
@@ -299,14 +303,19 @@ def main() -> None:
                                 capture_output=True, text=True)
         data = json.loads(seeded.stdout.strip().splitlines()[-1])
         port = args.port or _free_port()
+        profile = []
+        if args.profile:
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
+            env["BENCH_PROFILE_DIR"] = str(Path(args.profile).resolve())
+            profile = ["-c", str(ROOT / "bench" / "gunicorn_profile.py")]
         gunicorn = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "berrys_portal.wsgi:application",
+            [str(Path(sys.executable).parent / "gunicorn"), "berrys_portal.wsgi:application", *profile,
              "--workers", str(args.workers), "--worker-class", "sync", "--bind", f"127.0.0.1:{port}",
              "--backlog", "2048", "--log-level", "warning"],
             cwd=ROOT, env=env, start_new_session=True,
         )
         _wait_ready(port, gunicorn)
-        scenarios = ("ceiling", "discovery", "register", "heartbeat")
+        scenarios = ("ceiling", *(s for s in args.scenarios.split(",") if s and s != "ceiling"))
         seeded_count = int(env["BENCH_OWNED"])
         for size in sizes:
             if size > seeded_count:
