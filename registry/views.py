@@ -222,6 +222,7 @@ class DiscoveryView(APIView):
     """``GET /discovery/{type}``: one eligible instance (rotating), or all with ``?all=1``."""
 
     required_scopes = {"GET": "registry:read"}
+    prepared: bool | None = None  # the pick as a prepared statement (None: the setting); bench/urls.py
 
     @extend_schema(
         operation_id="discovery_get",
@@ -260,7 +261,8 @@ class DiscoveryView(APIView):
             if flag in _TRUE:
                 response = self._all(request, service_type)
             else:
-                response = Response(ServiceSerializer(service_pick(service_type=service_type)).data)
+                response = Response(ServiceSerializer(service_pick(service_type=service_type,
+                                                                    prepared=self.prepared)).data)
         except PortalError as exc:  # a watcher needs the index on the 404 / 503 too
             if index is None:
                 raise
