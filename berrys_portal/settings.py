@@ -193,7 +193,14 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 # (Procfile: `worker` and `health`), so a step stuck on a slow service never stops
 # monitoring. Step tasks go to WORKFLOW_QUEUE (set per call by the engine).
 HEALTH_QUEUE = env_str("HEALTH_QUEUE", "health")
-CELERY_TASK_ROUTES = {"registry.*": {"queue": HEALTH_QUEUE}}
+# The outbox's tasks (alerts derived from transition rows, and their delivery: registry.outbox)
+# go to OUTBOX_QUEUE, served by the general worker: a slow webhook must not hold up a sweep.
+OUTBOX_QUEUE = env_str("OUTBOX_QUEUE", "celery")
+CELERY_TASK_ROUTES = {
+    "registry.outbox_*": {"queue": OUTBOX_QUEUE},
+    "registry.alert_*": {"queue": OUTBOX_QUEUE},
+    "registry.*": {"queue": HEALTH_QUEUE},
+}
 # Celery time limits (soft: the task gets SoftTimeLimitExceeded and records it; hard: the
 # pool process is killed). A step's HTTP call has its own total deadline well inside these.
 WORKFLOW_STEP_SOFT_TIME_LIMIT = env_int("WORKFLOW_STEP_SOFT_TIME_LIMIT", 45, minimum=1)
@@ -404,6 +411,15 @@ ALERT_DEDUP_SECONDS = env_int("ALERT_DEDUP_SECONDS", 3600, minimum=0)
 ALERT_WEBHOOK_ATTEMPTS = env_int("ALERT_WEBHOOK_ATTEMPTS", 4, minimum=1)
 ALERT_WEBHOOK_BACKOFF_SECONDS = env_float("ALERT_WEBHOOK_BACKOFF_SECONDS", 0.5, minimum=0)
 ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+# Delivery rounds of one alert (each round tries every channel not yet accepted), and the wait
+# before the next round after a failed one (doubled each round).
+ALERT_MAX_ROUNDS = env_int("ALERT_MAX_ROUNDS", 5, minimum=1)
+ALERT_REDELIVER_SECONDS = env_int("ALERT_REDELIVER_SECONDS", 120, minimum=1)
+# A delivery round's claim lasts its worst case (every webhook, every attempt, timed out) plus
+# this margin; a worker that dies mid-round leaves the alert to another once the claim ends.
+ALERT_ROUND_MARGIN_SECONDS = env_int("ALERT_ROUND_MARGIN_SECONDS", 60, minimum=1)
+# How often beat runs the outbox catch-up (transitions a crash left unprocessed, due alerts).
+OUTBOX_CATCH_UP_SECONDS = env_int("OUTBOX_CATCH_UP_SECONDS", 30, minimum=1)
 SERVICE_CLIENT_RETRIES = env_int("SERVICE_CLIENT_RETRIES", 2, minimum=0)
 SERVICE_CLIENT_BACKOFF_BASE_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_BASE_SECONDS", 0.2, minimum=0)
 SERVICE_CLIENT_BACKOFF_CAP_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_CAP_SECONDS", 5.0, minimum=0)

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from berrys_portal import metrics
 from registry.breakers import breaker_snapshots
-from registry.health import health_oldest_overdue_seconds
+from registry.health_expiry import health_oldest_overdue_seconds
 from registry.models import BreakerEvent, BreakerState, HealthStatus, Service
 from workflows.models import STEP_CLAIMABLE, StepRun, StepStatus, WorkflowRun
 from workflows.readiness import STATES, readiness_all

@@ -21,7 +21,7 @@ from django.utils.html import format_html_join
 
 from berrys_portal import charts
 from dashboard.metrics import service_states
-from registry.health import health_oldest_overdue_seconds
+from registry.health_expiry import health_oldest_overdue_seconds
 from registry.models import (
     BreakerEvent,
     BreakerState,

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from registry.health import health_oldest_overdue_seconds
+from registry.health_expiry import health_oldest_overdue_seconds
 from registry.models import Service
 from tests.dashboard.test_metrics import scrape, value
 

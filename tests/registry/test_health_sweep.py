@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.db import connections
 from django.utils import timezone
 
-from registry import health
+from registry import health, health_expiry, health_loop, health_rules
 from registry.breakers import breaker_for
 from registry.models import HealthSnapshot, HealthStatus, Service, StatusChange
 from tests.registry.loopback import Reply, flapping
@@ -42,7 +42,7 @@ UNHEALTHY = Reply(200, {"status": "unhealthy", "database": False, "cache": True,
     ],
 )
 def test_a_probe_verdict_follows_the_guide_body(http_status, body, latency, slow, error, expected):
-    status, reason, details = health.probe_verdict(
+    status, reason, details = health_rules.probe_verdict(
         http_status=http_status, body=body, latency_ms=latency, slow_threshold_ms=slow, error=error
     )
     assert status == expected
@@ -50,7 +50,7 @@ def test_a_probe_verdict_follows_the_guide_body(http_status, body, latency, slow
 
 
 def test_dependency_details_are_kept():
-    _, reason, details = health.probe_verdict(
+    _, reason, details = health_rules.probe_verdict(
         http_status=200, body={"status": "healthy", "database": False, "cache": True, "dependencies": True,
                                "timestamp": "t", "extra": 1},
         latency_ms=3, slow_threshold_ms=None,
@@ -123,7 +123,7 @@ def test_hanging_services_do_not_delay_the_others(loopback, make_service, settin
     healthy = [make_service(url=server.url, health_path="/ok") for _ in range(40)]
 
     started = time.monotonic()
-    report = health.health_sweep_run(batch_size=10, max_in_flight=30, max_queued=30)
+    report = health_loop.health_sweep_run(batch_size=10, max_in_flight=30, max_queued=30)
     elapsed = time.monotonic() - started
 
     assert report.probed == 48
@@ -142,7 +142,7 @@ def test_two_sweepers_share_the_due_services_without_overlap(loopback, make_serv
 
     def sweeper():
         try:
-            reports.append(health.health_sweep_run(batch_size=10, max_in_flight=10, max_queued=20))
+            reports.append(health_loop.health_sweep_run(batch_size=10, max_in_flight=10, max_queued=20))
         finally:
             connections.close_all()  # this thread's claim connection
 
@@ -194,9 +194,9 @@ def test_a_service_critical_longer_than_deregister_after_is_deregistered_and_rec
     assert svc.status == "critical" and svc.critical_since is not None
 
     with time_machine.travel(timezone.now() + timedelta(seconds=200)):
-        assert health.health_deregister_expired() == 0
+        assert health_expiry.health_deregister_expired() == 0
     with time_machine.travel(timezone.now() + timedelta(seconds=301)):
-        assert health.health_deregister_expired() == 1
+        assert health_expiry.health_deregister_expired() == 1
 
     assert not Service.objects.filter(pk=svc.pk).exists() and Service.objects.filter(pk=keeper.pk).exists()
     record = StatusChange.objects.get(new_status=StatusChange.DEREGISTERED)
@@ -213,7 +213,7 @@ def test_snapshots_older_than_the_retention_are_pruned_in_batches(make_service, 
          for i in range(25)]
         + [HealthSnapshot(service=svc, checked_at=now - timedelta(days=6), status="passing")]
     )
-    assert health.health_snapshots_prune(batch_size=10) == 25
+    assert health_expiry.health_snapshots_prune(batch_size=10) == 25
     assert HealthSnapshot.objects.count() == 1
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from registry import egress, health, prober
+from registry import egress, health, health_loop, prober
 from registry.models import HealthSnapshot
 
 JSON_OK = b'{"status": "healthy"}'
@@ -327,7 +327,7 @@ def test_a_sweep_whose_prober_goes_silent_fails_visibly_instead_of_waiting_forev
     server = raw(lambda n, head: (_ok(), False))
     answered = make_service(url=server.url(""), health_path="/health", check_timeout_seconds=1)
     lost = make_service(url=server.url(""), health_path="/lost", check_timeout_seconds=1)
-    monkeypatch.setattr(health, "PROBER_STALL_MARGIN_SECONDS", 0.5)
+    monkeypatch.setattr(health_loop, "PROBER_STALL_MARGIN_SECONDS", 0.5)
     real_submit = prober.Prober.submit
 
     def submit_losing_one(self, jobs, **kw):  # a prober that loses a probe (as if its thread died)
@@ -336,7 +336,7 @@ def test_a_sweep_whose_prober_goes_silent_fails_visibly_instead_of_waiting_forev
     monkeypatch.setattr(prober.Prober, "submit", submit_losing_one)
     started = time.monotonic()
     with pytest.raises(RuntimeError, match=r"no probe result .* 1 probe\(s\) out .*prober stalled"):
-        health.health_sweep_run()
+        health_loop.health_sweep_run()
     assert time.monotonic() - started < 5
     assert HealthSnapshot.objects.filter(service=answered).count() == 1  # what came back is kept
     assert not HealthSnapshot.objects.filter(service=lost).exists()
