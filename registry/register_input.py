@@ -39,7 +39,6 @@ from registry.serializers import (
 from registry.validators import validate_service_url
 
 
-
 def _regex(field: serializers.Field):
     """The pattern a RegexField checks (the serializer's own, so the two cannot drift)."""
     return next(v.regex for v in field.validators if hasattr(v, "regex"))
