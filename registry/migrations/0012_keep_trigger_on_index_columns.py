@@ -28,6 +28,6 @@ def _replace(create: str):
 
 class Migration(migrations.Migration):
 
-    dependencies = [("registry", "0010_structure_status_actor")]
+    dependencies = [("registry", "0011_outbox")]
 
     operations = [migrations.RunPython(_replace(_PG_INDEX_COLUMNS), _replace(_PG_ANY_UPDATE))]
