@@ -2,8 +2,8 @@
 
 The ORM compiles a query on every call: ``Service.objects.filter(name=…, url=…).first()``
 cost 0.90 ms of CPU against 0.17 ms for the same SELECT through a cursor, and an ORM
-``update()`` of one column 0.60 ms against 0.26 ms (``/tmp``-style micro-measure in one
-process, 3,000 calls each, on the shared 2-core machine; see docs/benchmarks.md "At scale").
+``update()`` of one column 0.60 ms against 0.26 ms (one process, 3,000 calls each, on the
+shared 2-core machine under load; docs/benchmarks.md, "At scale", run 4).
 A re-registration, a heartbeat and a discovery pick each do one such read, so the text
 is built once per process from the model's metadata and each call only binds values.
 
