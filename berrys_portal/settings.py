@@ -407,6 +407,8 @@ if BREAKER_STORE not in {"redis", "database", "memory"}:
     raise ImproperlyConfigured(f"BREAKER_STORE={BREAKER_STORE!r}: use redis, database or memory")
 if BREAKER_STORE == "redis" and not REDIS_URL:
     raise ImproperlyConfigured("BREAKER_STORE=redis needs REDIS_URL")
+# One directly raised alert (breaker_storage_down) per kind and window; alerts derived from
+# transition rows are one per status change / breaker episode (registry.outbox).
 ALERT_DEDUP_SECONDS = env_int("ALERT_DEDUP_SECONDS", 3600, minimum=0)
 ALERT_WEBHOOK_ATTEMPTS = env_int("ALERT_WEBHOOK_ATTEMPTS", 4, minimum=1)
 ALERT_WEBHOOK_BACKOFF_SECONDS = env_float("ALERT_WEBHOOK_BACKOFF_SECONDS", 0.5, minimum=0)
@@ -453,6 +455,10 @@ WORKFLOW_HEARTBEAT_SECONDS = env_float("WORKFLOW_HEARTBEAT_SECONDS", WORKFLOW_ST
 if WORKFLOW_HEARTBEAT_SECONDS * 2 > WORKFLOW_STEP_LEASE_SECONDS:
     raise ImproperlyConfigured("WORKFLOW_HEARTBEAT_SECONDS must be at most half of WORKFLOW_STEP_LEASE_SECONDS")
 WORKFLOW_PREPARED_STATEMENTS = env_bool("WORKFLOW_PREPARED_STATEMENTS", True)
+# A worker that completes a step claims the run's next one in the same statement and runs it
+# at once (no message, no second statement), for up to this many seconds per task; then the
+# next step gets a message like any other. 0: every step goes through the broker.
+WORKFLOW_INLINE_SECONDS = env_float("WORKFLOW_INLINE_SECONDS", 2.0, minimum=0)
 WORKFLOW_RECONCILE_GRACE_SECONDS = env_int("WORKFLOW_RECONCILE_GRACE_SECONDS", 30, minimum=1)
 # Extra modules holding workflow definitions (the tests' workers use it); see workflows.definitions.
 WORKFLOW_DEFINITION_MODULES = env_list("WORKFLOW_DEFINITION_MODULES", [])
