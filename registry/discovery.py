@@ -7,9 +7,9 @@ ServiceClient picks through the same functions, so it follows the same rules.
 
 PostgreSQL-specific code, kept because a figure shows it earns its place: the pick runs as
 a prepared statement (``_fetch_prepared``). In the registry bench a discovery cost the
-server (gunicorn worker + its PostgreSQL backend) 3.31–3.75 ms of CPU prepared against
-4.47–4.74 ms for the same SQL planned on every request (the bench's ``discovery-plain``
-scenario, same run, 100 to 10,000 services: docs/benchmarks.md, "At scale", run 4).
+server (gunicorn worker + its PostgreSQL backend) 2.77–3.75 ms of CPU prepared against
+4.35–4.74 ms for the same SQL planned on every request (the bench's ``discovery-plain``
+scenario, same run, 100 to 100,000 services: docs/benchmarks.md, "At scale", run 4).
 SQLite, and PostgreSQL with ``DISCOVERY_PREPARED_STATEMENT=0`` (behind a pooler in
 transaction mode), run the same text through Django's cursor; both build the rows with
 ``registry.rows``.
