@@ -23,6 +23,10 @@ first size's services (at most 1,000); each next size is reached by one bulk
 per-key quota and the ORM are too slow to seed 100,000 under load), then every scenario
 runs again against the same gunicorn.
 
+``--explain`` prints, after each size, the pick's ``EXPLAIN (ANALYZE, BUFFERS)`` and
+``registry_service``'s dead tuples and HOT updates; ``--profile DIR`` cProfiles each gunicorn
+worker (bench/gunicorn_profile.py) into DIR; ``--scenarios`` picks a subset.
+
 Each scenario runs ``--repeats`` times, interleaved; the table shows medians, ratios against
 the ceiling paired per repeat (median of the per-repeat ratios), and the per-repeat ratios.
 Targets (issue 13): discovery >= 90 % of the ceiling's req/s with p99 <= 1.5x at every size;
