@@ -206,16 +206,16 @@ def _engine_batch(n: int) -> tuple[float, list[str]]:
     return elapsed, ids
 
 
-def _chain_batch(n: int, url: str) -> tuple[float, list[tuple[float, float, float]]]:
+def _chain_batch(n: int, url: str, queue: str = QUEUE) -> tuple[float, list[tuple[float, float, float]]]:
     from django.core.cache import cache
 
     keys, t0s = [uuid.uuid4().hex for _ in range(n)], []
     started = time.perf_counter()
     for key in keys:
         t0s.append(time.time())
-        links = [bench_http_call.si(0.0, url, 0).set(queue=QUEUE)]
-        links += [bench_http_call.s(url, i).set(queue=QUEUE) for i in range(1, STEPS)]
-        links.append(bench_chain_done.s(key).set(queue=QUEUE))
+        links = [bench_http_call.si(0.0, url, 0).set(queue=queue)]
+        links += [bench_http_call.s(url, i).set(queue=queue) for i in range(1, STEPS)]
+        links.append(bench_chain_done.s(key).set(queue=queue))
         chain(*links).apply_async()
     _wait(lambda: all(cache.get(f"bench:{k}") for k in keys), 300, "chains")
     elapsed = time.perf_counter() - started
