@@ -171,3 +171,15 @@ def test_a_consul_query_with_its_key_in_memory_is_authorized_in_the_loop_and_a_r
     assert [a.status_code for a in answers] == [200] * 4
     assert hopped == 1, hops  # the first read the key (and recorded its use); the others did not hop
     assert after_revocation.status_code == 403  # revoking drops the cached copy: read again, refused
+
+
+def test_the_watch_server_freezes_its_startup_objects_out_of_the_collector():
+    import subprocess
+    import sys
+
+    from tests.registry.health_fixtures import subprocess_env
+
+    env = dict(subprocess_env(), DJANGO_SETTINGS_MODULE="berrys_portal.settings_watch")
+    out = subprocess.run([sys.executable, "-c", "import gc, berrys_portal.asgi_watch; print(gc.get_freeze_count())"],
+                         env=env, capture_output=True, text=True, check=True, timeout=60)
+    assert int(out.stdout.strip().splitlines()[-1]) > 10_000, out.stdout
