@@ -47,7 +47,7 @@ HANG_SECONDS = 6.0
 # --- health servers, each in its own process ------------------------------------------------
 
 
-def _serve(queue, ports: int) -> None:
+def _serve(queue, ports: int, first_port: int = 0) -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     body = b'{"status": "healthy", "database": true, "cache": true, "dependencies": true}'
@@ -77,17 +77,19 @@ def _serve(queue, ports: int) -> None:
         def handle_error(self, request, client_address):
             pass  # clients that timed out on a hanging probe: expected
 
-    servers = [Server(("127.0.0.1", 0), Handler) for _ in range(ports)]
+    servers = [Server(("127.0.0.1", first_port + i if first_port else 0), Handler) for i in range(ports)]
     for server in servers[1:]:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     queue.put([server.server_address[1] for server in servers])
     servers[0].serve_forever()
 
 
-def start_servers(n: int, ports_each: int) -> tuple[list, list[int]]:
+def start_servers(n: int, ports_each: int, base_port: int = 0) -> tuple[list, list[int]]:
+    """``base_port``: bind ports base_port … base_port + n × ports_each - 1 (0: any free ports)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_serve, args=(queue, ports_each), daemon=True) for _ in range(n)]
+    procs = [ctx.Process(target=_serve, args=(queue, ports_each, base_port and base_port + k * ports_each),
+                         daemon=True) for k in range(n)]
     for p in procs:
         p.start()
     ports = [port for _ in procs for port in queue.get(timeout=60)]
@@ -98,11 +100,10 @@ def start_servers(n: int, ports_each: int) -> tuple[list, list[int]]:
 
 
 def _cleanup() -> None:
-    from registry import alerts, breakers
+    from registry import alerts
     from registry.models import Alert, BreakerEvent, Service, StatusChange
 
-    breakers.events_flush(60)
-    alerts.alerts_flush(60)
+    alerts.alerts_flush()
     Alert.objects.filter(service__type=BENCH_TYPE).delete()
     BreakerEvent.objects.filter(service__type=BENCH_TYPE).delete()
     StatusChange.objects.filter(service_type=BENCH_TYPE).delete()
@@ -122,11 +123,10 @@ def _reset_round() -> None:
     import redis
     from django.conf import settings
 
-    from registry import alerts, breakers
+    from registry import alerts
     from registry.models import HealthSnapshot, Service, StatusChange
 
-    breakers.events_flush(60)
-    alerts.alerts_flush(60)
+    alerts.alerts_flush()
     HealthSnapshot.objects.filter(service__type=BENCH_TYPE).delete()
     StatusChange.objects.filter(service_type=BENCH_TYPE).delete()
     Service.objects.filter(type=BENCH_TYPE).update(
@@ -372,7 +372,7 @@ def run(args) -> None:
     if not settings.REDIS_URL or "postgres" not in settings.DATABASES["default"]["ENGINE"]:
         sys.exit("Set DATABASE_URL (PostgreSQL) and REDIS_URL to your own database / Redis db.")
     call_command("migrate", verbosity=0)
-    procs, ports = start_servers(args.servers, args.ports)
+    procs, ports = start_servers(args.servers, args.ports, args.base_port)
     rows: list[tuple[str, str, float, str, str]] = []
     try:
         _cleanup()
@@ -410,6 +410,8 @@ def main() -> None:
     parser.add_argument("--hang-services", type=int, default=1_000)
     parser.add_argument("--servers", type=int, default=4)
     parser.add_argument("--ports", type=int, default=50, help="ports per server process")
+    parser.add_argument("--base-port", type=int, default=0,
+                        help="bind the servers' ports from here up (0: any free ports)")
     parser.add_argument("--baseline-in-flight", type=int, default=64)
     parser.add_argument("--only", default="ABC",
                         help="scenarios to run: any of A, B, C (C needs A), W (write paths, not by default)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pybreaker
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, JsonResponse
 from django.views import defaults as django_defaults
@@ -97,7 +98,7 @@ class ServiceConnectionError(PortalError):
     code = "service_connection_error"
 
 
-class CircuitOpenError(PortalError):
+class CircuitOpenError(PortalError, pybreaker.CircuitBreakerError):
     """The service's circuit breaker is open; the call was not sent."""
 
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE

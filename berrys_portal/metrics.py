@@ -2,10 +2,11 @@
 
 Two kinds of figures:
 
-* **Events** (a probe's latency, a step's duration, a reconciler re-enqueue) are
-  recorded where they happen, in whichever process that is, with the small
-  functions below (``observe_probe``, ``observe_step``, ``record_run_finished``,
-  ``record_requeue``). prometheus-client's multi-process mode writes them to
+* **Events** (a probe's latency, a step's duration, a reconciler re-enqueue, a
+  processed transition row, an alert delivery round) are recorded where they
+  happen, in whichever process that is, with the small functions below
+  (``observe_probe``, ``observe_step``, ``record_run_finished``, ``record_requeue``,
+  ``record_transitions``, ``record_alert_round``). prometheus-client's multi-process mode writes them to
   memory-mapped files under ``PROMETHEUS_MULTIPROC_DIR``; the scrape sums the
   files of every process.
 * **State** (each service's status, each breaker's state, how many runs are in
@@ -67,6 +68,19 @@ RECONCILER_REQUEUES = Counter(
     ["reason"],
 )
 
+# Counted by the outbox task from the transition rows it claims (registry.outbox): once per row,
+# whichever worker claims it, so the figure does not depend on which process made the change.
+TRANSITIONS = Counter(
+    "berrys_transitions_processed",
+    "Status changes and breaker transitions processed by the outbox, by kind and new state.",
+    ["kind", "to"],
+)
+ALERT_ROUNDS = Counter(
+    "berrys_alert_delivery_rounds",
+    "Alert delivery rounds, by alert kind and outcome (delivered, failed).",
+    ["kind", "outcome"],
+)
+
 
 def observe_probe(*, service: str, service_type: str, latency_seconds: float, outcome: str) -> None:
     """One health probe finished (``outcome``: passing, warning, critical, error)."""
@@ -87,6 +101,17 @@ def record_requeue(*, reason: str, count: int = 1) -> None:
     """The reconciler re-enqueued ``count`` steps (``reason``: lease_expired, overdue, ...)."""
     if count:
         RECONCILER_REQUEUES.labels(reason).inc(count)
+
+
+def record_transitions(*, kind: str, to: str, count: int = 1) -> None:
+    """The outbox processed ``count`` transition rows (``kind``: status, breaker)."""
+    if count:
+        TRANSITIONS.labels(kind, to).inc(count)
+
+
+def record_alert_round(*, kind: str, outcome: str) -> None:
+    """One delivery round of one alert ended (``outcome``: delivered, failed)."""
+    ALERT_ROUNDS.labels(kind, outcome).inc()
 
 
 # --- Multi-process plumbing ----------------------------------------------------------

@@ -193,7 +193,14 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 # (Procfile: `worker` and `health`), so a step stuck on a slow service never stops
 # monitoring. Step tasks go to WORKFLOW_QUEUE (set per call by the engine).
 HEALTH_QUEUE = env_str("HEALTH_QUEUE", "health")
-CELERY_TASK_ROUTES = {"registry.*": {"queue": HEALTH_QUEUE}}
+# The outbox's tasks (alerts derived from transition rows, and their delivery: registry.outbox)
+# go to OUTBOX_QUEUE, served by the general worker: a slow webhook must not hold up a sweep.
+OUTBOX_QUEUE = env_str("OUTBOX_QUEUE", "celery")
+CELERY_TASK_ROUTES = {
+    "registry.outbox_*": {"queue": OUTBOX_QUEUE},
+    "registry.alert_*": {"queue": OUTBOX_QUEUE},
+    "registry.*": {"queue": HEALTH_QUEUE},
+}
 # Celery time limits (soft: the task gets SoftTimeLimitExceeded and records it; hard: the
 # pool process is killed). A step's HTTP call has its own total deadline well inside these.
 WORKFLOW_STEP_SOFT_TIME_LIMIT = env_int("WORKFLOW_STEP_SOFT_TIME_LIMIT", 45, minimum=1)
@@ -404,6 +411,15 @@ ALERT_DEDUP_SECONDS = env_int("ALERT_DEDUP_SECONDS", 3600, minimum=0)
 ALERT_WEBHOOK_ATTEMPTS = env_int("ALERT_WEBHOOK_ATTEMPTS", 4, minimum=1)
 ALERT_WEBHOOK_BACKOFF_SECONDS = env_float("ALERT_WEBHOOK_BACKOFF_SECONDS", 0.5, minimum=0)
 ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+# Delivery rounds of one alert (each round tries every channel not yet accepted), and the wait
+# before the next round after a failed one (doubled each round).
+ALERT_MAX_ROUNDS = env_int("ALERT_MAX_ROUNDS", 5, minimum=1)
+ALERT_REDELIVER_SECONDS = env_int("ALERT_REDELIVER_SECONDS", 120, minimum=1)
+# A delivery round's claim lasts its worst case (every webhook, every attempt, timed out) plus
+# this margin; a worker that dies mid-round leaves the alert to another once the claim ends.
+ALERT_ROUND_MARGIN_SECONDS = env_int("ALERT_ROUND_MARGIN_SECONDS", 60, minimum=1)
+# How often beat runs the outbox catch-up (transitions a crash left unprocessed, due alerts).
+OUTBOX_CATCH_UP_SECONDS = env_int("OUTBOX_CATCH_UP_SECONDS", 30, minimum=1)
 SERVICE_CLIENT_RETRIES = env_int("SERVICE_CLIENT_RETRIES", 2, minimum=0)
 SERVICE_CLIENT_BACKOFF_BASE_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_BASE_SECONDS", 0.2, minimum=0)
 SERVICE_CLIENT_BACKOFF_CAP_SECONDS = env_float("SERVICE_CLIENT_BACKOFF_CAP_SECONDS", 5.0, minimum=0)
@@ -437,6 +453,10 @@ WORKFLOW_HEARTBEAT_SECONDS = env_float("WORKFLOW_HEARTBEAT_SECONDS", WORKFLOW_ST
 if WORKFLOW_HEARTBEAT_SECONDS * 2 > WORKFLOW_STEP_LEASE_SECONDS:
     raise ImproperlyConfigured("WORKFLOW_HEARTBEAT_SECONDS must be at most half of WORKFLOW_STEP_LEASE_SECONDS")
 WORKFLOW_PREPARED_STATEMENTS = env_bool("WORKFLOW_PREPARED_STATEMENTS", True)
+# A worker that completes a step claims the run's next one in the same statement and runs it
+# at once (no message, no second statement), for up to this many seconds per task; then the
+# next step gets a message like any other. 0: every step goes through the broker.
+WORKFLOW_INLINE_SECONDS = env_float("WORKFLOW_INLINE_SECONDS", 2.0, minimum=0)
 WORKFLOW_RECONCILE_GRACE_SECONDS = env_int("WORKFLOW_RECONCILE_GRACE_SECONDS", 30, minimum=1)
 # Extra modules holding workflow definitions (the tests' workers use it); see workflows.definitions.
 WORKFLOW_DEFINITION_MODULES = env_list("WORKFLOW_DEFINITION_MODULES", [])

@@ -25,7 +25,7 @@ from django.utils.html import format_html
 from berrys_portal import charts
 from berrys_portal.roles import can_operate_services
 from registry import health, services
-from registry.breakers import breaker_config, breaker_for, breaker_snapshots, events_flush
+from registry.breakers import breaker_config, breaker_for, breaker_snapshots
 from registry.models import Alert, BreakerEvent, HealthSnapshot, HealthStatus, Service, StatusChange
 from registry.uptime import service_uptime
 
@@ -161,13 +161,11 @@ class HealthAdminMixin:
         actor = request.user.get_username()
         if what == "check_now":
             report = health.health_check_now(service_ids=[service.pk])
-            events_flush()
             row = report.rows[0] if report.rows else None
             text = f"Checked: {row.status}" + (f" ({row.reason})" if row and row.reason else "") if row else "Checked."
             self.message_user(request, text, messages.SUCCESS)
         elif what == "breaker_reset":
             breaker_for(service).reset(actor=actor, reason="admin reset")
-            events_flush()
             self.message_user(request, "Circuit breaker closed.", messages.SUCCESS)
         elif what == "breaker_force_open":
             reason = (request.POST.get("reason") or "").strip()[:300]
@@ -175,7 +173,6 @@ class HealthAdminMixin:
                 self.message_user(request, "Say why the breaker is forced open.", messages.ERROR)
                 return back
             breaker_for(service).force_open(reason=f"forced open by {actor}: {reason}", actor=actor)
-            events_flush()
             self.message_user(request, "Circuit breaker forced open.", messages.SUCCESS)
         else:
             services.service_set_maintenance(service=service, on=what == "maintenance_on", reason="admin",
@@ -232,7 +229,6 @@ class HealthAdminMixin:
                               messages.ERROR)
             return
         report = health.health_check_now(service_ids=ids)
-        events_flush()
         summary = ", ".join(f"{r.service.name}: {r.status}" + (f" ({r.reason})" if r.reason else "")
                             for r in report.rows)
         self.message_user(request, f"Checked {report.probed} service(s). {summary}", messages.SUCCESS)
@@ -241,7 +237,6 @@ class HealthAdminMixin:
     def reset_breaker(self, request, queryset):
         changed = sum(breaker_for(s).reset(actor=request.user.get_username(), reason="admin reset")
                       for s in queryset)
-        events_flush()
         self.message_user(request, f"Closed {changed} breaker(s).", messages.SUCCESS)
 
     @admin.action(description="Force circuit breaker open…", permissions=["operate_service"])
@@ -252,7 +247,6 @@ class HealthAdminMixin:
             actor = request.user.get_username()
             changed = sum(breaker_for(s).force_open(reason=f"forced open by {actor}: {reason}", actor=actor)
                           for s in queryset)
-            events_flush()
             self.message_user(request, f"Forced {changed} breaker(s) open.", messages.SUCCESS)
             return None
         return TemplateResponse(request, "admin/registry/service/force_open.html", {

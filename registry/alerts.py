@@ -1,123 +1,90 @@
-"""Alerts: tell operators when a service turns critical, recovers, or its breaker trips.
+"""Alerts: deliver ``Alert`` rows to the channels (webhooks, ADMINS e-mail), from Celery tasks.
 
-``alert_raise`` never blocks its caller and never touches the caller's
-transaction: de-duplication, the ``Alert`` row and delivery all happen on a
-background thread with its own database connection. Delivery is a JSON POST to
-every URL in ``ALERT_WEBHOOK_URLS`` (retried with exponential backoff) and an
-e-mail to ``ADMINS``. Alerts that could not be delivered (process died,
-webhook down) are retried by ``alerts_redeliver`` from the periodic prune task.
+Where alerts come from: the outbox task derives them from ``StatusChange`` and
+``BreakerEvent`` rows (``registry.outbox``: critical, recovered, breaker trip);
+``alert_raise`` records the few that no transition row carries (the breaker
+state store unreachable). Either way the ``Alert`` row is written in a
+transaction and delivered by ``registry.alert_deliver`` after commit; no thread
+of this process holds one.
 
-Rules:
-- suppressed while the service is in maintenance;
-- de-duplicated: a (service, kind) alert is not re-sent while it is still the
-  service's latest alert (the state has not changed since) and younger than
-  ``ALERT_DEDUP_SECONDS``.
+Delivery: a JSON POST to every URL in ``ALERT_WEBHOOK_URLS`` under the egress
+policy (vetted and pinned address, no redirects, a total deadline, a body cap),
+tried ``ALERT_WEBHOOK_ATTEMPTS`` times with exponential backoff within a round,
+and an e-mail to ``ADMINS``.
+
+The guarantee: **at least once per channel**. A round starts by claiming the
+row (``claimed_until`` moved forward by one UPDATE that only one worker can
+win), so two workers never send the same alert at the same time. Channels that
+accepted are recorded in ``delivered_to`` and skipped by later rounds. A round
+that failed leaves the row for the next round after a backoff
+(``ALERT_REDELIVER_SECONDS`` doubled per round, at most ``ALERT_MAX_ROUNDS``);
+a worker that dies mid-round leaves the claim to expire and the periodic
+catch-up sends it again. Sending is outside any transaction, so a channel can
+see an alert twice (the worker died after the POST was accepted and before the
+row said so): every POST carries ``Idempotency-Key: berrys-alert-<id>`` and the
+payload's ``event_id`` (the same value) for receivers to de-duplicate on.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta
 
 import requests
 from django.conf import settings
 from django.core.mail import mail_admins
-from django.db import close_old_connections, connections, transaction
+from django.db import DatabaseError, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
+from berrys_portal import metrics
 from registry import egress
 from registry.models import Alert, HealthStatus, Service
+from registry.outbox import alert_deliver_enqueue, outbox_process
 from registry.transport import DeadlineExceeded, ResponseTooLarge, call_send
 
 logger = logging.getLogger(__name__)
 
-_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="alerts")
-_pending: list[Future] = []
-_pending_lock = threading.Lock()
-_dedupe_lock = threading.Lock()
+EMAIL_CHANNEL = "email:admins"
 
 
 def _setting(name: str, default):
     return getattr(settings, name, default)
 
 
-def _close_when_idle() -> None:
-    """Close this thread's own connection once no more alert work waits (one connection per
-    alert cost ~30 ms each: a sweep turning 100 services critical spent seconds connecting)."""
-    if _executor._work_queue.empty():
-        connections.close_all()
-
-
-def _submit(fn, *args) -> None:
-    fut = _executor.submit(fn, *args)
-    with _pending_lock:
-        _pending[:] = [f for f in _pending if not f.done()]
-        _pending.append(fut)
-
-
-def alerts_flush(timeout: float = 30.0) -> None:
-    """Wait for every alert raised so far to be recorded and delivered (tests, commands)."""
-    while True:
-        with _pending_lock:
-            pending = [f for f in _pending if not f.done()]
-        if not pending:
-            return
-        for fut in pending:
-            fut.result(timeout=timeout)
-
-
 def alert_raise(*, kind: str, service: Service | None, message: str) -> None:
-    """Queue an alert; returns at once. Safe inside a transaction (sent after commit)."""
-    service_id = service.pk if service is not None else None
-    service_name = service.name if service is not None else ""
+    """Record an alert that no transition row carries; delivered by a task after commit.
 
-    def hand_off() -> None:
-        _submit(_record_and_deliver, kind, service_id, service_name, message)
-
-    if transaction.get_connection().in_atomic_block:
-        transaction.on_commit(hand_off)
-    else:
-        hand_off()
-
-
-def _suppressed(kind: str, service: Service | None, service_id: int | None) -> str:
+    De-duplicated by the unique key: one (kind, service) alert per ``ALERT_DEDUP_SECONDS``
+    window, whichever process raises it first. Suppressed while the service is in
+    maintenance. Never raises: the caller is handling a failure already.
+    """
     if service is not None and service.status == HealthStatus.MAINTENANCE:
-        return "service in maintenance"
-    window = timedelta(seconds=_setting("ALERT_DEDUP_SECONDS", 3600))
-    latest = Alert.objects.filter(service_id=service_id).order_by("-created_at").first()
-    if latest is not None and latest.kind == kind and latest.created_at > timezone.now() - window:
-        return f"duplicate of alert {latest.pk}"
-    return ""
-
-
-def _record_and_deliver(kind: str, service_id: int | None, service_name: str, message: str) -> None:
-    close_old_connections()
+        logger.info("alert %s for %s suppressed: service in maintenance", kind, service.name)
+        return
+    window = _setting("ALERT_DEDUP_SECONDS", 3600)
+    bucket = int(time.time() // window) if window else uuid.uuid4().hex
+    key = f"{kind}:{service.pk if service is not None else '-'}:{bucket}"
     try:
-        service = Service.objects.filter(pk=service_id).first() if service_id else None
-        # One thread decides at a time, so two simultaneous trips make one alert.
-        with _dedupe_lock:
-            reason = _suppressed(kind, service, service_id)
-            if reason:
-                logger.info("alert %s for %s suppressed: %s", kind, service_name or "-", reason)
-                return
-            alert = Alert.objects.create(
-                service=service, service_name=service_name, kind=kind, message=message,
-                created_at=timezone.now(),
+        with transaction.atomic():  # a savepoint inside the caller's transaction
+            Alert.objects.bulk_create(
+                [Alert(service=service, service_name=service.name if service is not None else "", kind=kind,
+                       message=message, created_at=timezone.now(), dedup_key=key)],
+                ignore_conflicts=True,
             )
-        _deliver(alert)
-    except Exception:  # noqa: BLE001 - alerting must never take anything down
-        logger.exception("Could not record or deliver alert %s for %s", kind, service_name)
-    finally:
-        _close_when_idle()
+            alert_deliver_enqueue(list(Alert.objects.filter(dedup_key=key, delivered_at__isnull=True)
+                                       .values_list("id", flat=True)))
+    except DatabaseError:
+        logger.exception("Could not record alert %s: %s", kind, message)
 
 
 def _payload(alert: Alert) -> dict:
     service = alert.service
     return {
         "id": alert.pk,
+        "event_id": _event_id(alert),
         "kind": alert.kind,
         "message": alert.message,
         "at": alert.created_at.isoformat(),
@@ -131,6 +98,10 @@ def _payload(alert: Alert) -> dict:
     }
 
 
+def _event_id(alert: Alert) -> str:
+    return f"berrys-alert-{alert.pk}"
+
+
 def _post_with_retries(url: str, payload: dict) -> str:
     """POST until a 2xx; exponential backoff between tries. Returns '' or the last error."""
     attempts = _setting("ALERT_WEBHOOK_ATTEMPTS", 4)
@@ -141,8 +112,8 @@ def _post_with_retries(url: str, payload: dict) -> str:
         try:
             # Under the egress policy like every outbound call: vetted, pinned address, no
             # redirects followed (a 3xx is not delivered), a total deadline, a small body cap.
-            response = call_send("POST", url, json_body=payload, deadline_seconds=timeout,
-                                 max_body=65536)
+            response = call_send("POST", url, json_body=payload, deadline_seconds=timeout, max_body=65536,
+                                 headers={"Idempotency-Key": payload["event_id"]})
             if response.status < 300:
                 return ""
             error = f"{url}: HTTP {response.status}"
@@ -154,42 +125,89 @@ def _post_with_retries(url: str, payload: dict) -> str:
     return error
 
 
-def _deliver(alert: Alert) -> None:
+def _channels() -> list[str]:
+    return [*_setting("ALERT_WEBHOOK_URLS", []), *([EMAIL_CHANNEL] if settings.ADMINS else [])]
+
+
+def _send(channel: str, alert: Alert, payload: dict) -> str:
+    if channel != EMAIL_CHANNEL:
+        return _post_with_retries(channel, payload)
+    try:
+        mail_admins(f"[Berrys Portal] {alert.get_kind_display()}: {alert.service_name or 'portal'}",
+                    alert.message)
+    except Exception as exc:  # noqa: BLE001 - SMTP down must not lose the webhook result
+        return f"email: {exc}"
+    return ""
+
+
+def _round_lease() -> timedelta:
+    """How long one delivery round may take: the claim outlives it, so nobody else starts one."""
+    attempts = _setting("ALERT_WEBHOOK_ATTEMPTS", 4)
+    timeout = _setting("ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0)
+    backoff = sum(_setting("ALERT_WEBHOOK_BACKOFF_SECONDS", 0.5) * 2 ** n for n in range(attempts - 1))
+    per_url = attempts * timeout + backoff
+    return timedelta(seconds=per_url * max(len(_setting("ALERT_WEBHOOK_URLS", [])), 1)
+                     + _setting("ALERT_ROUND_MARGIN_SECONDS", 60))
+
+
+def _due(now: datetime) -> Q:
+    return (Q(delivered_at__isnull=True, attempts__lt=_setting("ALERT_MAX_ROUNDS", 5))
+            & (Q(claimed_until__isnull=True) | Q(claimed_until__lte=now)))
+
+
+def alert_deliver(*, alert_id: int) -> bool:
+    """One delivery round of one alert, if this worker wins its claim; True if it went out now."""
+    now = timezone.now()
+    claimed = Alert.objects.filter(_due(now), pk=alert_id).update(
+        claimed_until=now + _round_lease(), attempts=F("attempts") + 1,
+    )
+    if not claimed:
+        return False  # delivered, given up, or another worker's round is in progress
+    alert = Alert.objects.select_related("service").get(pk=alert_id)
     payload = _payload(alert)
-    errors = [e for url in _setting("ALERT_WEBHOOK_URLS", []) if (e := _post_with_retries(url, payload))]
-    if settings.ADMINS:
-        try:
-            mail_admins(f"[Berrys Portal] {alert.get_kind_display()}: {alert.service_name or 'portal'}",
-                        alert.message)
-        except Exception as exc:  # noqa: BLE001 - SMTP down must not lose the webhook result
-            errors.append(f"email: {exc}")
+    accepted, errors = list(alert.delivered_to), []
+    for channel in _channels():
+        if channel in accepted:
+            continue
+        error = _send(channel, alert, payload)
+        if error:
+            errors.append(error)
+        else:
+            accepted.append(channel)
+    done = timezone.now()
+    retry_in = timedelta(seconds=_setting("ALERT_REDELIVER_SECONDS", 120) * 2 ** (alert.attempts - 1))
     Alert.objects.filter(pk=alert.pk).update(
-        attempts=alert.attempts + 1,
-        delivered_at=None if errors else timezone.now(),
+        delivered_to=accepted,
+        delivered_at=None if errors else done,
+        claimed_until=done + retry_in if errors else None,
         last_error="; ".join(errors)[:5000],
     )
+    metrics.record_alert_round(kind=alert.kind, outcome="failed" if errors else "delivered")
     if errors:
-        logger.warning("alert %s not fully delivered: %s", alert.pk, errors)
+        logger.warning("alert %s not fully delivered (round %d): %s", alert.pk, alert.attempts, errors)
+    return not errors
 
 
-def _redeliver_one(alert_id: int) -> None:
-    close_old_connections()
-    try:
-        alert = Alert.objects.select_related("service").get(pk=alert_id)
-        _deliver(alert)
-    except Exception:  # noqa: BLE001
-        logger.exception("Could not re-deliver alert %s", alert_id)
-    finally:
-        _close_when_idle()
+def alerts_due(*, now: datetime | None = None, limit: int = 100) -> list[int]:
+    """Alerts a delivery round may start for now: new, failed and past their backoff, or whose
+    round's claim expired (the worker died)."""
+    return list(Alert.objects.filter(_due(now or timezone.now())).order_by("created_at")
+                .values_list("id", flat=True)[:limit])
 
 
-def alerts_redeliver(*, older_than_seconds: int = 120, max_attempts: int = 5) -> int:
-    """Queue re-delivery of alerts that are still undelivered after a while."""
-    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    ids = list(
-        Alert.objects.filter(delivered_at__isnull=True, created_at__lte=cutoff, attempts__lt=max_attempts)
-        .values_list("id", flat=True)[:100]
-    )
-    for alert_id in ids:
-        _submit(_redeliver_one, alert_id)
-    return len(ids)
+def alerts_catch_up() -> tuple[int, int]:
+    """The periodic catch-up: process the transitions a crash left behind and enqueue the due
+    alerts. Returns (alerts queued by processing, due alerts queued)."""
+    queued = outbox_process()
+    due = alerts_due()
+    alert_deliver_enqueue(due)
+    return len(queued), len(due)
+
+
+def alerts_flush() -> int:
+    """Process the outbox and deliver every due alert in this process, at once (tests, commands).
+
+    Returns the alerts delivered. The running system does this in Celery tasks instead.
+    """
+    outbox_process()
+    return sum(alert_deliver(alert_id=alert_id) for alert_id in alerts_due())

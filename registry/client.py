@@ -14,8 +14,16 @@ Retries: only transient failures (connection errors, timeouts, 502/503/504)
 are retried, with exponential backoff and full jitter
 (``uniform(0, min(cap, base * 2**n))``), and only for idempotent methods unless
 the caller passes ``idempotent=True``. ``retries=0`` means exactly one try.
-Every error carries ``.call`` (the last try, or None when nothing was sent) and
-``.tries`` (every try).
+
+Two ways to call: ``request`` (and ``get``/``post``/…) returns a ``CallResult`` or
+raises the typed error, which carries ``.call`` (the last try, or None when nothing
+was sent) and ``.tries`` (every try) as the integration guide describes; ``call``
+returns a ``CallOutcome`` value either way (result or error, with the tries beside
+them), for callers that record every try — the workflow engine stores its
+``CallInfo`` as the step's attempt.
+
+(About 400 lines: one call path — discovery, breaker, send, retry, errors — kept together
+so its order is read in one place.)
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from berrys_portal.errors import (
 )
 from registry import egress
 from registry.adapters import adapt_request
-from registry.breakers import Permit, breaker_for
+from registry.breakers import CLOSED, Permit, Snapshot, breaker_for, breaker_snapshots
 from registry.discovery import recent_instances, service_candidates, service_pick
 from registry.models import Service
 from registry.transport import DeadlineExceeded, ResponseTooLarge, call_send
@@ -50,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CallInfo",
+    "CallOutcome",
     "CallResult",
     "ServiceClient",
     "ServiceDiscovery",
@@ -90,7 +99,8 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 @dataclass
 class CallInfo:
-    """What one HTTP try sent and received (also attached to errors as ``.call``)."""
+    """What one HTTP try sent and received: the one record of an attempt's call, kept by
+    the workflow engine as its ``StepAttempt`` (and attached to errors as ``.call``)."""
 
     method: str
     url: str
@@ -114,6 +124,23 @@ class CallResult:
     service: Service
     call: CallInfo
     tries: list[CallInfo]
+
+
+@dataclass
+class CallOutcome:
+    """What ``ServiceClient.call`` did: a result or an error (never both), and the tries."""
+
+    result: CallResult | None
+    error: PortalError | None
+    call: CallInfo | None  # the last try; None when nothing was sent
+    tries: list[CallInfo]
+
+
+def _failed(error: PortalError, call: CallInfo | None, tries: list[CallInfo],
+            cause: BaseException | None = None) -> CallOutcome:
+    if cause is not None:
+        error.__cause__ = cause
+    return CallOutcome(result=None, error=error, call=call, tries=list(tries))
 
 
 def _attach(error: PortalError, call: CallInfo | None, tries: list[CallInfo]) -> PortalError:
@@ -147,6 +174,9 @@ class ServiceClient:
         self.default_timeout = default_timeout
         self.sleep = sleep
         self.rand = rand
+        # Breaker states read with the recent view of the registry: per type, (read at, the
+        # view's instance objects, their snapshots). See ``_permit``.
+        self._breaker_views: dict[str, tuple[float, list[Service], dict[int, Snapshot]]] = {}
 
     # --- retry policy -----------------------------------------------------------------
 
@@ -172,9 +202,48 @@ class ServiceClient:
         return service_candidates(service_type=service,
                                   max_age=settings.SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS)
 
-    def _permit(self, candidates: list[Service]) -> tuple[Service, Permit] | None:
+    def _breaker_view(self, service_type: str, candidates: list[Service], max_age: float) -> dict[int, Snapshot]:
+        """The candidates' breaker states, read once per view of the registry (one pipelined
+        round trip for all of them), not once per call.
+
+        Tied to the registry view by identity: the view's instance objects are new whenever
+        it is read again — after ``max_age``, or at once when this process changed a service,
+        a health sweep here wrote, or a call failed — and then so are these states.
+        """
+        instances = sorted(candidates, key=lambda s: s.pk)
+        now = time.monotonic()
+        view = self._breaker_views.get(service_type)
+        if (view is not None and now - view[0] < max_age and len(view[1]) == len(instances)
+                and all(a is b for a, b in zip(view[1], instances, strict=True))):
+            return view[2]
+        snapshots = breaker_snapshots([s.pk for s in instances])
+        self._breaker_views[service_type] = (now, instances, snapshots)
+        return snapshots
+
+    def _breaker_view_forget(self, service_type: str) -> None:
+        self._breaker_views.pop(service_type, None)
+
+    def _permit(self, candidates: list[Service], *, by_type: bool) -> tuple[Service, Permit] | None:
+        """The first candidate whose breaker lets a call through.
+
+        Called by type, a breaker seen closed with no failures counted at most
+        ``SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS`` ago (and less than its reset timeout ago)
+        lets the call through without asking the store: the same staleness as the client's
+        view of the registry — a breaker another process opened within that second is seen
+        at the next read, one this process's own calls open is seen at once (a failure
+        forgets the view). Every other state asks the store's atomic ``acquire``, so the
+        half-open trial stays one at a time: a view younger than the reset timeout cannot
+        hide a half-open breaker (closed → open → half-open takes a reset timeout).
+        """
+        max_age = settings.SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS if by_type else 0
+        view = self._breaker_view(candidates[0].type, candidates, max_age) if max_age > 0 else {}
         for instance in candidates:
-            permit = breaker_for(instance).acquire()
+            breaker = breaker_for(instance)
+            seen = view.get(instance.pk)
+            if (seen is not None and seen.state == CLOSED and not seen.fail_counter and not seen.trial_held
+                    and max_age < breaker.config.reset_timeout):
+                return instance, Permit(breaker, clean=True)
+            permit = breaker.acquire()
             if permit is not None:
                 return instance, permit
         return None
@@ -195,6 +264,29 @@ class ServiceClient:
         retries: int | None = None,
         max_body: int | None = None,
     ) -> CallResult:
+        """Call and return the result, or raise its typed error (with ``.call`` and ``.tries``)."""
+        outcome = self.call(method, service=service, endpoint=endpoint, data=data, params=params, timeout=timeout,
+                            headers=headers, idempotent=idempotent, retries=retries, max_body=max_body)
+        if outcome.error is not None:
+            raise _attach(outcome.error, outcome.call, outcome.tries)
+        return outcome.result
+
+    def call(
+        self,
+        method: str,
+        *,
+        service: Service | str,
+        endpoint: str,
+        data: Any = None,
+        params: dict | None = None,
+        timeout: float | None = None,
+        headers: dict | None = None,
+        idempotent: bool | None = None,
+        retries: int | None = None,
+        max_body: int | None = None,
+    ) -> CallOutcome:
+        """Call, retrying transient failures; returns what happened as a value (never raises
+        the portal's errors: they are ``CallOutcome.error``)."""
         method = method.upper()
         default_retries, _, _ = self._settings()
         retries = default_retries if retries is None else max(0, retries)
@@ -205,18 +297,17 @@ class ServiceClient:
             try:
                 candidates = self._candidates(service)
             except (ServiceNotFoundError, NoEligibleServiceError) as exc:
-                raise _attach(exc, tries[-1] if tries else None, tries) from None
+                return _failed(exc, tries[-1] if tries else None, tries)
             service_type = candidates[0].type
             body = adapt_request(service_type=service_type, method=method, endpoint=endpoint, data=data)
 
-            picked = self._permit(candidates)
+            picked = self._permit(candidates, by_type=not isinstance(service, Service))
             if picked is None:
                 recent_instances.forget(service_type)
+                self._breaker_view_forget(service_type)
                 names = ", ".join(s.name for s in candidates)
-                raise _attach(
-                    CircuitOpenError(f"Circuit breaker open for {names}; the call was not sent"),
-                    tries[-1] if tries else None, tries,
-                )
+                return _failed(CircuitOpenError(f"Circuit breaker open for {names}; the call was not sent"),
+                               tries[-1] if tries else None, tries)
             instance, permit = picked
             breaker = permit.breaker
             url = instance.url.rstrip("/") + "/" + endpoint.lstrip("/")
@@ -245,15 +336,16 @@ class ServiceClient:
                                exc, attempt, extra={"service": instance.name})
                 breaker.failed(permit, call.error)
                 recent_instances.forget(service_type)  # a retry sees the registry as it is now
+                self._breaker_view_forget(service_type)
                 transient = isinstance(exc, requests.RequestException | DeadlineExceeded)
                 if transient and may_retry and attempt <= retries:
                     self.sleep(self.backoff_delay(attempt - 1))
                     continue
-                raise _attach(
+                return _failed(
                     ServiceConnectionError(f"Could not reach {instance.name} ({url}): {call.error[0].lower()}"
                                            f"{call.error[1:]}"),
-                    call, tries,
-                ) from exc
+                    call, tries, cause=exc,
+                )
 
             call.latency_ms = (time.perf_counter() - started) * 1000
             call.status = response.status
@@ -271,27 +363,29 @@ class ServiceClient:
                 else:
                     what = f"HTTP {response.status}"
                 call.error = f"unusable answer: {what}"
-                raise _attach(UnusableAnswerError(
+                return _failed(UnusableAnswerError(
                     f"{instance.name} answered {what} to {method} {endpoint}; the portal does not "
                     "follow redirects or forward interim answers"), call, tries)
             if response.status < 400:
                 breaker.succeeded(permit)
-                return CallResult(
+                result = CallResult(
                     status=response.status, body=call.body, latency_ms=call.latency_ms,
                     service=instance, call=call, tries=tries,
                 )
+                return CallOutcome(result=result, error=None, call=call, tries=list(tries))
             call.error = f"HTTP {response.status}"
             if response.status >= 500:
                 # The service is failing: counts toward tripping its breaker.
                 breaker.failed(permit, call.error)
                 recent_instances.forget(service_type)
+                self._breaker_view_forget(service_type)
             else:
                 # A 4xx is the caller's problem; the service answered, so it is up.
                 breaker.succeeded(permit)
             if response.status in TRANSIENT_STATUSES and may_retry and attempt <= retries:
                 self.sleep(self.backoff_delay(attempt - 1))
                 continue
-            raise _attach(
+            return _failed(
                 ServiceResponseError(
                     f"{instance.name} answered HTTP {response.status} to {method} {endpoint}",
                     status=response.status, body=call.body,

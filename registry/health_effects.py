@@ -1,14 +1,15 @@
-"""Every call the health code makes into ``registry.breakers`` and ``registry.alerts``.
+"""Every call the health code makes into ``registry.breakers``.
 
-One place, so the way alerts and breaker events are raised can change without touching
-the sweep loop, the verdict rules or the writes:
+One place, so the way breaker events are recorded can change without touching the sweep
+loop, the verdict rules or the writes. Alerts are not raised here: they follow from the
+``StatusChange`` and ``BreakerEvent`` rows, derived by the outbox task (``registry.outbox``).
 
 - ``plan_probes``: the breaker gate before a probe (closed → go; open → withheld; reset
   timeout over or ``force`` → the half-open trial's permit);
 - ``breaker_after_probe``: what a judged probe does to its breaker (critical opens it at
   once, a failure counts toward tripping, a success after failures or a passed trial closes);
-- ``alert_for_change``: the critical / recovered alert of a status transition (called
-  inside the transaction that writes it, as before);
+- ``breaker_events_held`` / ``breaker_events_write``: the breaker transitions of a group of
+  judged probes, written as one statement after the group's results;
 - ``breakers_open_expired`` / ``breakers_forget``: after TTL expiry and deregistration.
 - ``next_after_withheld`` / ``next_after_critical``: when to come back, by the breaker's
   reset timeout.
@@ -16,23 +17,31 @@ the sweep loop, the verdict rules or the writes:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from registry.alerts import alert_raise
+from django.db import DatabaseError
+
 from registry.breakers import (
     HEALTH_TRIP_PREFIX,
     OPEN,
     Permit,
     ServiceBreaker,
     Snapshot,
+    breaker_events_collect,
     breaker_for,
     breaker_forget,
     breaker_snapshots,
 )
+from registry.breakers import (
+    breaker_events_write as write_events,
+)
 from registry.health_rules import timeout_of
-from registry.models import AlertKind, HealthStatus, Service
+from registry.models import HealthStatus, Service
+
+logger = logging.getLogger(__name__)
 
 BREAKER_OPEN_REASON = "breaker open"
 
@@ -106,13 +115,21 @@ def next_after_critical(plan: Plan, *, checked_at: datetime, interval: timedelta
     return checked_at + min(interval, timedelta(seconds=plan.breaker.config.reset_timeout))
 
 
-def alert_for_change(service: Service, old: str, new: str, reason: str) -> None:
-    if new == HealthStatus.CRITICAL:
-        alert_raise(kind=AlertKind.CRITICAL, service=service,
-                    message=f"{service.name} ({service.type}) is critical: {reason or 'no reason given'}")
-    elif old == HealthStatus.CRITICAL and new in (HealthStatus.PASSING, HealthStatus.WARNING):
-        alert_raise(kind=AlertKind.RECOVERED, service=service,
-                    message=f"{service.name} ({service.type}) recovered: now {new}")
+def breaker_events_held():
+    """Hold the ``BreakerEvent`` rows of the transitions made inside (one group of judged probes)."""
+    return breaker_events_collect()
+
+
+def breaker_events_write(events: list) -> None:
+    """Write a group's held events in one statement (the outbox derives their alerts).
+
+    A failure is logged, not raised: the transitions stand in the breaker store and the
+    group's results are already written; only the history rows are missing.
+    """
+    try:
+        write_events(events)
+    except DatabaseError:
+        logger.exception("health: could not record %d breaker transition(s)", len(events))
 
 
 def breakers_open_expired(services: Iterable[Service]) -> None:

@@ -72,13 +72,11 @@ def health_ttl_expire(*, now: datetime | None = None) -> int:
         for svc in services:
             seen = svc.last_heartbeat_at or svc.registered_at
             reason = f"TTL expired: no heartbeat for {int((now - seen).total_seconds())} s (TTL {svc.ttl_seconds} s)"
-            old = svc.status
             fields = svc.flip(HealthStatus.CRITICAL, reason=reason, at=now, actor=TTL_ACTOR)
             svc.critical_since, svc.last_checked_at = now, now
             svc.save(update_fields=[*fields, "critical_since", "last_checked_at"])
             HealthSnapshot.objects.create(service=svc, checked_at=now, status=HealthStatus.CRITICAL,
                                           error=reason, details={"ttl": True})
-            effects.alert_for_change(svc, old, HealthStatus.CRITICAL, reason)
             expired += 1
     effects.breakers_open_expired(services)  # after commit: the breaker lives in Redis
     return expired

@@ -276,8 +276,7 @@ def rows_write(rows: list[Row]) -> int:
                        old=r.old_status, new=r.status, reason=r.reason, at=r.checked_at, actor=SWEEP_ACTOR)
             for r in changes
         )
-        for r in changes:
-            effects.alert_for_change(r.service, r.old_status, r.status, r.reason)
+        # Their alerts follow from the rows: the outbox task, enqueued when this commits.
     if changes:
         recent_instances.forget()  # bulk SQL sends no post_save: this process's client must not lag
     return len(changes)
@@ -286,17 +285,20 @@ def rows_write(rows: list[Row]) -> int:
 def outcomes_write(outcomes: list[Outcome], report: SweepReport, *, keep_rows: bool) -> None:
     """Evaluate and write one group of finished probes; count them in ``report``."""
     rows, deferred = [], []
-    for outcome in outcomes:
-        if outcome.deferred:
-            deferred.append(outcome.plan.service.pk)
-            continue
-        # Lines written while judging a probe (breaker, alerts) name the service.
-        with log_context(service=outcome.plan.service.name):
-            try:
-                rows.append(row_for(outcome))
-            except Exception:  # noqa: BLE001 - one bad row must not lose the batch
-                logger.exception("health: could not evaluate service %s", outcome.plan.service.pk)
+    # The breaker transitions made while judging are held and written as one statement.
+    with effects.breaker_events_held() as events:
+        for outcome in outcomes:
+            if outcome.deferred:
+                deferred.append(outcome.plan.service.pk)
+                continue
+            # Lines written while judging a probe (breaker, alerts) name the service.
+            with log_context(service=outcome.plan.service.name):
+                try:
+                    rows.append(row_for(outcome))
+                except Exception:  # noqa: BLE001 - one bad row must not lose the batch
+                    logger.exception("health: could not evaluate service %s", outcome.plan.service.pk)
     report.changes += rows_write(rows)
+    effects.breaker_events_write(events)
     if deferred:
         # Not probed (destination saturated): due again soon, status untouched.
         later = timezone.now() + timedelta(seconds=settings.HEALTH_MIN_INTERVAL_SECONDS)

@@ -323,6 +323,10 @@ class StatusChange(models.Model):
                   "(health-sweep, health-ttl, health-deregister).",
     )
     at = models.DateTimeField()
+    processed = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When the outbox task derived this change's alert (empty: not yet; see registry.outbox).",
+    )
 
     class Meta:
         ordering = ["-at"]
@@ -331,6 +335,8 @@ class StatusChange(models.Model):
             models.Index(fields=["service", "-at"], name="registry_statuschange_latest"),
             # Dashboard: recent changes across all services.
             models.Index(fields=["-at"], name="registry_statuschange_at"),
+            # The outbox task's claim: changes not processed yet, oldest first.
+            models.Index(fields=["id"], name="registry_statuschange_todo", condition=Q(processed__isnull=True)),
         ]
 
     def __str__(self) -> str:
@@ -350,172 +356,19 @@ class StatusChange(models.Model):
         ]
         if rows:
             cls.objects.bulk_create(rows)
+            from registry.outbox import outbox_kick  # late: the outbox reads these models
+
+            outbox_kick()  # alerts follow from the rows, delivered by a task after commit
         return len(rows)
 
 
-class BreakerState(models.TextChoices):
-    CLOSED = "closed", "Closed"
-    OPEN = "open", "Open"
-    HALF_OPEN = "half-open", "Half-open"
-
-
-class BreakerEvent(models.Model):
-    """A circuit-breaker transition for one service."""
-
-    service = models.ForeignKey(
-        Service, null=True, blank=True, on_delete=models.SET_NULL, related_name="breaker_events"
-    )
-    service_name = models.CharField(max_length=200)
-    old_state = models.CharField(max_length=16, choices=BreakerState.choices)
-    new_state = models.CharField(max_length=16, choices=BreakerState.choices)
-    at = models.DateTimeField()
-    last_error = models.TextField(blank=True)
-    actor = models.CharField(max_length=150, blank=True, help_text="Operator, for manual resets.")
-
-    class Meta:
-        ordering = ["-at"]
-        indexes = [
-            models.Index(fields=["service", "-at"], name="registry_breakerevent_latest"),
-            # Dashboard: breaker trips in the last 24 h.
-            models.Index(fields=["new_state", "-at"], name="registry_breakerevent_trips"),
-            # Retention pruning (berrys_portal.retention): oldest first.
-            models.Index(fields=["at"], name="registry_breakerevent_age"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.service_name}: breaker {self.old_state} → {self.new_state}"
-
-
-class AlertKind(models.TextChoices):
-    CRITICAL = "critical", "Service turned critical"
-    RECOVERED = "recovered", "Service recovered"
-    BREAKER_TRIP = "breaker_trip", "Circuit breaker opened"
-    BREAKER_STORAGE_DOWN = "breaker_storage_down", "Breaker state store unreachable"
-
-
-class Alert(models.Model):
-    """One notification sent to the alert channels (webhooks, ADMINS e-mail).
-
-    Also the de-duplication state: a (service, kind) alert is not re-sent while
-    it is the service's latest alert and younger than ALERT_DEDUP_SECONDS.
-    """
-
-    service = models.ForeignKey(
-        Service, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts"
-    )
-    service_name = models.CharField(max_length=200, blank=True)
-    kind = models.CharField(max_length=32, choices=AlertKind.choices)
-    message = models.TextField()
-    created_at = models.DateTimeField()
-    delivered_at = models.DateTimeField(null=True, blank=True, help_text="Every channel accepted it.")
-    attempts = models.PositiveIntegerField(default=0, help_text="Delivery rounds tried.")
-    last_error = models.TextField(blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-        indexes = [
-            # De-duplication: the latest alert of one service (any kind, or one kind).
-            models.Index(fields=["service", "-created_at"], name="registry_alert_latest"),
-            # Re-delivery sweep: alerts not yet delivered.
-            models.Index(
-                fields=["created_at"], name="registry_alert_undelivered",
-                condition=Q(delivered_at__isnull=True),
-            ),
-            # Retention pruning (berrys_portal.retention): oldest first.
-            models.Index(fields=["created_at"], name="registry_alert_age"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.service_name}"
-
-
-class RequestAdapterRule(models.Model):
-    """One rewrite of a request body on its way to a service (the guide's "use adapters").
-
-    Rules matching a call (service type, method, endpoint pattern) apply in
-    ``order``; ``registry.adapters.adapt_request`` runs them inside the ServiceClient.
-    """
-
-    class Action(models.TextChoices):
-        DROP = "drop", "Drop the field"
-        RENAME = "rename", "Rename the field (value: new name)"
-        DEFAULT = "default", "Set a default when absent (value: the default)"
-        MAP = "map", "Map the field's value (value: {old: new})"
-
-    class Method(models.TextChoices):
-        ANY = "*", "Any method"
-        GET = "GET", "GET"
-        POST = "POST", "POST"
-        PUT = "PUT", "PUT"
-        PATCH = "PATCH", "PATCH"
-        DELETE = "DELETE", "DELETE"
-
-    class PatternType(models.TextChoices):
-        GLOB = "glob", "Glob (* matches within and across segments)"
-        REGEX = "regex", "Regular expression (full match)"
-
-    service_type = models.CharField(
-        max_length=64,
-        validators=[RegexValidator(TYPE_PATTERN, "Type must be UPPER_SNAKE_CASE, e.g. PROJECT_COORDINATOR.")],
-        help_text="Target service type, e.g. PROJECT_COORDINATOR.",
-    )
-    method = models.CharField(max_length=8, choices=Method.choices, default=Method.ANY)
-    endpoint_pattern = models.CharField(
-        max_length=500, help_text="Path of the call, e.g. /projects or /projects/*."
-    )
-    pattern_type = models.CharField(max_length=8, choices=PatternType.choices, default=PatternType.GLOB)
-    order = models.PositiveIntegerField(default=100, help_text="Lower runs first.")
-    action = models.CharField(max_length=8, choices=Action.choices)
-    field = models.CharField(
-        max_length=200, help_text="Body field; dots reach into nested objects (metadata.version)."
-    )
-    value = models.JSONField(
-        null=True, blank=True,
-        help_text='rename: the new name ("project_status"); default: any JSON value; '
-        'map: an object {"PLANNING": "DRAFT"}; drop: leave empty.',
-    )
-    enabled = models.BooleanField(default=True)
-    description = models.CharField(max_length=300, blank=True, help_text="Why this rule exists.")
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        verbose_name = "request adapter rule"
-        ordering = ["service_type", "order", "id"]
-        indexes = [
-            # adapt_request's cache refresh: the enabled rules, by target type, in order.
-            models.Index(fields=["enabled", "service_type", "order"], name="registry_adapter_rules"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.service_type} {self.method} {self.endpoint_pattern}: {self.action} {self.field}"
-
-    def clean(self) -> None:
-        from django.core.exceptions import ValidationError
-
-        errors: dict[str, str] = {}
-        from registry.patterns import PatternError, pattern_compile
-
-        is_glob = self.pattern_type != self.PatternType.REGEX
-        if is_glob and not self.endpoint_pattern.startswith(("/", "*")):
-            errors["endpoint_pattern"] = "A glob pattern starts with / (or *)."
-        else:
-            try:
-                pattern_compile(self.endpoint_pattern, glob=is_glob)
-            except PatternError as exc:
-                errors["endpoint_pattern"] = (
-                    f"Not a pattern RE2 can match in linear time ({exc}). Use RE2 syntax: "
-                    "backreferences and lookaround are not supported."
-                )
-        if self.action == self.Action.RENAME and not (isinstance(self.value, str) and self.value.strip()):
-            errors["value"] = "rename needs the new field name as a JSON string, e.g. \"project_status\"."
-        elif self.action == self.Action.MAP and not isinstance(self.value, dict):
-            errors["value"] = 'map needs a JSON object, e.g. {"PLANNING": "DRAFT"}.'
-        if errors:
-            raise ValidationError(errors)
-
 # The breakers' database store (used when REDIS_URL is unset); its own module to keep this one short.
+# The request adapters' rules (registry.adapters); their own module for the same reason.
+from registry.models_adapters import RequestAdapterRule  # noqa: E402,F401
 from registry.models_breaker import BreakerStore  # noqa: E402,F401
+
+# Breaker history and alerts (the outbox's rows); their own module to keep this one short.
+from registry.models_events import Alert, AlertKind, BreakerEvent, BreakerState  # noqa: E402,F401
 
 
 class RegistryIndex(models.Model):

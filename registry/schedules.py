@@ -10,4 +10,5 @@ def periodic_tasks() -> list[tuple[str, str, int]]:
     return [
         ("registry: health sweep", "registry.health_sweep", settings.HEALTH_SWEEP_EVERY_SECONDS),
         ("registry: prune health snapshots", "registry.health_prune", 3600),
+        ("registry: outbox catch-up", "registry.outbox_catch_up", settings.OUTBOX_CATCH_UP_SECONDS),
     ]

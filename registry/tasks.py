@@ -1,4 +1,4 @@
-"""Celery tasks of the registry: thin wrappers over registry.health and registry.alerts."""
+"""Celery tasks of the registry: thin wrappers over registry.health, registry.outbox and registry.alerts."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from registry import health, health_expiry, health_loop
-from registry.alerts import alerts_redeliver
+from registry import alerts, health, health_expiry, health_loop, outbox
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +38,27 @@ def health_check_now_task(service_ids: list[int]) -> int:
 
 @shared_task(name="registry.health_prune", ignore_result=True, **_LIMITS)
 def health_prune_task() -> int:
-    """Hourly: drop snapshots past retention, re-send alerts that were not delivered."""
-    alerts_redeliver()
+    """Hourly: drop snapshots past retention."""
     return health_expiry.health_snapshots_prune()
+
+
+# The outbox (registry.outbox): alerts derived from transition rows, delivered from their rows.
+# On OUTBOX_QUEUE (settings), not the health queue: a slow webhook must not hold up a sweep.
+
+
+@shared_task(name="registry.outbox_process", ignore_result=True)
+def outbox_process_task() -> int:
+    """Enqueued after commit by whatever wrote transition rows: derive and queue their alerts."""
+    return len(outbox.outbox_process())
+
+
+@shared_task(name="registry.alert_deliver", ignore_result=True)
+def alert_deliver_task(alert_id: int) -> bool:
+    """One delivery round of one alert (a no-op unless this worker wins the row's claim)."""
+    return alerts.alert_deliver(alert_id=alert_id)
+
+
+@shared_task(name="registry.outbox_catch_up", ignore_result=True)
+def outbox_catch_up_task() -> list[int]:
+    """Beat: transitions a crash left unprocessed, alerts whose round failed or whose worker died."""
+    return list(alerts.alerts_catch_up())

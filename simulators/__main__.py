@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # The client package's HTTP library logs every request at INFO: a line per heartbeat is noise.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     api_key = args.api_key
     if args.api_key_file:
         try:

@@ -4,12 +4,13 @@ A ``SimulatedService`` is a real HTTP server (stdlib ``ThreadingHTTPServer`` in
 a thread) with a tiny router, an in-memory store, the guide's ``/health``
 endpoint, fault knobs settable at run time through ``/_control``, and a
 ``PortalRegistration`` that registers it with the portal, heartbeats and
-deregisters on shutdown. No Django here: the simulators are separate
+deregisters on shutdown through the client package (``berrys_client``). No Django here: the simulators are separate
 processes that talk to the portal over HTTP, like the real services would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
@@ -19,13 +20,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import CancelledError
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import requests
+from berrys_client import ServiceResponseError
+from berrys_client.sync import SyncServiceRegistration
 
 logger = logging.getLogger("simulators")
 
@@ -393,18 +396,17 @@ def _make_handler(service: SimulatedService) -> type[BaseHTTPRequestHandler]:
     return _Handler
 
 
-_waiting_for: set[str] = set()  # portals a "waiting for the portal" line was logged for
-_waiting_lock = threading.Lock()
-
-
 class PortalRegistration:
-    """Registers one service with the portal, heartbeats, and deregisters on stop.
+    """Registers one service with the portal through the client package, heartbeats, and
+    deregisters on stop.
 
-    The portal may start after the simulators (``make demo`` starts everything at
-    once), so registration retries with capped exponential backoff and jitter
-    until it succeeds or ``stop()`` is called. A heartbeat answered 404 means the
-    portal forgot the service (deregistered by an operator or the sweep):
-    register again.
+    The client package (``clients/python``, ``berrys_client``) does the work, as it would
+    for a real Berrys service, so the demo proves it: ``start(retry=True)`` waits for a
+    portal that starts after the simulators (``make demo`` starts everything at once) with
+    capped exponential backoff and jitter; the heartbeat registers again when the portal
+    answers 404 (deregistered by an operator or the sweep). Here a thread per service waits
+    for that first registration, so the READY line is printed before the portal is up.
+    A portal that refuses the optional fields (400) gets the guide's bare payload instead.
     """
 
     def __init__(
@@ -413,17 +415,19 @@ class PortalRegistration:
     ):
         self.service = service
         self.portal_url = portal_url.rstrip("/")
-        self.heartbeat_seconds = heartbeat_seconds
         self.max_backoff = max_backoff
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {api_key}"
-        self.service_id: int | str | None = None
         self.registered = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._minimal = False
+        self.client = SyncServiceRegistration(
+            self.portal_url, api_key, heartbeat_interval=heartbeat_seconds, timeout=5, **self.payload(),
+        )
 
-    def payload(self) -> dict[str, Any]:
+    @property
+    def service_id(self) -> int | None:
+        return self.client.service_id
+
+    def payload(self, *, minimal: bool = False) -> dict[str, Any]:
         svc = self.service
         data: dict[str, Any] = {
             "name": svc.slug,
@@ -432,91 +436,47 @@ class PortalRegistration:
             "health_url": f"{svc.url}/health",
             "metadata": {"version": svc.version},
         }
-        if not self._minimal:
+        if not minimal:
             data["capabilities"] = list(svc.capabilities)
             data["endpoints"] = svc.endpoints()
         return data
 
-    def register_once(self) -> bool:
-        try:
-            response = self.session.post(
-                f"{self.portal_url}/registry/services", json=self.payload(), timeout=5
-            )
-        except requests.RequestException as exc:
-            # One line for all services while the portal starts (it usually comes up a few
-            # seconds after us), not one per retry per service.
-            with _waiting_lock:
-                first = self.portal_url not in _waiting_for
-                _waiting_for.add(self.portal_url)
-            if first:
-                logger.info("waiting for the portal at %s to register (%s)", self.portal_url,
-                            exc.__class__.__name__)
-            else:
-                logger.debug("%s: portal not reachable yet (%s)", self.service.slug, exc)
-            return False
-        if response.status_code == 400 and not self._minimal:
-            # An older portal may not know the optional fields: fall back to the guide's payload.
-            logger.warning("%s: portal refused the full payload (%s); retrying with the guide's",
-                           self.service.slug, response.text[:300])
-            self._minimal = True
-            return self.register_once()
-        if response.status_code not in (200, 201):
-            logger.warning("%s: registration answered HTTP %s: %s",
-                           self.service.slug, response.status_code, response.text[:300])
-            return False
-        self.service_id = response.json().get("id")
-        with _waiting_lock:
-            _waiting_for.discard(self.portal_url)
-        self.registered.set()
-        logger.info("%s registered with the portal as id %s", self.service.slug, self.service_id)
-        return True
-
-    def heartbeat_once(self) -> None:
-        try:
-            response = self.session.put(
-                f"{self.portal_url}/registry/services/{self.service_id}/heartbeat", timeout=5
-            )
-        except requests.RequestException as exc:
-            logger.info("%s: heartbeat failed (%s)", self.service.slug, exc)
-            return
-        if response.status_code == 404:
-            logger.warning("%s: the portal forgot us; registering again", self.service.slug)
-            self.registered.clear()
-            self.service_id = None
-
-    def deregister(self) -> None:
-        if self.service_id is None:
-            return
-        try:
-            self.session.delete(f"{self.portal_url}/registry/services/{self.service_id}", timeout=3)
-            logger.info("%s deregistered", self.service.slug)
-        except requests.RequestException as exc:
-            logger.warning("%s: could not deregister (%s)", self.service.slug, exc)
-        self.service_id = None
-        self.registered.clear()
-
-    def _loop(self) -> None:
-        backoff = 0.2
+    def _register(self) -> None:
         while not self._stop.is_set():
-            if self.service_id is None:
-                if self.register_once():
-                    backoff = 0.2
+            try:
+                self.client.start(retry=True, max_backoff=self.max_backoff)
+            except (CancelledError, asyncio.CancelledError):
+                return  # stop() ended the wait
+            except ServiceResponseError as exc:
+                if exc.status == 400 and "capabilities" in self.client.inner.payload:
+                    # An older portal may not know the optional fields: fall back to the guide's.
+                    logger.warning("%s: portal refused the full payload (%s); retrying with the guide's",
+                                   self.service.slug, str(exc.body)[:300])
+                    self.client.inner.payload = self.payload(minimal=True)
                     continue
-                self._stop.wait(random.uniform(0, backoff) + 0.1)
-                backoff = min(backoff * 2, self.max_backoff)
+                logger.warning("%s: registration answered HTTP %s: %s",
+                               self.service.slug, exc.status, str(exc.body)[:300])
+                self._stop.wait(self.max_backoff)
                 continue
-            if self._stop.wait(self.heartbeat_seconds):
-                break
-            self.heartbeat_once()
+            if self._stop.is_set():  # stop() came while the portal answered: leave no row behind
+                self.client.stop()
+                return
+            self.registered.set()
+            logger.info("%s registered with the portal as id %s", self.service.slug, self.service_id)
+            return
 
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=self._loop, name=f"register-{self.service.slug}", daemon=True
+            target=self._register, name=f"register-{self.service.slug}", daemon=True
         )
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        was = self.service_id
+        self.client.stop()  # ends a registration still waiting, the heartbeats, and deregisters
         if self._thread is not None:
             self._thread.join(timeout=6)
-        self.deregister()
+        if was is not None and self.service_id is None:
+            logger.info("%s deregistered", self.service.slug)
+        self.registered.clear()

@@ -3,8 +3,10 @@
     python -m simulators.web_dashboard --portal http://127.0.0.1:8090 --api-key-file var/demo/api.key --port 8107
 
 A WEB_DASHBOARD service of its own (own process, own port, so the five core services'
-ports and control port stay where they are). It registers through the client package
-(``clients/python``, ``berrys_client``), so the demo proves that package too, and it
+ports and control port stay where they are). It registers, heartbeats and calls the portal
+through the client package (``clients/python``, ``berrys_client``: ``PortalRegistration``
+and a ``SyncServiceClient`` with the portal as its one instance, so its calls get the
+package's breaker, retries and ``Idempotency-Key`` pass-through), and it
 makes every row of the guide's dependency table exist (Project Creation and Human
 Interaction require a Web Dashboard). Endpoints:
 
@@ -20,6 +22,7 @@ Interaction require a Web Dashboard). Endpoints:
 from __future__ import annotations
 
 import argparse
+import json as _json
 import logging
 import signal
 import sys
@@ -29,13 +32,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import requests
+from berrys_client import ServiceConnectionError, ServiceResponseError, ServiceType
+from berrys_client.sync import SyncServiceClient
 
-from simulators.core import HttpError, Request, SimulatedService
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients" / "python"))
-from berrys_client import ServiceType  # noqa: E402 - the client package, from this repository
-from berrys_client.sync import SyncServiceRegistration  # noqa: E402
+from simulators.core import HttpError, PortalRegistration, Request, SimulatedService
 
 logger = logging.getLogger("simulators.web_dashboard")
 
@@ -47,8 +47,11 @@ class WebDashboard(SimulatedService):
 
     def __init__(self, *, portal_url: str, api_key: str, host: str = "127.0.0.1", port: int = 0) -> None:
         self.portal_url = portal_url.rstrip("/")
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {api_key}"
+        # The portal as the client's one instance: one breaker for it, retries for GETs and
+        # for POSTs that carry an Idempotency-Key (the portal dedupes a repeated start).
+        self.portal = {"id": "portal", "url": self.portal_url}
+        self.auth = {"Authorization": f"Token {api_key}"}
+        self.client = SyncServiceClient(retries=2, backoff=0.2)
         super().__init__(host=host, port=port)
 
     def setup_routes(self) -> None:
@@ -57,14 +60,16 @@ class WebDashboard(SimulatedService):
         self.route("GET", "/questions", self.questions)
         self.route("POST", "/questions/{run_id}/answer", self.answer)
 
-    def _portal(self, method: str, path: str, **kw: Any) -> Any:
+    def _portal(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
+                idempotency_key: str | None = None) -> Any:
         try:
-            response = self.session.request(method, self.portal_url + path, timeout=10, **kw)
-        except requests.RequestException as exc:
+            return self.client.request(method, service=self.portal, endpoint=path, data=json, params=params,
+                                       headers=self.auth, idempotency_key=idempotency_key)
+        except ServiceResponseError as exc:  # the portal's refusal, passed on to our caller
+            body = exc.body if isinstance(exc.body, str) else _json.dumps(exc.body)
+            raise HttpError(exc.status, body[:500]) from exc
+        except ServiceConnectionError as exc:
             raise HttpError(502, f"Portal unreachable: {exc.__class__.__name__}") from exc
-        if response.status_code >= 400:
-            raise HttpError(response.status_code, response.text[:500])
-        return response.json()
 
     def chat_project(self, request: Request) -> tuple[int, Any]:
         body = request.body if isinstance(request.body, dict) else {}
@@ -73,7 +78,7 @@ class WebDashboard(SimulatedService):
         run = self._portal("POST", "/workflows/runs", json={
             "workflow": "project_creation",
             "input": {"name": body["name"], "description": body.get("description", ""), "status": "PLANNING"},
-        }, headers={"Idempotency-Key": body.get("request_id") or str(uuid.uuid4())})
+        }, idempotency_key=body.get("request_id") or str(uuid.uuid4()))
         with self.lock:
             self.store["started"].append(run["id"])
         return 201, {"run_id": run["id"], "status": run["status"]}
@@ -97,24 +102,17 @@ class WebDashboard(SimulatedService):
 
 
 def register_until_up(dashboard: WebDashboard, *, portal_url: str, api_key: str,
-                      stop: threading.Event) -> SyncServiceRegistration | None:
-    """Register through the client package, retrying while the portal starts."""
-    delay = 0.5
+                      stop: threading.Event, heartbeat_seconds: float = 10.0) -> PortalRegistration | None:
+    """Register through the client package (waiting while the portal starts), then heartbeat.
+
+    None if ``stop`` is set first (the registration that was waiting is ended)."""
+    registration = PortalRegistration(dashboard, portal_url=portal_url, api_key=api_key,
+                                      heartbeat_seconds=heartbeat_seconds)
+    registration.start()
     while not stop.is_set():
-        registration = SyncServiceRegistration(
-            portal_url, api_key, name=dashboard.slug, type=dashboard.service_type, url=dashboard.url,
-            health_url=f"{dashboard.url}/health", metadata={"version": dashboard.version},
-            capabilities=list(dashboard.capabilities), endpoints=dashboard.endpoints(),
-        )
-        try:
-            registration.start()
-            logger.info("web-dashboard registered with the portal as id %s", registration.service_id)
+        if registration.registered.wait(0.2):
             return registration
-        except Exception as exc:  # noqa: BLE001 - the portal may not be up yet
-            logger.debug("portal not ready (%s); retrying", exc)
-            registration.stop()
-            stop.wait(delay)
-            delay = min(delay * 2, 5.0)
+    registration.stop()
     return None
 
 
@@ -127,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per heartbeat is noise
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -144,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if registration is not None:
         registration.stop()  # deregister first, then close the port
     dashboard.stop()
+    dashboard.client.close()
     return 0
 
 

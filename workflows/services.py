@@ -111,7 +111,7 @@ def run_retry(
             details["new_input"] = new_input
         RunEvent.objects.create(run=run, kind=kind, actor=actor[:200], step_name=wf.steps[index].name,
                                 details=details)
-        engine._activate(run, steps[index], wf.steps[index], timezone.now())
+        engine.step_activate(run=run, step=steps[index], spec=wf.steps[index], now=timezone.now())
     run.refresh_from_db()
     return run
 
@@ -131,7 +131,7 @@ def run_cancel(*, run_id: UUID | str, actor: str, key=None) -> WorkflowRun:
         run.error = f"Cancelled by {actor}"
         run.save(update_fields=["status", "cancel_requested", "finished_at", "error"])
         RunEvent.objects.create(run=run, kind=RunEvent.Kind.CANCELLED, actor=actor[:200])
-        engine._count_finished_on_commit(run.workflow, RunStatus.CANCELLED)
+        engine.run_finished_count_on_commit(run.workflow, RunStatus.CANCELLED)
     return run
 
 
@@ -155,7 +155,7 @@ def run_answer(
         output = spec.output_from_answer(run.context, data)
         RunEvent.objects.create(run=run, kind=RunEvent.Kind.ANSWERED, actor=actor[:200],
                                 step_name=step_row.name, details={"data": data})
-        engine.advance_after(run=run, step=step_row, wf=wf, status=StepStatus.SUCCEEDED, output=output)
+        engine.step_advance(run=run, step=step_row, wf=wf, status=StepStatus.SUCCEEDED, output=output)
     run.refresh_from_db()
     return run
 

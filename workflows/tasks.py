@@ -16,8 +16,9 @@ from workflows import engine
              autoretry_for=(OperationalError, InterfaceError), max_retries=5, default_retry_delay=1,
              retry_backoff=False)
 def run_step(step_id: int) -> str:
-    """Try one step of a run once (claiming it first, so duplicates are harmless)."""
-    return engine.step_execute(step_id=step_id)
+    """Try one step of a run once (claiming it first, so duplicates are harmless), and the
+    steps after it while ``WORKFLOW_INLINE_SECONDS`` allows (claimed at each step boundary)."""
+    return engine.step_execute(step_id=step_id, inline_seconds=settings.WORKFLOW_INLINE_SECONDS)
 
 
 @shared_task(name="workflows.reconcile", ignore_result=True)

@@ -1,8 +1,2 @@
-"""The client package lives in clients/python (its own distribution): import it from there."""
-
-import sys
-from pathlib import Path
-
-CLIENT = Path(__file__).resolve().parents[2] / "clients" / "python"
-if str(CLIENT) not in sys.path:
-    sys.path.insert(0, str(CLIENT))
+"""The client package (clients/python, its own distribution) is installed editable into the
+venv by the Makefile (`make install-test`), so these tests import the source tree."""

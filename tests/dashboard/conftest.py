@@ -96,11 +96,11 @@ def breakers_forget_all() -> None:
     import redis
     from django.conf import settings
 
-    from registry import breakers
+    from registry import breaker_redis, breakers
 
     client = redis.Redis.from_url(settings.REDIS_URL)
     try:
-        keys = list(client.scan_iter(f"{breakers._prefix()}:*"))
+        keys = list(client.scan_iter(f"{breaker_redis._prefix()}:*"))
         if keys:
             client.delete(*keys)
     finally:

@@ -12,6 +12,8 @@ run id keeps concurrent runs apart; each run deletes only the namespaces it made
     ctl  10.231.0.50  the operator: starts runs, reads results
 
 Each host has its own hostname (a UTS namespace), so attempts name the host that ran them.
+The namespaces, bridge and private servers are ``tests/multihost/fabric.py`` (shared with
+``bench/scaleout.py``).
 Skipped, with the reason, where namespaces cannot be made (not root, no ``ip``, no PostgreSQL
 server binaries, no redis-server).
 """
@@ -19,168 +21,37 @@ server binaries, no redis-server).
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
+from tests.multihost.fabric import Fabric, addr, unavailable
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 # Unique per run (several checkouts may run the suite at once): bp-dur-<run>-<host>.
 PREFIX = f"bp-dur-{uuid.uuid4().hex[:6]}-"
-NET = "10.231.0"
-HOSTS = {"db": 10, "sim": 20, "w1": 31, "w2": 32, "web1": 41, "web2": 42, "ctl": 50}
 SIM_PORT, WEB_PORT = 8800, 8890
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None) \
-    if Path("/usr/lib/postgresql").exists() else None
 
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    if shutil.which("ip") is None or shutil.which("unshare") is None:
-        return "iproute2 (ip) and util-linux (unshare) are needed"
-    if PG_BIN is None or not (PG_BIN / "initdb").exists():
-        return "PostgreSQL server binaries (initdb, postgres) are not installed"
-    if shutil.which("redis-server") is None:
-        return "redis-server is not installed"
-    probe = f"{PREFIX}probe"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True)
-    if made.returncode != 0:
-        return f"cannot create a network namespace: {made.stderr.decode().strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-def _ip(*args: str, ns: str | None = None) -> None:
-    cmd = ["ip", *(["-n", ns] if ns else []), *args]
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
-def addr(host: str) -> str:
-    return f"{NET}.{HOSTS[host]}"
-
-
-class Fabric:
-    """The namespaces, the bridge and the processes running in them."""
+class Portal(Fabric):
+    """The fabric with the portal's processes: simulators, workers, beats, web servers."""
 
     def __init__(self):
-        self.tmp = Path(tempfile.mkdtemp(prefix="bp-dur-mh-"))
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.namespaces: list[str] = []  # only these are deleted at the end
-        self.secret = uuid.uuid4().hex * 2
-        self.env = {
-            "DJANGO_SETTINGS_MODULE": "berrys_portal.settings", "DEBUG": "0", "PYTHONPATH": str(ROOT),
-            "SECRET_KEY": self.secret,  # must match across hosts
-            "DATABASE_URL": f"postgres://postgres@{addr('db')}:5432/portal",
-            "REDIS_URL": f"redis://{addr('db')}:6379/0",
-            "REGISTRY_ALLOWED_NETWORKS": f"{NET}.0/24",
-            "ALLOWED_HOSTS": "*", "WORKFLOW_QUEUE": "steps",
+        super().__init__(PREFIX)
+        self.env.update({
+            "WORKFLOW_QUEUE": "steps",
             "WORKFLOW_STEP_LEASE_SECONDS": "6", "WORKFLOW_RECONCILE_EVERY_SECONDS": "2",
             "WORKFLOW_RECONCILE_GRACE_SECONDS": "10", "BEAT_LEADER_TTL_SECONDS": "6",
-            "CELERY_VISIBILITY_TIMEOUT": "60", "LOG_LEVEL": "INFO", "PATH": os.environ.get("PATH", ""),
-            "PYTHONUNBUFFERED": "1",
-        }
-
-    # --- network ----------------------------------------------------------------------
-    def _netns_add(self, ns: str) -> None:
-        _ip("netns", "add", ns)
-        self.namespaces.append(ns)
-
-    def build(self) -> None:
-        self._netns_add(f"{PREFIX}sw")
-        _ip("link", "add", "br0", "type", "bridge", ns=f"{PREFIX}sw")
-        _ip("link", "set", "br0", "up", ns=f"{PREFIX}sw")
-        for host in HOSTS:
-            ns = PREFIX + host
-            self._netns_add(ns)
-            _ip("link", "add", f"p-{host}", "type", "veth", "peer", "name", "eth0", "netns", ns,
-                ns=f"{PREFIX}sw")
-            _ip("link", "set", f"p-{host}", "master", "br0", "up", ns=f"{PREFIX}sw")
-            _ip("addr", "add", f"{addr(host)}/24", "dev", "eth0", ns=ns)
-            _ip("link", "set", "eth0", "up", ns=ns)
-            _ip("link", "set", "lo", "up", ns=ns)
-
-    def link(self, host: str, up: bool) -> None:
-        """Cut (or restore) a host's only link, as a pulled cable would."""
-        _ip("link", "set", "eth0", "up" if up else "down", ns=PREFIX + host)
-
-    def teardown(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, 9)
-                except ProcessLookupError:
-                    pass
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        for ns in self.namespaces:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    # --- processes ----------------------------------------------------------------------
-    def spawn(self, name: str, host: str, cmd: list[str], user: str | None = None, env: dict | None = None):
-        """``cmd`` in ``host``'s namespace, with ``host`` as its hostname, logging to tmp/name.log."""
-        inner = ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$@"', "sh"]
-        if user:
-            inner += ["runuser", "-u", user, "--"]
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        self.procs[name] = subprocess.Popen(
-            ["ip", "netns", "exec", PREFIX + host, *inner, *cmd], cwd=ROOT, env={**self.env, **(env or {})},
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        return self.procs[name]
-
-    def run(self, host: str, *args: str, timeout: float = 120) -> dict:
-        """``python -m tests.multihost.node ARGS`` in ``host``; its last JSON line."""
-        out = subprocess.run(["ip", "netns", "exec", PREFIX + host, sys.executable, "-m", "tests.multihost.node",
-                              *args], cwd=ROOT, env=self.env, capture_output=True, timeout=timeout)
-        if out.returncode != 0:
-            raise AssertionError(f"node {args} failed:\n{out.stderr.decode()[-3000:]}")
-        return json.loads(out.stdout.decode().strip().splitlines()[-1])
-
-    def log(self, name: str) -> str:
-        path = self.tmp / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def wait_log(self, name: str, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log(name):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{name}: no {text!r} after {timeout}s:\n{self.log(name)[-3000:]}")
-            time.sleep(0.2)
+            "CELERY_VISIBILITY_TIMEOUT": "60", "LOG_LEVEL": "INFO",
+        })
 
     def start_servers(self) -> None:
-        pg = self.tmp / "pg"
-        pg.mkdir()
-        os.chown(self.tmp, pwd.getpwnam("postgres").pw_uid, -1)
-        os.chown(pg, pwd.getpwnam("postgres").pw_uid, -1)
-        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(pg), "-A", "trust",
-                        "--no-sync", "-U", "postgres"], check=True, capture_output=True)
-        with open(pg / "pg_hba.conf", "a") as f:
-            f.write(f"host all all {NET}.0/24 trust\n")
-        # A dead client's session (and its locks) is noticed within seconds, not hours.
-        self.spawn("postgres", "db", [str(PG_BIN / "postgres"), "-D", str(pg), "-k", str(pg), "-h", addr("db"),
-                                      "-p", "5432", "-c", "fsync=off", "-c", "max_connections=200",
-                                      "-c", "tcp_keepalives_idle=2", "-c", "tcp_keepalives_interval=1",
-                                      "-c", "tcp_keepalives_count=3"], user="postgres")
-        self.spawn("redis", "db", ["redis-server", "--bind", addr("db"), "--port", "6379", "--save", "",
-                                   "--appendonly", "no", "--protected-mode", "no", "--dir", str(self.tmp)])
-        self.wait_log("postgres", "ready to accept connections")
-        self.wait_log("redis", "Ready to accept connections")
-        subprocess.run(["ip", "netns", "exec", PREFIX + "db", "runuser", "-u", "postgres", "--",
-                        str(PG_BIN / "createdb"), "-h", addr("db"), "portal"], check=True, capture_output=True)
+        self.start_database()
         self.spawn("sims", "sim", [sys.executable, "-m", "tests.multihost.node", "sims", addr("sim"),
                                    str(SIM_PORT), "400"])
         self.wait_log("sims", '"ready"')
@@ -220,12 +91,12 @@ class Fabric:
 
 @pytest.fixture(scope="module")
 def fabric():
-    why = _unavailable()
+    why = unavailable(PREFIX)
     if why:
         pytest.skip(f"several-hosts tests skipped: {why}")
     if shutil.which("curl") is None:
         pytest.skip("several-hosts tests skipped: curl is not installed")
-    fab = Fabric()
+    fab = Portal()
     try:
         fab.build()
         fab.start_servers()
@@ -241,7 +112,7 @@ def fabric():
         fab.teardown()
 
 
-def _settle(fab: Fabric, ids: list[str], timeout: float) -> dict:
+def _settle(fab: Portal, ids: list[str], timeout: float) -> dict:
     ids_file = fab.tmp / f"ids-{uuid.uuid4().hex[:6]}.json"
     ids_file.write_text(json.dumps(ids))
     deadline = time.monotonic() + timeout

@@ -48,7 +48,6 @@ def clean_state(transactional_db):
 
     wipe()
     yield
-    breakers.events_flush()
     alerts.alerts_flush()
     wipe()
 

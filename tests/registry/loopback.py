@@ -30,6 +30,7 @@ class Hit:
     path: str
     body: Any
     at: float
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 Behaviour = Reply | Callable[[int], Reply]  # a callable gets the hit number (1-based) for that path
@@ -61,7 +62,7 @@ class Loopback:
                     body = raw.decode(errors="replace")
                 path = self.path.split("?")[0]
                 with owner._lock:
-                    owner.hits.append(Hit(self.command, path, body, time.monotonic()))
+                    owner.hits.append(Hit(self.command, path, body, time.monotonic(), dict(self.headers)))
                     n = sum(1 for h in owner.hits if h.path == path)
                 behaviour = owner.routes.get(path, Reply(404, {"detail": "no route"}))
                 reply = behaviour(n) if callable(behaviour) else behaviour

@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from berrys_portal.roles import OPERATORS
-from registry.breakers import breaker_for, events_flush
+from registry.breakers import breaker_for
 from registry.models import Criticality, HealthStatus
 from tests.dashboard.test_browser import ARTIFACTS, CHROMIUM, browser, sync_playwright  # noqa: F401
 from tests.personas import staff_user
@@ -39,7 +39,6 @@ def _fill_registry(make_service) -> None:
         )
         if i % 4 == 0:
             breaker_for(svc).force_open(reason="browser test")
-    events_flush()
 
 
 def test_the_service_list_shows_breaker_criticality_and_last_checked_at_1366_px(browser, live_server,  # noqa: F811

@@ -6,13 +6,16 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
+import pybreaker
 import pytest
 from django.db import connection
 
 from berrys_portal.errors import CircuitOpenError, ServiceResponseError
 from registry import alerts, breakers
-from registry.breakers import breaker_config, breaker_for, breaker_forget, events_flush
+from registry.breakers import breaker_config, breaker_for, breaker_forget
 from registry.client import ServiceClient
 from registry.models import Alert, BreakerEvent, Criticality
 from registry.models_breaker import BreakerStore
@@ -50,13 +53,86 @@ def test_each_service_has_its_own_breaker_state(loopback, make_service, client):
     assert breaker_for(a).name != breaker_for(b).name
 
 
-def test_pybreaker_call_is_refused_because_it_would_serialise_callers(make_service):
-    with pytest.raises(NotImplementedError):
-        breaker_for(make_service()).call(lambda: None)
+def _reset_timeout_passed(svc) -> None:
+    """Move the breaker's opened_at back past its reset timeout (through pybreaker's storage,
+    which writes the shared store): the next caller gets the half-open trial, no sleeping."""
+    storage = breaker_for(svc)._state_storage
+    storage.opened_at = datetime.now(UTC) - timedelta(seconds=breaker_config(svc).reset_timeout + 1)
+
+
+def _all_in_flight(n: int) -> Callable[[int], Reply]:
+    """A route that answers only once ``n`` requests are in flight at the same time (a barrier):
+    calls that were serialised would never get there, and get a 500."""
+    barrier = threading.Barrier(n, timeout=20)
+
+    def reply(_hit: int) -> Reply:
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            return Reply(500, {"detail": "not concurrent"})
+        return Reply(200, {"ok": True})
+
+    return reply
+
+
+def test_pybreakers_call_does_not_serialise_callers_and_raises_circuit_breaker_error_when_open(make_service):
+    svc = make_service(breaker_fail_max=2)
+    breaker = breaker_for(svc)
+    barrier = threading.Barrier(4, timeout=20)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(breaker.call(barrier.wait))) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join(30) for t in threads]
+    assert sorted(results) == [0, 1, 2, 3]  # all four were inside call() at once
+
+    def boom():
+        raise OSError("connection refused")
+
+    for _ in range(2):
+        with pytest.raises(OSError):
+            breaker.call(boom)
+    with pytest.raises(pybreaker.CircuitBreakerError):
+        breaker.call(lambda: "not sent")
+    assert breaker.current_state == "open"
+    assert issubclass(CircuitOpenError, pybreaker.CircuitBreakerError)  # what the ServiceClient raises
+
+
+def test_pybreakers_public_state_is_the_shared_state(make_service):
+    svc = make_service(breaker_fail_max=3)
+    here = breaker_for(svc)
+    there = breakers.ServiceBreaker(svc)  # another process's breaker object for the same service
+    heard = []
+
+    class Listener(pybreaker.CircuitBreakerListener):
+        def state_change(self, cb, old_state, new_state):
+            heard.append((old_state.name if old_state else None, new_state.name))
+
+    here.add_listener(Listener())
+    there.failed(there.acquire(), "boom 1")
+    there.failed(there.acquire(), "boom 2")
+    assert (here.current_state, here.fail_counter, here.success_counter) == ("closed", 2, 0)
+    there.failed(there.acquire(), "boom 3")
+    assert here.current_state == "open" and here.fail_counter == 0
+    opened = here._state_storage.opened_at
+    assert opened is not None and abs((datetime.now(UTC) - opened).total_seconds()) < 60
+    assert here.state.name == "open"  # pybreaker's own property notices the change made elsewhere
+    assert heard == [("closed", "open")]
+
+    earlier = datetime.now(UTC) - timedelta(hours=1)
+    here._state_storage.opened_at = earlier  # the setter writes the store
+    assert there._state_storage.opened_at == earlier
+
+    permit = here.acquire()  # the reset timeout has passed: this is the half-open trial
+    assert permit.trial and there.current_state == "half-open"
+    here.succeeded(permit)
+    assert there.current_state == "closed"
+    assert heard == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
+    with pytest.raises(ValueError):
+        here.success_threshold = 2  # the shared rules close on the first success
 
 
 def test_concurrent_calls_through_one_breaker_are_not_serialised(loopback, make_service, client):
-    server = loopback({"/slow": Reply(200, {"ok": True}, delay=0.5)})
+    server = loopback({"/slow": _all_in_flight(5)})
     svc = make_service(url=server.url)
     results, errors = [], []
 
@@ -67,27 +143,24 @@ def test_concurrent_calls_through_one_breaker_are_not_serialised(loopback, make_
             errors.append(exc)
 
     threads = [threading.Thread(target=call) for _ in range(5)]
-    started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
-        t.join(10)
-    elapsed = time.monotonic() - started
+        t.join(30)
 
+    # Each answer waited for all five requests to be in flight at once.
     assert errors == [] and results == [200] * 5
-    assert elapsed < 1.5, f"5 calls of 0.5 s took {elapsed:.2f} s: they were serialised"
 
 
 def test_transitions_are_recorded_as_breaker_events(loopback, make_service, client):
     server = loopback({"/x": Reply(503)})
-    svc = make_service(url=server.url, breaker_reset_timeout_seconds=0.3)
+    svc = make_service(url=server.url)
     for _ in range(3):
         with pytest.raises(ServiceResponseError):
             client.get(service=svc, endpoint="/x", retries=0)
-    time.sleep(0.35)
+    _reset_timeout_passed(svc)
     server.routes["/x"] = Reply(200)
     assert client.get(service=svc, endpoint="/x").status == 200  # the half-open trial
-    events_flush()
 
     rows = list(BreakerEvent.objects.filter(service=svc).order_by("at").values_list("old_state", "new_state"))
     assert rows == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
@@ -96,10 +169,10 @@ def test_transitions_are_recorded_as_breaker_events(loopback, make_service, clie
 
 def test_a_failed_trial_opens_the_breaker_again(loopback, make_service, client):
     server = loopback({"/x": Reply(500)})
-    svc = make_service(url=server.url, breaker_fail_max=1, breaker_reset_timeout_seconds=0.2)
+    svc = make_service(url=server.url, breaker_fail_max=1)
     with pytest.raises(ServiceResponseError):
         client.get(service=svc, endpoint="/x")
-    time.sleep(0.25)
+    _reset_timeout_passed(svc)
     with pytest.raises(ServiceResponseError):
         client.get(service=svc, endpoint="/x")  # the trial, failing
     with pytest.raises(CircuitOpenError):
@@ -114,13 +187,11 @@ def test_a_breaker_tripped_in_another_process_is_seen_open_here(loopback, make_s
     child = run_python(
         "from registry.client import ServiceClient\n"
         "from registry.models import Service\n"
-        "from registry.breakers import events_flush\n"
         f"svc = Service.objects.get(pk={svc.pk})\n"
         "c = ServiceClient(sleep=lambda s: None)\n"
         "for _ in range(3):\n"
         "    try: c.get(service=svc, endpoint='/x', retries=0)\n"
-        "    except Exception as e: print(type(e).__name__)\n"
-        "events_flush()\n",
+        "    except Exception as e: print(type(e).__name__)\n",
         stdout=subprocess.PIPE,
     )
     out, _ = child.communicate(timeout=60)
@@ -136,19 +207,17 @@ def test_a_breaker_tripped_in_another_process_is_seen_open_here(loopback, make_s
 
 def test_only_one_half_open_trial_runs_at_a_time_across_processes(loopback, make_service, client):
     server = loopback({"/slow": Reply(200, delay=1.5), "/x": Reply(200)})
-    svc = make_service(url=server.url, breaker_reset_timeout_seconds=0.2)
+    svc = make_service(url=server.url)
     breaker_for(svc).force_open(reason="test")
-    time.sleep(0.25)
+    _reset_timeout_passed(svc)
 
     child = run_python(
         "import time\n"
         "from registry.client import ServiceClient\n"
         "from registry.models import Service\n"
-        "from registry.breakers import events_flush\n"
         f"svc = Service.objects.get(pk={svc.pk})\n"
         "r = ServiceClient().get(service=svc, endpoint='/slow', retries=0)\n"
-        "print(r.call.trial, r.status, flush=True)\n"
-        "events_flush()\n",
+        "print(r.call.trial, r.status, flush=True)\n",
         stdout=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
@@ -183,7 +252,7 @@ def test_redis_going_away_leaves_breakers_usable_and_raises_an_alert(
 
     started = time.monotonic()
     assert client.get(service=svc, endpoint="/x").status == 200  # reads as closed, keeps working
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 5.0  # 0.3 s socket timeouts, not the 10 s call budget
     # Process-local state still protects the service while Redis is gone.
     for _ in range(3):
         with pytest.raises(ServiceResponseError):
@@ -191,7 +260,6 @@ def test_redis_going_away_leaves_breakers_usable_and_raises_an_alert(
     with pytest.raises(CircuitOpenError):
         client.get(service=svc, endpoint="/x")
 
-    breakers.events_flush()
     alerts.alerts_flush()
     assert Alert.objects.filter(kind="breaker_storage_down").count() == 1
 
@@ -219,14 +287,13 @@ def test_the_database_store_going_away_leaves_breakers_usable_and_raises_an_aler
     finally:
         with connection.schema_editor() as editor:
             editor.create_model(BreakerStore)
-    breakers.events_flush()
     alerts.alerts_flush()
     assert Alert.objects.filter(kind="breaker_storage_down").count() == 1
 
 
 @pytest.mark.parametrize("breaker_store", ["database"], indirect=True)
 def test_the_database_store_keeps_one_row_per_service_changed_by_compare_and_set(make_service):
-    svc = make_service(breaker_fail_max=2, breaker_reset_timeout_seconds=0.1)
+    svc = make_service(breaker_fail_max=2)
     breaker = breaker_for(svc)
     assert breaker.succeeded(breaker.acquire()) == "closed"
     assert not BreakerStore.objects.exists()  # a clean closed breaker writes nothing
@@ -234,7 +301,7 @@ def test_the_database_store_keeps_one_row_per_service_changed_by_compare_and_set
     assert breaker.failed(breaker.acquire(), "boom 2") == "open"
     row = BreakerStore.objects.get(service_id=svc.pk)
     assert (row.state, row.fails, row.last_error) == ("open", 0, "boom 2")
-    time.sleep(0.15)
+    _reset_timeout_passed(svc)
     # Two processes' worth of racing for the trial: the compare-and-set lets exactly one win.
     permits = []
     barrier = threading.Barrier(4)

@@ -269,3 +269,84 @@ def test_the_health_sweep_turning_a_service_critical_is_seen_by_this_process_at_
     health.health_sweep()  # bulk SQL writes: no post_save, so the sweep forgets the view itself
     with pytest.raises(NoEligibleServiceError):  # not CircuitOpenError from a stale view
         service_client.get(service="PLANNING_SYSTEM", endpoint="/plans")
+
+
+# --- breaker states read with the registry view (one store round trip per view, not per call) ----
+
+
+@pytest.fixture
+def acquires(monkeypatch):
+    """Counts the breaker store's atomic acquire (a spy: the real one runs)."""
+    from registry import breakers
+
+    counted: list[int] = []
+    real = breakers.ServiceBreaker.acquire
+
+    def spy(self, **kwargs):
+        counted.append(self.service_id)
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(breakers.ServiceBreaker, "acquire", spy)
+    return counted
+
+
+def test_calls_by_type_read_a_closed_breaker_with_the_registry_view(loopback, make_service, settings, acquires):
+    settings.SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS = 5
+    server = loopback({"/x": Reply(200, {})})
+    make_service(url=server.url, status=HealthStatus.PASSING)
+    client = ServiceClient()
+    for _ in range(5):
+        client.get(service="PLANNING_SYSTEM", endpoint="/x")
+    assert server.count("/x") == 5 and acquires == []
+
+
+def test_a_call_to_an_instance_still_asks_the_breaker_store(loopback, make_service, acquires):
+    server = loopback({"/x": Reply(200, {})})
+    svc = make_service(url=server.url, status=HealthStatus.PASSING)
+    ServiceClient().get(service=svc, endpoint="/x")
+    assert acquires == [svc.pk]
+
+
+def test_a_breaker_opened_elsewhere_is_seen_when_the_view_is_read_again(loopback, make_service, settings):
+    import time
+
+    settings.SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS = 0.3
+    server = loopback({"/x": Reply(200, {})})
+    svc = make_service(url=server.url, status=HealthStatus.PASSING)
+    client = ServiceClient()
+    client.get(service="PLANNING_SYSTEM", endpoint="/x")
+    breaker_for(svc).force_open(reason="another process")
+    deadline = time.monotonic() + 10  # generous: the bound is the view's age (0.3 s)
+    while True:
+        try:
+            client.get(service="PLANNING_SYSTEM", endpoint="/x")
+        except CircuitOpenError:
+            break
+        assert time.monotonic() < deadline, "the open breaker was never seen"
+        time.sleep(0.05)
+
+
+def test_a_half_open_breaker_lets_no_call_by_type_past_the_trial(loopback, make_service, settings, acquires):
+    settings.SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS = 5
+    server = loopback({"/x": Reply(200, {})})
+    svc = make_service(url=server.url, status=HealthStatus.PASSING)
+    breaker_for(svc).force_open(reason="test")
+    assert breaker_for(svc).acquire(force=True).trial  # another caller holds the one trial
+    client = ServiceClient()
+    for _ in range(3):
+        with pytest.raises(CircuitOpenError):
+            client.get(service="PLANNING_SYSTEM", endpoint="/x")
+    assert server.count("/x") == 0 and len(acquires) == 4  # the store was asked every time
+
+
+def test_a_failed_call_by_type_reads_the_breaker_again(loopback, make_service, settings, acquires):
+    settings.SERVICE_CLIENT_DISCOVERY_CACHE_SECONDS = 60
+    server = loopback({"/x": Reply(500, {})})
+    make_service(url=server.url, status=HealthStatus.PASSING)  # non-critical preset: fail_max 3
+    client = ServiceClient()
+    for _ in range(3):
+        with pytest.raises(ServiceResponseError):
+            client.get(service="PLANNING_SYSTEM", endpoint="/x", retries=0)
+    with pytest.raises(CircuitOpenError):  # tripped by this process's own calls: seen at once
+        client.get(service="PLANNING_SYSTEM", endpoint="/x", retries=0)
+    assert server.count("/x") == 3

@@ -11,7 +11,7 @@ from django.utils import timezone
 from berrys_portal.charts import latency_svg
 from registry import health
 from registry.admin_health import latency_points
-from registry.breakers import breaker_for, events_flush
+from registry.breakers import breaker_for
 from registry.models import BreakerEvent, HealthSnapshot, HealthStatus, StatusChange
 from registry.uptime import service_uptime
 from tests.personas import logged_in, staff_user
@@ -64,7 +64,6 @@ def test_the_service_page_shows_health_and_breaker_panels(operator, loopback, ma
     for _ in range(3):
         health.health_check_now(service_ids=[svc.pk])
     breaker_for(svc).force_open(reason="testing the panel")
-    events_flush()
 
     html = operator.get(f"/admin/registry/service/{svc.pk}/change/").content.decode()
     for marker in ("health-panels", "breaker-panel", "snapshots-panel", "status-changes-panel",

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from berrys_portal.roles import OPERATORS, VIEWERS
-from registry.breakers import breaker_for, events_flush
+from registry.breakers import breaker_for
 from registry.models import BreakerEvent, HealthSnapshot, HealthStatus
 from tests.personas import logged_in, staff_user
 from tests.registry.loopback import Reply
@@ -28,7 +28,6 @@ def _service_with_history(make_service):
         for i in range(12)
     ])
     breaker_for(svc).force_open(reason="operator says so")
-    events_flush()
     return svc
 
 
@@ -110,7 +109,6 @@ def test_the_service_page_offers_only_the_buttons_that_apply_and_they_work(make_
     _post(operator, svc, "maintenance_off")
     svc.refresh_from_db()
     assert svc.status == HealthStatus.UNKNOWN
-    events_flush()
     assert list(BreakerEvent.objects.filter(service=svc).values_list("actor", flat=True)) == ["olivia", "olivia"]
 
 

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+from berrys_client import USER_AGENT
 
 from simulators.core import send_json
 from simulators.process import SimulatorProcess
@@ -32,6 +33,7 @@ class RecordingPortal:
 
     def __init__(self, port: int = 0):
         self.calls: list[tuple[str, str, dict | None, str]] = []
+        self.agents: set[str | None] = set()  # the User-Agents that called
         self.forget = False
         portal = self
 
@@ -43,6 +45,7 @@ class RecordingPortal:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
                 portal.calls.append((self.command, self.path, body, self.headers.get("Authorization")))
+                portal.agents.add(self.headers.get("User-Agent"))
                 status, payload = 404, {"detail": "not found"}
                 if self.command == "POST" and self.path == "/registry/services":
                     status, payload = 201, {"id": len(portal.calls), **body}
@@ -240,3 +243,16 @@ def test_registration_waits_for_a_portal_that_starts_later_and_repeats_when_forg
         stack.stop()
         if portal:
             portal.close()
+
+
+def test_they_register_heartbeat_and_deregister_through_the_client_package():
+    portal = RecordingPortal()
+    stack = SimulatorProcess.start(portal_url=portal.url, api_key="bp_test", heartbeat=0.2,
+                                   only=["TOOL_INTEGRATION"])
+    try:
+        assert _wait_until(lambda: len(portal.of("PUT", "/heartbeat")) >= 1)
+    finally:
+        assert stack.stop() == 0
+        portal.close()
+    assert len(portal.of("DELETE")) == 1
+    assert portal.agents == {USER_AGENT}  # berrys_client's requests, not hand-written ones

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -63,3 +65,47 @@ def test_it_lists_waiting_questions_and_relays_the_answer(dashboard):
     step = run.steps.get(index=1)
     assert step.status != StepStatus.WAITING
     assert requests.get(sim.url + "/questions", timeout=10).json()["questions"] == []
+
+
+class FlakyPortal:
+    """Answers the first POST /workflows/runs with 503, the next ones with the run."""
+
+    def __init__(self):
+        self.keys: list[str | None] = []
+        portal = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                portal.keys.append(self.headers.get("Idempotency-Key"))
+                status, body = (503, {"detail": "busy"}) if len(portal.keys) == 1 else \
+                    (201, {"id": "run-1", "status": "queued"})
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_start_the_portal_answers_503_is_retried_with_the_same_idempotency_key():
+    portal = FlakyPortal()
+    sim = WebDashboard(portal_url=portal.url, api_key="bp_test")
+    sim.start()
+    try:
+        response = requests.post(sim.url + "/chat/projects", json={"name": "Apollo", "request_id": "chat-7"},
+                                 timeout=10)
+        assert response.status_code == 201, response.text
+        assert response.json() == {"run_id": "run-1", "status": "queued"}
+        assert portal.keys == ["chat-7", "chat-7"]  # the client package's retry, deduped by the portal
+    finally:
+        sim.stop()
+        portal.server.shutdown()
+        portal.server.server_close()

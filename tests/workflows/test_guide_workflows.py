@@ -8,14 +8,12 @@ ServiceClient (discovery, adapters, breakers shared through Redis).
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import requests
 from django.conf import settings
 
 from registry.adapters import adapter_cache_clear
-from registry.breakers import breaker_forget
+from registry.breakers import breaker_for, breaker_forget
 from registry.models import HealthStatus, RequestAdapterRule, Service
 from simulators.process import SimulatorProcess
 from tests.workflows.conftest import wait_for_run, wait_until
@@ -101,9 +99,17 @@ def test_chat_project_creation_hits_the_500_when_the_adapter_rule_is_off(berrys,
     berrys()
     rule = RequestAdapterRule.objects.get(service_type=PC, endpoint_pattern="/projects")
     rule.enabled = False
-    rule.save()  # bumps the shared rules version: the worker reloads its rules...
-    time.sleep(settings.ADAPTER_VERSION_CHECK_SECONDS + 0.1)  # ...within this (documented) delay
-    run = wait_for_run(start("project_creation", name="New Project").pk, timeout=RUN_TIMEOUT)
+    rule.save()  # bumps the shared rules version: the worker reloads its rules within
+    # ADAPTER_VERSION_CHECK_SECONDS. Polled (a run started before the reload still succeeds),
+    # with a generous limit rather than a sleep just over that delay.
+    runs: list[WorkflowRun] = []
+
+    def a_run_fails() -> bool:
+        runs.append(wait_for_run(start("project_creation", name="New Project").pk, timeout=RUN_TIMEOUT))
+        return runs[-1].status == RunStatus.FAILED
+
+    wait_until(a_run_fails, timeout=settings.ADAPTER_VERSION_CHECK_SECONDS + 30, what="the rule change to reach the worker")
+    run = runs[-1]
     assert run.status == RunStatus.FAILED
     assert run.failed_step == "create_project"
     assert "HTTP 500" in run.error
@@ -177,7 +183,11 @@ def test_a_failing_agent_orchestrator_trips_its_breaker_and_an_operator_retry_re
     assert "step get_task, after 1 attempt" in second.error
 
     sims.reset(AO)
-    time.sleep(2.2)  # the breaker's reset timeout: the retry's first call is the half-open trial
+    # Past the breaker's reset timeout (as the shared store sees it, not a sleep just over it),
+    # the retry's first call is the half-open trial.
+    ao = Service.objects.get(pk=services[AO].pk)
+    wait_until(lambda: breaker_for(ao).snapshot().reset_due(ao.breaker_reset_timeout_seconds),
+               timeout=30, what="the breaker's reset timeout")
     response = operate_client.post(f"/workflows/runs/{second.pk}/retry", {}, format="json")
     assert response.status_code == 200, response.content
     retried = wait_for_run(second.pk, timeout=RUN_TIMEOUT)

@@ -23,6 +23,7 @@ from berrys_client.errors import (
 )
 from berrys_client.registration import ServiceRegistration
 from berrys_client.types import ServiceType
+from berrys_client.version import USER_AGENT, __version__
 
 __all__ = [
     "CircuitBreaker",
@@ -35,6 +36,8 @@ __all__ = [
     "ServiceRegistration",
     "ServiceResponseError",
     "ServiceType",
+    "USER_AGENT",
+    "__version__",
     "critical_breaker",
     "non_critical_breaker",
 ]

@@ -11,6 +11,7 @@ import httpx
 from berrys_client.breaker import CircuitBreaker, critical_breaker, non_critical_breaker
 from berrys_client.discovery import Instance, ServiceDiscovery
 from berrys_client.errors import CircuitOpenError, ServiceConnectionError, ServiceResponseError
+from berrys_client.version import USER_AGENT
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -42,7 +43,7 @@ class ServiceClient:
     @property
     def http(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(follow_redirects=False)
+            self._http = httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": USER_AGENT})
         return self._http
 
     def breaker(self, instance: Instance) -> CircuitBreaker:

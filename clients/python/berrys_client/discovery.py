@@ -11,9 +11,11 @@ from typing import Any
 import httpx
 
 from berrys_client.errors import ServiceNotFoundError
+from berrys_client.version import USER_AGENT
 
 logger = logging.getLogger("berrys_client")
 INDEX_HEADER = "X-Registry-Index"
+READ_TRIES = 3  # reads of a paged list from page 1 when the registry changes while paging
 Instance = dict[str, Any]
 
 
@@ -24,16 +26,19 @@ class ServiceDiscovery:
     The first call for a type asks the portal (``GET /discovery/{type}?all=1``) and starts a
     background watch (the same URL with ``index`` and ``wait``): the cache follows the
     registry within the watch's round trip, and a call never waits for the portal after the
-    first one. ``watch_url`` can point the watches at the portal's watch server.
+    first one. ``watch_url`` can point the watches at the portal's watch server. The list is
+    paged by the portal: every page is read (``page_size`` instances a request, default 500,
+    the portal's largest), so a type with more instances than a page is seen whole.
     """
 
     def __init__(self, portal_url: str, api_key: str, *, watch_url: str | None = None,
-                 watch_wait: str = "60s", timeout: float = 10.0) -> None:
+                 watch_wait: str = "60s", timeout: float = 10.0, page_size: int = 500) -> None:
         self.portal_url = portal_url.rstrip("/")
         self.watch_url = (watch_url or portal_url).rstrip("/")
         self.api_key = api_key
         self.watch_wait = watch_wait
         self.timeout = timeout
+        self.page_size = page_size
         self._http: httpx.AsyncClient | None = None
         self._instances: dict[str, list[Instance]] = {}
         self._reasons: dict[str, str] = {}
@@ -46,8 +51,8 @@ class ServiceDiscovery:
     @property
     def http(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(headers={"Authorization": f"Token {self.api_key}"},
-                                           follow_redirects=False)
+            self._http = httpx.AsyncClient(follow_redirects=False, headers={
+                "Authorization": f"Token {self.api_key}", "User-Agent": USER_AGENT})
         return self._http
 
     async def get_services_by_type(self, service_type: str) -> list[Instance]:
@@ -70,17 +75,38 @@ class ServiceDiscovery:
         """Stop offering an instance that refused a connection, until the registry changes."""
         self._forgotten.add(instance["id"])
 
-    async def _fetch(self, service_type: str, *, index: int, wait: str | None, base: str) -> bool:
-        params: dict[str, str] = {"all": "1"}
+    async def _page(self, service_type: str, *, page: int, index: int = 0, wait: str | None = None,
+                    base: str | None = None) -> httpx.Response:
+        params: dict[str, str] = {"all": "1", "page_size": str(self.page_size)}
+        if page > 1:
+            params["page"] = str(page)
         if index:
             params.update(index=str(index), wait=wait or self.watch_wait)
         timeout = self.timeout + (_seconds(wait or self.watch_wait) * 17 / 16 if index else 0)
-        response = await self.http.get(f"{base}/discovery/{service_type}", params=params, timeout=timeout)
-        new_index = int(response.headers.get(INDEX_HEADER, "0") or 0)
-        changed = new_index != self._index.get(service_type)
-        self._index[service_type] = new_index
+        return await self.http.get(f"{base or self.portal_url}/discovery/{service_type}", params=params,
+                                   timeout=timeout)
+
+    async def _fetch(self, service_type: str, *, index: int, wait: str | None, base: str) -> bool:
+        """Read every page of ``GET /discovery/{type}?all=1`` (the first one as a watch when
+        ``index`` is set); True when the registry's index for the type moved.
+
+        The portal pages the list (``page``, ``page_size``, a ``next`` link while more follow).
+        Later pages are read without waiting, and each carries the index it was answered at: a
+        page at another index than the first means the registry changed while we read, so the
+        list is read again from page 1 (a few times at most). If it still moves, the list is kept
+        with the first page's index, which makes the next watch return at once and read again.
+        """
+        response = await self._page(service_type, page=1, index=index, wait=wait, base=base)
+        for attempt in range(READ_TRIES):
+            first_index = _index_of(response)
+            instances, consistent = await self._rest(service_type, response, first_index)
+            if consistent or attempt == READ_TRIES - 1:
+                break
+            response = await self._page(service_type, page=1)
+        changed = first_index != self._index.get(service_type)
+        self._index[service_type] = first_index
         if response.status_code == 200:
-            self._instances[service_type] = response.json()["services"]
+            self._instances[service_type] = instances
             self._reasons.pop(service_type, None)
         elif response.status_code in (404, 503):
             self._instances[service_type] = []
@@ -90,6 +116,27 @@ class ServiceDiscovery:
         if changed:
             self._forgotten.clear()
         return changed
+
+    async def _rest(self, service_type: str, first: httpx.Response, first_index: int) -> tuple[list[Instance], bool]:
+        """The first page's instances and every later page's (following ``next``); and whether
+        every page was answered at the first page's index."""
+        if first.status_code != 200:
+            return [], True
+        body = first.json()
+        instances: list[Instance] = list(body["services"])
+        seen = {i.get("id") for i in instances}
+        page = 1
+        while body.get("next"):
+            page += 1
+            response = await self._page(service_type, page=page)
+            if response.status_code != 200 or _index_of(response) != first_index:
+                return instances, False  # changed meanwhile (fewer pages now, or other rows)
+            body = response.json()
+            for instance in body["services"]:
+                if instance.get("id") not in seen:  # rows shift between pages when one is removed
+                    seen.add(instance.get("id"))
+                    instances.append(instance)
+        return instances, True
 
     async def _watch(self, service_type: str) -> None:
         delay = 1.0
@@ -114,6 +161,10 @@ class ServiceDiscovery:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+
+
+def _index_of(response: httpx.Response) -> int:
+    return int(response.headers.get(INDEX_HEADER, "0") or 0)
 
 
 def _detail(response: httpx.Response) -> str:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any
 
 import httpx
 
 from berrys_client.errors import ServiceConnectionError, ServiceResponseError
+from berrys_client.version import USER_AGENT
 
 logger = logging.getLogger("berrys_client")
+_waiting_for: set[str] = set()  # portals a "waiting for the portal" line was logged for (one line, not one per service)
 
 
 class ServiceRegistration:
@@ -20,7 +23,11 @@ class ServiceRegistration:
     registers (``POST /registry/services``, an idempotent upsert on name + url), heartbeats
     every ``ttl_seconds / 3`` (``PUT .../heartbeat``; registers again if the portal has
     dropped the instance), and deregisters on exit. Without ``ttl_seconds`` the portal
-    probes ``health_url`` instead and no heartbeat is sent.
+    probes ``health_url`` instead and no heartbeat is sent (unless ``heartbeat_interval``
+    is given). ``start(retry=True)`` waits for a portal that is not up yet (a service often
+    starts first): it tries again with capped exponential backoff and jitter while the portal
+    is unreachable or answers 429 / 5xx; a refusal (other 4xx) still raises at once.
+    ``stop()`` also ends a ``start`` still waiting.
     """
 
     def __init__(self, portal_url: str, api_key: str, *, name: str, type: str, url: str,  # noqa: A002
@@ -42,13 +49,39 @@ class ServiceRegistration:
         self.heartbeats = 0
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task | None = None
+        self._starting: asyncio.Task | None = None
 
-    async def start(self) -> int:
-        self._http = httpx.AsyncClient(headers={"Authorization": f"Token {self.api_key}"}, timeout=self.timeout)
-        await self._register()
-        if self.heartbeat_interval:
+    async def start(self, *, retry: bool = False, max_backoff: float = 5.0) -> int:
+        self._starting = asyncio.current_task()
+        try:
+            if self._http is None:
+                self._http = httpx.AsyncClient(timeout=self.timeout, headers={
+                    "Authorization": f"Token {self.api_key}", "User-Agent": USER_AGENT})
+            delay = 0.2
+            while True:
+                try:
+                    await self._register()
+                    break
+                except (ServiceConnectionError, ServiceResponseError) as exc:
+                    status = getattr(exc, "status", None)
+                    if not retry or (status is not None and status < 500 and status != 429):
+                        raise
+                    self._log_waiting(exc)
+                    await asyncio.sleep(random.uniform(0, delay) + 0.1)
+                    delay = min(delay * 2, max_backoff)
+        finally:
+            self._starting = None
+        _waiting_for.discard(self.portal_url)
+        if self.heartbeat_interval and self._task is None:
             self._task = asyncio.create_task(self._beat())
         return self.service_id  # type: ignore[return-value]
+
+    def _log_waiting(self, exc: Exception) -> None:
+        if self.portal_url in _waiting_for:
+            logger.debug("%s: the portal is not answering yet (%s)", self.payload["name"], exc)
+        else:
+            _waiting_for.add(self.portal_url)
+            logger.info("waiting for the portal at %s to register (%s)", self.portal_url, exc)
 
     async def _register(self) -> None:
         assert self._http is not None
@@ -65,6 +98,7 @@ class ServiceRegistration:
         assert self._http is not None and self.service_id is not None
         response = await self._http.put(f"{self.portal_url}/registry/services/{self.service_id}/heartbeat")
         if response.status_code == 404:  # deregistered meanwhile (e.g. by an operator): come back
+            logger.warning("%s: the portal forgot this instance; registering again", self.payload["name"])
             await self._register()
         elif response.status_code >= 400:
             raise ServiceResponseError(f"Heartbeat refused: {response.status_code}", status=response.status_code)
@@ -78,9 +112,14 @@ class ServiceRegistration:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep beating: the portal may be back next time
-                logger.warning("heartbeat failed: %s", exc)
+                logger.warning("%s: heartbeat failed: %s", self.payload["name"], exc)
 
     async def stop(self) -> None:
+        """Stop heartbeating (and a ``start`` still waiting for the portal), then deregister."""
+        starting = self._starting
+        if starting is not None and starting is not asyncio.current_task():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -88,7 +127,11 @@ class ServiceRegistration:
         if self._http is not None:
             if self.service_id is not None:
                 try:
-                    await self._http.delete(f"{self.portal_url}/registry/services/{self.service_id}")
+                    response = await self._http.delete(f"{self.portal_url}/registry/services/{self.service_id}")
+                    if response.status_code < 400 or response.status_code == 404:
+                        self.service_id = None
+                    else:
+                        logger.warning("deregistration answered %s", response.status_code)
                 except httpx.HTTPError as exc:
                     logger.warning("deregistration failed: %s", exc)
             await self._http.aclose()

@@ -2,7 +2,8 @@
 
 For Flask / Django services: ``SyncServiceDiscovery(...).get_service_by_type(...)``,
 ``SyncServiceClient(discovery).post(service=..., endpoint=..., data=...)``,
-``SyncServiceRegistration(...).start()`` / ``.stop()``. The discovery watches and the
+``SyncServiceRegistration(...).start()`` / ``.stop()`` (``start(retry=True)`` waits for the
+portal). The discovery watches and the
 heartbeat keep running on that loop between calls.
 """
 
@@ -79,8 +80,10 @@ class SyncServiceRegistration:
     def service_id(self) -> int | None:
         return self.inner.service_id
 
-    def start(self) -> int:
-        return _run(self.inner.start())
+    def start(self, *, retry: bool = False, max_backoff: float = 5.0) -> int:
+        """Register (blocking this thread); with ``retry``, until the portal answers or ``stop()``
+        is called from another thread (then ``concurrent.futures.CancelledError`` is raised)."""
+        return _run(self.inner.start(retry=retry, max_backoff=max_backoff))
 
     def stop(self) -> None:
         _run(self.inner.stop())

@@ -5,7 +5,6 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from registry import health
-from registry.breakers import events_flush
 from registry.models import Service
 
 
@@ -31,7 +30,6 @@ class Command(BaseCommand):
             report = health.health_sweep(keep_rows=True)
             if report.skipped_locked:
                 raise CommandError("Another sweep is running; try again in a few seconds or use --all.")
-        events_flush()
         rows = sorted(report.rows, key=lambda r: (r.service.type, r.service.name))
         header = f"{'ID':>6}  {'NAME':<30} {'TYPE':<22} {'STATUS':<9} {'PROBE':<9} {'HTTP':>4} {'MS':>8}  REASON"
         self.stdout.write(header)

@@ -1,0 +1,370 @@
+"""Benchmark: the workflow engine scaling out — more worker processes, more hosts (prints a table).
+
+Two modes, run from the repository root (``-m`` matters)::
+
+    # 1. one worker process vs two, engine and bare Celery chain, interleaved in one run
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/portal_scaleout REDIS_URL=redis://127.0.0.1:6379/2 \\
+        nice -n 5 .venv/bin/python -m bench.scaleout workers [--runs 60] [--repeats 5]
+
+    # 2. the same two worker processes on one host vs split over two hosts (as root:
+    #    network namespaces, private PostgreSQL and Redis on a database host of their own)
+    nice -n 5 .venv/bin/python -m bench.scaleout hosts [--runs 60] [--repeats 5]
+
+The work is ``bench/workflows.py``'s: a 7-step workflow (7 POSTs to an HTTP stub) against the same
+7 POSTs as a bare Celery chain that persists nothing. A "worker process" is one
+``celery worker -P prefork -c 1`` (one pool process). Every configuration being compared runs
+at the same time on a queue of its own, so a batch sent to one queue is served by exactly that
+configuration's workers while the others idle; the configurations alternate within each repeat
+(A B, then B A) so that the machine's drift hits both alike. Each batch starts ``--runs`` runs at
+once and counts runs completed per second.
+
+``workers`` prints, per repeat, each speed-up (2 processes / 1 process) and the ratio engine
+speed-up / chain speed-up (target >= 0.9), then the medians. ``hosts`` builds the hosts with
+``tests/multihost/fabric.py`` (namespaces ``durab-<run>-<host>``, deleted at exit): ``db``
+(PostgreSQL + Redis as broker), ``w1`` and ``w2`` (workers), ``ctl`` (this driver and the stub);
+"one host" is two worker processes on ``w1``, "two hosts" one on ``w1`` and one on ``w2``; it prints
+the ratio two hosts / one host (target >= 0.9), for the chain too. Where namespaces cannot be made
+it says why and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = uuid.uuid4().hex[:6]
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def _cpu_of(markers: dict[str, str]) -> dict[str, float]:
+    """CPU seconds used so far by the processes whose command line holds each marker (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = dict.fromkeys(markers, 0.0)
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        for label, marker in markers.items():
+            if marker in cmd:
+                out[label] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _wait_for_workers(configs: list[tuple[str, str, int]], timeout: float = 120) -> None:
+    from berrys_portal.celery import app
+
+    deadline = time.monotonic() + timeout
+    while True:
+        names = {name for reply in app.control.ping(timeout=1.0) for name in reply}
+        missing = [(q, n) for _, q, n in configs if sum(name.startswith(f"{q}-") for name in names) < n]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"workers not up after {timeout}s: {missing} (have {sorted(names)})")
+
+
+class LockSampler:
+    """Samples pg_stat_activity every 20 ms while armed: how often a backend of this database waits on a lock.
+
+    The question it answers: do two worker processes queue behind each other in PostgreSQL
+    (row locks on claims, a serialising statement)?
+    """
+
+    def __init__(self):
+        import psycopg
+        from django.conf import settings
+
+        db = settings.DATABASES["default"]
+        self.conn = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"],
+                                    password=db.get("PASSWORD"), dbname=db["NAME"], autocommit=True)
+        self.label: str | None = None
+        self.samples: dict[str, list[int]] = {}  # label -> [samples, samples with a lock wait]
+        self.waits: dict[str, int] = {}  # "label: statement" -> times seen waiting
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            label = self.label
+            if label:
+                rows = self.conn.execute(
+                    "SELECT left(query, 60) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'").fetchall()
+                got = self.samples.setdefault(label, [0, 0])
+                got[0] += 1
+                got[1] += bool(rows)
+                for (query,) in rows:
+                    key = f"{label}: {query}"
+                    self.waits[key] = self.waits.get(key, 0) + 1
+            time.sleep(0.02)
+
+
+def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, repeats: int, stub_host: str,
+          sample_locks: bool = False) -> dict:
+    """Measure every configuration (label, queue, worker processes); runs/s per repeat."""
+    from http.server import ThreadingHTTPServer
+
+    from django.conf import settings
+
+    from bench import workflows as wf
+    from registry.models import HealthStatus, Service
+    from workflows.models import WorkflowRun
+
+    wf._ensure_database()
+    server = ThreadingHTTPServer((stub_host, 0), wf.Stub)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://{stub_host}:{server.server_address[1]}"
+    WorkflowRun.objects.filter(workflow="bench_seven").delete()
+    Service.objects.filter(type="BENCH_STUB").delete()
+    wf._vacuum()
+    Service.objects.create(name="bench-stub", type="BENCH_STUB", url=url, status=HealthStatus.PASSING)
+
+    kinds = ["engine", "chain"]
+    sizes = {"engine": runs, "chain": chain_runs}
+    rates = {label: {k: [] for k in kinds} for label, _, _ in configs}
+    cpu = {label: {k: [] for k in kinds} for label, _, _ in configs}
+    markers = {label: f"-Q {queue} " for label, queue, _ in configs}
+
+    sampler = LockSampler() if sample_locks else None
+
+    def batch(kind: str, queue: str, n: int, label: str | None = None) -> float:
+        if kind == "engine":
+            settings.WORKFLOW_QUEUE = queue  # the engine reads it per call
+            if sampler:
+                sampler.label = label
+            elapsed, ids = wf._engine_batch(n)
+            if sampler:
+                sampler.label = None
+            WorkflowRun.objects.filter(pk__in=ids).delete()  # every batch starts from the same tables
+        else:
+            elapsed, _ = wf._chain_batch(n, url, queue=queue)
+        return n / elapsed
+
+    try:
+        _wait_for_workers(configs)
+        for _, queue, n in configs:  # warm-up: imports, connections, pools of every process
+            for kind in kinds:
+                batch(kind, queue, 4 * n)
+        for r in range(repeats):
+            order = configs if r % 2 == 0 else configs[::-1]
+            for label, queue, _ in order:
+                for kind in kinds:
+                    before = _cpu_of(markers)[label]
+                    rates[label][kind].append(batch(kind, queue, sizes[kind], label))
+                    cpu[label][kind].append((_cpu_of(markers)[label] - before) * 1000 / (sizes[kind] * wf.STEPS))
+            print(f"repeat {r + 1}/{repeats}: " + ", ".join(
+                f"{label} {k} {rates[label][k][-1]:.1f}/s" for label, _, _ in configs for k in kinds),
+                file=sys.stderr, flush=True)
+    finally:
+        server.shutdown()
+        WorkflowRun.objects.filter(workflow="bench_seven").delete()
+    got = {"rates": rates, "worker_cpu_ms_per_step": cpu}
+    if sampler:
+        got["lock_waits"] = {"samples": sampler.samples, "statements": sampler.waits}
+    return got
+
+
+def _worker_cmd(queue: str, index: int) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "prefork", "-c", "1",
+            "--without-heartbeat", "--without-gossip", "--without-mingle", "-Q", queue, "-I", "bench.workflows",
+            "-n", f"{queue}-{index}@%h", "--loglevel", "WARNING"]
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _ratios(a: list[float], b: list[float]) -> list[float]:
+    return [x / y for x, y in zip(a, b, strict=True)]
+
+
+def _report_workers(got: dict, args, load_before: str) -> None:
+    r, c = got["rates"], got["worker_cpu_ms_per_step"]
+    e_up = _ratios(r["2 processes"]["engine"], r["1 process"]["engine"])
+    c_up = _ratios(r["2 processes"]["chain"], r["1 process"]["chain"])
+    rel = _ratios(e_up, c_up)
+    print(f"\nWorker scaling — 7 POSTs per run, {args.runs} runs ({args.chain_runs} chains) at once, "
+          "1 vs 2 worker processes "
+          f"(prefork -c 1 each), {args.repeats} repeats")
+    print(f"load average before {load_before}, after {_load()}\n")
+    print("| repeat | engine 1 → 2 (runs/s) | speed-up | chain 1 → 2 (runs/s) | speed-up | engine / chain |")
+    print("|---|---|---|---|---|---|")
+    for i in range(args.repeats):
+        print(f"| {i + 1} | {r['1 process']['engine'][i]:.1f} → {r['2 processes']['engine'][i]:.1f} | "
+              f"{e_up[i]:.2f}× | {r['1 process']['chain'][i]:.1f} → {r['2 processes']['chain'][i]:.1f} | "
+              f"{c_up[i]:.2f}× | {rel[i]:.2f} |")
+    med = statistics.median
+    print(f"| median | {med(r['1 process']['engine']):.1f} → {med(r['2 processes']['engine']):.1f} | "
+          f"{med(e_up):.2f}× | {med(r['1 process']['chain']):.1f} → {med(r['2 processes']['chain']):.1f} | "
+          f"{med(c_up):.2f}× | **{med(rel):.2f}** (target ≥ 0.9) |")
+    print(f"\nratio of the median speed-ups: {med(e_up) / med(c_up):.2f}")
+    print("\nworker CPU ms per step (median): " + ", ".join(
+        f"{label} {kind} {med(c[label][kind]):.2f}" for label in c for kind in c[label]))
+
+
+def _report_locks(got: dict) -> None:
+    if "lock_waits" not in got:
+        return
+    print("\nPostgreSQL lock waits during engine batches (pg_stat_activity every 20 ms):")
+    for label, (n, waiting) in got["lock_waits"]["samples"].items():
+        print(f"  {label}: {waiting} of {n} samples had a backend waiting on a lock ({waiting / max(n, 1):.1%})")
+    for key, n in sorted(got["lock_waits"]["statements"].items(), key=lambda kv: -kv[1])[:5]:
+        print(f"    {n:>5}× {key}")
+
+
+def _report_hosts(got: dict, args, load_before: str) -> None:
+    r, c = got["rates"], got["worker_cpu_ms_per_step"]
+    med = statistics.median
+    print(f"\nOne worker host vs two — 2 worker processes (prefork -c 1 each) in all, database + broker on a "
+          f"host of their own (network namespaces), {args.runs} runs ({args.chain_runs} chains) at once, "
+          f"{args.repeats} repeats")
+    print(f"load average before {load_before}, after {_load()}\n")
+    print("| repeat | engine one host | engine two hosts | two / one | chain one host | chain two hosts | two / one |")
+    print("|---|---|---|---|---|---|---|")
+    e_rel = _ratios(r["two hosts"]["engine"], r["one host"]["engine"])
+    c_rel = _ratios(r["two hosts"]["chain"], r["one host"]["chain"])
+    for i in range(args.repeats):
+        print(f"| {i + 1} | {r['one host']['engine'][i]:.1f} | {r['two hosts']['engine'][i]:.1f} | {e_rel[i]:.2f} | "
+              f"{r['one host']['chain'][i]:.1f} | {r['two hosts']['chain'][i]:.1f} | {c_rel[i]:.2f} |")
+    print(f"| median | {med(r['one host']['engine']):.1f} | {med(r['two hosts']['engine']):.1f} | "
+          f"**{med(e_rel):.2f}** (target ≥ 0.9) | {med(r['one host']['chain']):.1f} | "
+          f"{med(r['two hosts']['chain']):.1f} | {med(c_rel):.2f} |")
+    print(f"\nratio of the medians: engine {med(r['two hosts']['engine']) / med(r['one host']['engine']):.2f}, "
+          f"chain {med(r['two hosts']['chain']) / med(r['one host']['chain']):.2f}")
+    print("\nworker CPU ms per step (median): " + ", ".join(
+        f"{label} {kind} {med(c[label][kind]):.2f}" for label in c for kind in c[label]))
+
+
+# --------------------------------------------------------------------------- modes
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
+def mode_workers(args) -> None:
+    os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal_scaleout")
+    os.environ.setdefault("BENCH_QUEUE", f"scaleout-{RUN}")
+    from bench import workflows  # noqa: F401 - Django set up, the workflow and the chain's tasks registered
+
+    configs = [("1 process", f"so1-{RUN}", 1), ("2 processes", f"so2-{RUN}", 2)]
+    (ROOT / "var").mkdir(exist_ok=True)
+    procs = []
+    for _, queue, n in configs:
+        for k in range(n):
+            env = dict(os.environ, WORKFLOW_QUEUE=queue, PYTHONPATH=str(ROOT), LOG_LEVEL="WARNING")
+            with open(ROOT / "var" / f"bench-scaleout-{n}p-{k}.log", "wb") as log:
+                procs.append(subprocess.Popen(_worker_cmd(queue, k), cwd=ROOT, env=env, stdout=log,
+                                              stderr=subprocess.STDOUT, start_new_session=True))
+    load_before = _load()
+    try:
+        got = drive(configs, runs=args.runs, chain_runs=args.chain_runs, repeats=args.repeats, stub_host="127.0.0.1",
+                    sample_locks=args.locks)
+    finally:
+        _stop(procs)
+    _report_workers(got, args, load_before)
+    _report_locks(got)
+
+
+def mode_hosts(args) -> None:
+    sys.path.insert(0, str(ROOT))
+    from tests.multihost.fabric import Fabric, addr, unavailable
+
+    prefix = f"durab-{RUN}-"
+    why = unavailable(prefix)
+    if why:
+        print(f"bench.scaleout hosts: cannot run here: {why}. (Needs root, iproute2, util-linux, "
+              "PostgreSQL server binaries and redis-server.)", file=sys.stderr)
+        raise SystemExit(2)
+    fab = Fabric(prefix)
+    try:
+        fab.build(hosts=("db", "w1", "w2", "ctl"))
+        fab.start_database()
+        env = {"LOG_LEVEL": "WARNING"}
+        migrated = subprocess.run(["ip", "netns", "exec", prefix + "ctl", sys.executable, "manage.py", "migrate",
+                                   "--noinput", "-v", "0"], cwd=ROOT, env=fab.env, capture_output=True)
+        if migrated.returncode:
+            raise SystemExit(f"migrate failed:\n{migrated.stderr.decode()[-3000:]}")
+        one, two = f"one-{RUN}", f"two-{RUN}"
+        for name, host, queue, k in (("a", "w1", one, 0), ("b", "w1", one, 1), ("c", "w1", two, 0),
+                                     ("d", "w2", two, 1)):
+            fab.spawn(f"worker-{name}", host, _worker_cmd(queue, k), env={**env, "WORKFLOW_QUEUE": queue})
+        load_before = _load()
+        out = subprocess.run(
+            ["ip", "netns", "exec", prefix + "ctl", sys.executable, "-m", "bench.scaleout", "_drive",
+             "--config", f"one host={one}:2", "--config", f"two hosts={two}:2", "--stub-host", addr("ctl"),
+             "--runs", str(args.runs), "--chain-runs", str(args.chain_runs), "--repeats", str(args.repeats),
+             *(["--locks"] if args.locks else [])],
+            cwd=ROOT, env={**fab.env, **env, "BENCH_QUEUE": f"warm-{RUN}"}, stdout=subprocess.PIPE)
+        if out.returncode:
+            for name in "abcd":
+                print(f"--- worker-{name}\n{fab.log(f'worker-{name}')[-2000:]}", file=sys.stderr)
+            raise SystemExit("the driver failed (above)")
+        got = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    finally:
+        fab.teardown()
+    _report_hosts(got, args, load_before)
+    _report_locks(got)
+
+
+def mode_drive(args) -> None:
+    """Inside the ctl namespace: measure and print the figures as one JSON line."""
+    configs = []
+    for spec in args.config:
+        label, rest = spec.split("=", 1)
+        queue, n = rest.rsplit(":", 1)
+        configs.append((label, queue, int(n)))
+    got = drive(configs, runs=args.runs, chain_runs=args.chain_runs, repeats=args.repeats, stub_host=args.stub_host,
+                sample_locks=args.locks)
+    print(json.dumps(got), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["workers", "hosts", "_drive"])
+    parser.add_argument("--runs", type=int, default=60, help="runs started at once per batch")
+    parser.add_argument("--chain-runs", type=int, default=None,
+                        help="chains started at once per batch (default 2 x --runs: the chain is ~2x faster, "
+                             "so both kinds of batch last about as long)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--locks", action="store_true",
+                        help="sample pg_stat_activity during engine batches: how often a backend waits on a lock")
+    parser.add_argument("--config", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--stub-host", default="127.0.0.1", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.chain_runs = args.chain_runs or 2 * args.runs
+    # SIGTERM (``timeout``, a CI runner) unwinds like Ctrl-C: workers stopped, namespaces deleted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    {"workers": mode_workers, "hosts": mode_hosts, "_drive": mode_drive}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
