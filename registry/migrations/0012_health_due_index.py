@@ -30,7 +30,7 @@ def _run(pg: str, sqlite: str):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("registry", "0010_structure_status_actor"),
+        ("registry", "0011_outbox"),
     ]
 
     operations = [
