@@ -12,6 +12,8 @@ bottleneck) for N seconds at each of:
                   (no auth, no throttle; served only by bench/urls.py);
 * ``discovery`` — GET /discovery/{type} with an API key;
 * ``register``  — POST /registry/services re-registering existing services.
+* ``discovery-plain`` — (``--scenarios``) discovery with the pick planned per request instead
+                  of prepared (bench/urls.py), to show what the PostgreSQL-only preparation earns.
 
 * ``heartbeat`` — PUT /registry/services/{id}/heartbeat on the bench key's services.
 
@@ -20,6 +22,10 @@ first size's services (at most 1,000); each next size is reached by one bulk
 ``INSERT … SELECT generate_series`` of passing services over the same 50 types (the API's
 per-key quota and the ORM are too slow to seed 100,000 under load), then every scenario
 runs again against the same gunicorn.
+
+``--explain`` prints, after each size, the pick's ``EXPLAIN (ANALYZE, BUFFERS)`` and
+``registry_service``'s dead tuples and HOT updates; ``--profile DIR`` cProfiles each gunicorn
+worker (bench/gunicorn_profile.py) into DIR; ``--scenarios`` picks a subset.
 
 Each scenario runs ``--repeats`` times, interleaved; the table shows medians, ratios against
 the ceiling paired per repeat (median of the per-repeat ratios), and the per-repeat ratios.
@@ -82,6 +88,31 @@ def seed() -> None:
     print(json.dumps({"key": plain, "ids": ids}))
 
 
+def explain() -> None:
+    """The pick's plan with buffers (one type, cursor 0), and the table's update statistics."""
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    from registry.discovery import _pick
+
+    sql, params = _pick._build(1), _pick.params("TYPE_07", 0)
+    with connection.cursor() as cursor:
+        for _ in range(2):  # the second run is the warm one
+            cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) {sql}", params)  # noqa: S608
+            plan = [row[0] for row in cursor.fetchall()]
+        cursor.execute("SELECT n_live_tup, n_dead_tup, n_tup_upd, n_tup_hot_upd, pg_relation_size('registry_service'), "
+                       "pg_relation_size('registry_service_pick') FROM pg_stat_user_tables "
+                       "WHERE relname = 'registry_service'")
+        live, dead, upd, hot, heap, pick = cursor.fetchone()
+    shared = [line.strip() for line in plan if "Buffers" in line][:1]
+    timing = [line.strip() for line in plan if line.startswith(("Planning Time", "Execution Time"))]
+    print(f"  pick plan: {'; '.join(timing)}; top node {'; '.join(shared)}; "
+          f"registry_service: {live} live, {dead} dead tuples, {upd} updates ({hot} HOT), "
+          f"heap {heap // 8192} pages, pick index {pick // 8192} pages", file=sys.stderr)
+
+
 # --- load generation --------------------------------------------------------------
 
 
@@ -108,6 +139,8 @@ def _worker(port, scenario, key, ids, seconds, threads, start_at, out_queue) -> 
                 method, path, body, ok = "GET", f"/bench/ceiling/{ids[i % len(ids)]}", None, 200
             elif scenario == "discovery":
                 method, path, body, ok = "GET", f"/discovery/TYPE_{i % N_TYPES:02d}", None, 200
+            elif scenario == "discovery-plain":
+                method, path, body, ok = "GET", f"/bench/discovery-plain/TYPE_{i % N_TYPES:02d}", None, 200
             elif scenario == "heartbeat":
                 method, path, body, ok = "PUT", f"/registry/services/{ids[i % len(ids)]}/heartbeat", None, 200
             else:
@@ -268,10 +301,21 @@ def main() -> None:
     parser.add_argument("--services", default=str(N_SERVICES),
                         help="Registered services, a comma-separated sweep, e.g. 100,1000,10000,100000")
     parser.add_argument("--port", type=int, default=0, help="gunicorn's port (default: a free one)")
+    parser.add_argument("--scenarios", default="ceiling,discovery,register,heartbeat",
+                        help="Comma-separated subset (the ceiling always runs: ratios are paired with it)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="cProfile each gunicorn worker (bench/gunicorn_profile.py); dumps in DIR at the end")
+    parser.add_argument("--explain", action="store_true",
+                        help="After each size: the pick's EXPLAIN (ANALYZE, BUFFERS) and registry_service's "
+                             "dead tuples and HOT updates")
     parser.add_argument("--seed", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--explain-now", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.seed:
         seed()
+        return
+    if args.explain_now:
+        explain()
         return
 
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal_reg")
@@ -299,18 +343,25 @@ def main() -> None:
                                 capture_output=True, text=True)
         data = json.loads(seeded.stdout.strip().splitlines()[-1])
         port = args.port or _free_port()
+        profile = []
+        if args.profile:
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
+            env["BENCH_PROFILE_DIR"] = str(Path(args.profile).resolve())
+            profile = ["-c", str(ROOT / "bench" / "gunicorn_profile.py")]
         gunicorn = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "berrys_portal.wsgi:application",
+            [str(Path(sys.executable).parent / "gunicorn"), "berrys_portal.wsgi:application", *profile,
              "--workers", str(args.workers), "--worker-class", "sync", "--bind", f"127.0.0.1:{port}",
              "--backlog", "2048", "--log-level", "warning"],
             cwd=ROOT, env=env, start_new_session=True,
         )
         _wait_ready(port, gunicorn)
-        scenarios = ("ceiling", "discovery", "register", "heartbeat")
+        scenarios = ("ceiling", *(s for s in args.scenarios.split(",") if s and s != "ceiling"))
         seeded_count = int(env["BENCH_OWNED"])
         for size in sizes:
             if size > seeded_count:
+                started = time.monotonic()
                 _grow(db_url, seeded_count, size)
+                print(f"  grown to {size} services in {time.monotonic() - started:.0f} s", file=sys.stderr)
                 seeded_count = size
             runs: dict[str, list[dict]] = {s: [] for s in scenarios}
             for s in scenarios:  # warm-up: connections, imports, caches
@@ -326,6 +377,9 @@ def main() -> None:
                           f"p50 {result['p50']:6.1f} ms  p99 {result['p99']:6.1f} ms  errors {result['errors']}  "
                           f"server CPU {result['cpu']:.2f} ms/req",
                           file=sys.stderr)
+            if args.explain:
+                subprocess.run([sys.executable, "-m", "bench.registry", "--explain-now"], cwd=ROOT, env=env,
+                               check=False)
             _print_table(runs, args, size)
     finally:
         if gunicorn is not None:

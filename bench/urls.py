@@ -1,4 +1,5 @@
-"""Bench urlconf: the portal's URLs plus the ceiling, a bare DRF view reading one row by pk."""
+"""Bench urlconf: the portal's URLs plus the ceiling (a bare DRF view reading one row by pk) and
+discovery without the prepared statement."""
 
 from django.urls import path
 from rest_framework import permissions
@@ -8,6 +9,7 @@ from rest_framework.views import APIView
 from berrys_portal.urls import urlpatterns as portal_urlpatterns
 from registry.models import Service
 from registry.serializers import ServiceSerializer
+from registry.views import DiscoveryView
 
 
 class CeilingView(APIView):
@@ -21,4 +23,15 @@ class CeilingView(APIView):
         return Response(ServiceSerializer(Service.objects.get(pk=pk)).data)
 
 
-urlpatterns = [path("bench/ceiling/<int:pk>", CeilingView.as_view()), *portal_urlpatterns]
+class PlainDiscoveryView(DiscoveryView):
+    """``GET /discovery/{type}`` with the pick planned on every request (not a prepared statement):
+    what the PostgreSQL-only preparation saves, measured beside it."""
+
+    prepared = False
+
+
+urlpatterns = [
+    path("bench/ceiling/<int:pk>", CeilingView.as_view()),
+    path("bench/discovery-plain/<str:service_type>", PlainDiscoveryView.as_view()),
+    *portal_urlpatterns,
+]

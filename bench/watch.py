@@ -16,7 +16,9 @@ berrys_portal.asgi_watch), then:
 3. ``discovery`` again while they are open (no change meanwhile: the watchers wait);
 4. ``--rounds`` times: changes TYPE_00's first service (passing <-> warning) in one
    committed UPDATE and records, for each watcher, the time from that commit to its
-   answer arriving; each watcher then re-watches with the new index.
+   answer arriving; each watcher then re-watches with the new index. The watch server's
+   CPU seconds from the change until it is quiet again (the answers and the re-opens),
+   and during each discovery run with the watches open, are reported too.
 
 Baseline and "with watchers" discovery runs are interleaved ``--repeats`` times; the
 ratio is the median of per-repeat ratios. Targets: wake-up p99 <= 200 ms;
@@ -106,19 +108,19 @@ def _watchers(port: int, key: str, n: int, rounds: int, spread: bool, to_main, f
     asyncio.run(run())
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _quiet(pid: int, *, below: float = 0.05, timeout: float = 120) -> None:
     """Wait until the process uses less than ``below`` of a core (the watches are all open and idle)."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def cpu() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
-
     deadline = time.time() + timeout
     while time.time() < deadline:
-        before = cpu()
+        before = _cpu(pid)
         time.sleep(0.5)
-        if (cpu() - before) / 0.5 < below:
+        if (_cpu(pid) - before) / 0.5 < below:
             return
 
 
@@ -145,6 +147,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--port", type=int, default=0,
+                        help="gunicorn's port; the watch server takes the next one (default: free ones)")
     parser.add_argument("--all-on-one-type", action="store_true",
                         help="every watcher on TYPE_00 (one change wakes them all) instead of spread over 50 types")
     args = parser.parse_args()
@@ -157,6 +161,7 @@ def main() -> None:
         os.environ, DATABASE_URL=db_url, REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1"),
         DJANGO_SETTINGS_MODULE="bench.settings_bench", DJANGO_ENV="development", DEBUG="0", CONN_MAX_AGE="60",
         API_WRITE_THROTTLE_RATE="100000000/min", PYTHONPATH=str(ROOT),
+        WATCH_MAX_PER_KEY=str(max(256, args.watchers)),  # every watcher uses the one bench key
     )
     _admin_sql(base, f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)', f'CREATE DATABASE "{db_name}"')
     servers: list[subprocess.Popen] = []
@@ -166,7 +171,7 @@ def main() -> None:
         seeded = subprocess.run([sys.executable, "-m", "bench.registry", "--seed"], cwd=ROOT, env=env, check=True,
                                 capture_output=True, text=True)
         data = json.loads(seeded.stdout.strip().splitlines()[-1])
-        web_port, watch_port = _free_port(), _free_port()
+        web_port, watch_port = (args.port, args.port + 1) if args.port else (_free_port(), _free_port())
         bin_dir = Path(sys.executable).parent
         servers.append(subprocess.Popen(
             [str(bin_dir / "gunicorn"), "berrys_portal.wsgi:application", "--workers", str(args.workers),
@@ -198,12 +203,22 @@ def main() -> None:
         kind, _ = to_main.get(timeout=120)
         _quiet(watch_pid)
         loaded = _proc_status(watch_pid)
-        with_watchers = [discovery(args.seconds)]  # the watchers are open (and idle) meanwhile
+        idle_cpu: list[float] = []  # the watch server's CPU seconds during each discovery run
+
+        def discovery_with_watchers() -> dict:
+            before = _cpu(watch_pid)
+            result = discovery(args.seconds)
+            idle_cpu.append(_cpu(watch_pid) - before)
+            return result
+
+        with_watchers = [discovery_with_watchers()]  # the watchers are open (and idle) meanwhile
+        change_cpu: list[float] = []  # per change: waking the watchers, answering, and their re-opening
 
         wakeups: list[float] = []
         statuses: set[int] = set()
         woken_others = 0
         for flip in range(args.rounds + 1):
+            before = _cpu(watch_pid)
             changed_at = _change(db_url, flip)
             from_main.put("changed")
             _, arrived, round_statuses, early = to_main.get(timeout=120)
@@ -213,12 +228,13 @@ def main() -> None:
             if flip < args.rounds:
                 kind, _ = to_main.get(timeout=120)  # re-opened with the new index
                 _quiet(watch_pid)
+                change_cpu.append(_cpu(watch_pid) - before)
                 if len(with_watchers) < args.repeats:
-                    with_watchers.append(discovery(args.seconds))
+                    with_watchers.append(discovery_with_watchers())
         watcher_proc.join(30)
         while len(baseline) < len(with_watchers):  # the watchers are closed now
             baseline.append(discovery(args.seconds))
-        _print(args, baseline, with_watchers, wakeups, statuses, idle, loaded, woken_others)
+        _print(args, baseline, with_watchers, wakeups, statuses, idle, loaded, woken_others, idle_cpu, change_cpu)
     finally:
         if watcher_proc is not None and watcher_proc.is_alive():
             watcher_proc.kill()
@@ -231,7 +247,8 @@ def main() -> None:
         _admin_sql(base, f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 
 
-def _print(args, baseline, with_watchers, wakeups, statuses, idle, loaded, woken_others) -> None:
+def _print(args, baseline, with_watchers, wakeups, statuses, idle, loaded, woken_others,  # noqa: PLR0913
+           idle_cpu, change_cpu) -> None:
     wakeups.sort()
     p = lambda q: wakeups[min(len(wakeups) - 1, int(len(wakeups) * q))] * 1000  # noqa: E731
     ratios = [w["rps"] / b["rps"] for w, b in zip(with_watchers, baseline, strict=True) if b["rps"]]
@@ -255,6 +272,10 @@ def _print(args, baseline, with_watchers, wakeups, statuses, idle, loaded, woken
           f"{loaded['VmRSS'] / 1024:.1f} MiB ({rss_per_watch:.1f} KiB per watch) | |")
     print(f"| watch server threads idle -> {args.watchers} open | {idle['Threads']} -> {loaded['Threads']} | "
           f"not one per watch |")
+    print(f"| watch server CPU per change (wake-up, answers, re-opens; median of {len(change_cpu)}) | "
+          f"{statistics.median(change_cpu) if change_cpu else float('nan'):.2f} s | |")
+    print(f"| watch server CPU while discovery ran with the watches open (median of {len(idle_cpu)}) | "
+          f"{statistics.median(idle_cpu):.2f} s per {args.seconds:g} s run | |")
     print(f"| discovery req/s, baseline (median) | {statistics.median(b['rps'] for b in baseline):.0f} | |")
     print(f"| discovery req/s, {args.watchers} watches open (median) | "
           f"{statistics.median(w['rps'] for w in with_watchers):.0f} | |")

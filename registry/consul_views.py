@@ -12,7 +12,8 @@ or insufficient token. What is ours: error bodies are the portal's JSON error
 shape (Consul sends plain text); a parameter Consul has but this subset does not
 implement (``filter``, ``near``, ``ns``, ``cached``...) is refused with a 400
 naming it rather than ignored; ``dc`` other than ours is a 400 (Consul: 500
-"No path to datacenter").
+"No path to datacenter"); bounds on open blocking queries (``WATCH_MAX_PER_KEY``
+per API key: 429, ``WATCH_MAX_OPEN`` in all: 503, both with ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,17 @@ from django.views.decorators.csrf import csrf_exempt
 from registry import consul
 from registry.auth import _key_lookup, _touch_last_used, hash_key
 from registry.scopes import key_has_scope
-from registry.watch import duration_parse, index_feed, index_parse, index_read, wait_timeout
+from registry.watch import (
+    TooManyWatches,
+    WatchServerFull,
+    duration_parse,
+    index_feed,
+    index_parse,
+    index_read,
+    wait_timeout,
+    watch_refusal,
+    watch_slot,
+)
 
 READ_SCOPES = ("registry:read", "metrics")
 _COMMON = {"dc", "index", "wait", "stale", "consistent", "token"}
@@ -192,8 +203,12 @@ async def _serve(request: HttpRequest, *, extra: set[str], repeatable: set[str] 
         feed = index_feed()
         await sync_to_async(feed.start, thread_sensitive=False)()  # no database work: any thread
         if feed.state.of(service_type) <= options["index"]:
-            await feed.wait_async(after=options["index"], service_type=service_type,
-                                  timeout=wait_timeout(options["wait"]))
+            try:
+                with watch_slot(key=hash_key(_token(request))):
+                    await feed.wait_async(after=options["index"], service_type=service_type,
+                                          timeout=wait_timeout(options["wait"]))
+            except (TooManyWatches, WatchServerFull) as full:
+                return watch_refusal(full)
         index, body = await _answer(request, key, service_type, build)
     else:
         index, body = await _sync(request, _compute, service_type, build)

@@ -4,6 +4,15 @@ Eligible: passing, then warning; unknown (never checked) only when no checked
 healthy instance exists; never critical or in maintenance, never an instance
 waiting for an operator's approval (``Service.pending_approval``). The
 ServiceClient picks through the same functions, so it follows the same rules.
+
+PostgreSQL-specific code, kept because a figure shows it earns its place: the pick runs as
+a prepared statement (``_fetch_prepared``). In the registry bench a discovery cost the
+server (gunicorn worker + its PostgreSQL backend) 2.77–3.75 ms of CPU prepared against
+4.35–4.74 ms for the same SQL planned on every request (the bench's ``discovery-plain``
+scenario, same run, 100 to 100,000 services: docs/benchmarks.md, "At scale", run 4).
+SQLite, and PostgreSQL with ``DISCOVERY_PREPARED_STATEMENT=0`` (behind a pooler in
+transaction mode), run the same text through Django's cursor; both build the rows with
+``registry.rows``.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from django.dispatch import receiver
 
 from berrys_portal.errors import NoEligibleServiceError, ServiceNotFoundError
 from registry.models import DISCOVERY_RANK, HealthStatus, Service
+from registry.rows import services_from_rows
 
 logger = logging.getLogger(__name__)
 
@@ -81,26 +91,36 @@ class _PickQuery:
                     params.append(service_type)
         return [*params, service_type]
 
-    def __call__(self, service_type: str, *, cursor: int, limit: int) -> list[Service]:
-        """The picks; raises the guide's 404 / 503 when there is none."""
+    def __call__(self, service_type: str, *, cursor: int, limit: int, prepared: bool | None = None) -> list[Service]:
+        """The picks; raises the guide's 404 / 503 when there is none.
+
+        ``prepared``: run it as a prepared statement (PostgreSQL; default
+        ``DISCOVERY_PREPARED_STATEMENT``). The bench's ``discovery-plain`` scenario says False.
+        """
         sql = self._sql.get(limit)
         if sql is None:
             sql = self._sql[limit] = self._build(limit)
         params = self.params(service_type, cursor)
         alias = router.db_for_read(Service)
-        if connections[alias].vendor == "postgresql" and settings.DISCOVERY_PREPARED_STATEMENT:
+        connection = connections[alias]
+        if prepared is None:
+            prepared = settings.DISCOVERY_PREPARED_STATEMENT
+        if connection.vendor == "postgresql" and prepared:
             rows = _fetch_prepared(alias, sql, params)
         else:
-            rows = list(Service.objects.raw(sql, params, using=alias))
-        picks = [row for row in rows if row.pick_rank < 6]
+            with connection.cursor() as raw:
+                raw.execute(sql, params)
+                rows = raw.fetchall()
+        picks = [service for row, service in zip(rows, services_from_rows(alias, rows, skip=1), strict=True)
+                 if row[0] < 6]
         if not picks:
             raise (service_none_eligible(service_type=service_type) if rows
                    else ServiceNotFoundError(f"No service of type {service_type} found"))
         return picks
 
 
-def _fetch_prepared(alias: str, sql: str, params: list) -> list[Service]:
-    """Run the pick as a prepared statement on this connection (PostgreSQL).
+def _fetch_prepared(alias: str, sql: str, params: list) -> list[tuple]:
+    """Run the pick as a prepared statement on this connection (PostgreSQL); the raw rows.
 
     Planning the seven-branch query costs ~0.55 ms against ~0.2 ms to run it; prepared
     once per connection, later picks skip the planner. Django leaves psycopg's automatic
@@ -123,24 +143,10 @@ def _fetch_prepared(alias: str, sql: str, params: list) -> list[Service]:
                     raw.execute(sql, params, prepare=True)
             else:
                 raw.execute(sql, params, prepare=True)
-            rows = raw.fetchall()
+            return raw.fetchall()
     finally:
         raw.close()
-    picks = []
-    for row in rows:
-        values = list(row[1:])
-        for index, convert in _CONVERTERS:
-            values[index] = convert(values[index], None, conn)
-        instance = Service.from_db(alias, _ATTNAMES, values)
-        instance.pick_rank = row[0]
-        picks.append(instance)
-    return picks
 
-
-_ATTNAMES = [f.attname for f in Service._meta.concrete_fields]
-# Field-level conversions (JSON text -> objects); psycopg returns the rest typed already.
-_CONVERTERS = [(i, f.from_db_value) for i, f in enumerate(Service._meta.concrete_fields)
-               if hasattr(f, "from_db_value")]
 
 _pick = _PickQuery()
 # The rotation cursor: the id of the last instance this process picked, per type.
@@ -264,8 +270,8 @@ def service_candidates(*, service_type: str, max_age: float = 0.0) -> list[Servi
     return [first, *(s for s in instances if s.pk != first.pk)]
 
 
-def service_pick(*, service_type: str) -> Service:
+def service_pick(*, service_type: str, prepared: bool | None = None) -> Service:
     """One eligible instance of ``service_type``, rotating within the best tier: one row read."""
-    picked = _pick(service_type, cursor=_cursors.get(service_type, 0), limit=1)
+    picked = _pick(service_type, cursor=_cursors.get(service_type, 0), limit=1, prepared=prepared)
     _cursors[service_type] = picked[0].pk
     return picked[0]

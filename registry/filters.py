@@ -1,4 +1,12 @@
-"""Filters of ``GET /registry/services`` (and the admin's), portable across PostgreSQL and SQLite."""
+"""Filters of ``GET /registry/services`` (and the admin's), on PostgreSQL and SQLite.
+
+The one vendor branch (a JSON list holding every given tag or capability) is forced, not
+chosen for speed: Django's JSONField ``contains`` lookup is not supported on SQLite, and
+``json_each`` exists only there. PostgreSQL uses ``jsonb @>`` (the lookup Django offers,
+and the form a GIN index would serve if one is ever added; none is today). No bench figure
+is claimed for it. Both branches run in the suite (``test_services_api``'s tag and
+capability tests are marked ``both_dbs``).
+"""
 
 from __future__ import annotations
 

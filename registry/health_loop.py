@@ -19,7 +19,7 @@ LIMIT n) RETURNING *`` (``_claim_postgres``); SQLite takes the ORM's three state
 (``_claim_orm``). The statement earns its place: claiming 10,000 services in batches of
 500 took 2.49 s against the ORM's 3.78 s (1.52×; ``bench/health.py --only W``, medians of
 3, load average 10.5 on 2 shared cores, 2026-12-01). Both read their batch off the
-``registry_service_due`` index, which is in the claim's order (migration 0012): before,
+``registry_service_due`` index, which is in the claim's order (migration 0013): before,
 every claim scanned and sorted all due rows.
 """
 

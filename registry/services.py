@@ -30,6 +30,7 @@ from berrys_portal.errors import Conflict, Forbidden, NotFound, QuotaExceeded
 from registry.audit import actor_of, audit_record
 from registry.breakers import HEALTH_TRIP_PREFIX, OPEN, breaker_for
 from registry.models import ApiKey, AuditEvent, HealthStatus, Service, StatusChange
+from registry.rows import service_by_identity, service_by_pk, service_heartbeat_set
 from registry.scopes import Scope, key_has_scope, key_may_register
 
 # The fields a registration or PATCH may set (status and health state are the sweep's).
@@ -162,7 +163,7 @@ def _heartbeat_write(service: Service, now) -> bool:
     last = service.last_heartbeat_at
     if last is not None and window > 0 and timedelta(0) <= now - last < timedelta(seconds=window):
         return True
-    if not Service.objects.filter(pk=service.pk).update(last_heartbeat_at=now):
+    if not service_heartbeat_set(service.pk, now):
         return False
     service.last_heartbeat_at = now
     return True
@@ -174,7 +175,7 @@ def _service_register(data: dict[str, Any], key: ApiKey | None) -> tuple[Service
     # A re-registration that changes nothing (the usual one: a service re-announcing itself)
     # is a heartbeat: one read, one UPDATE of last_heartbeat_at, no row lock. A concurrent
     # change is not lost: the UPDATE touches no column the change writes.
-    current = Service.objects.filter(name=name, url=url).first()
+    current = service_by_identity(name, url)
     if current is not None and _unchanged(current, data):
         service_check_manager(service=current, key=key)
         if _heartbeat_write(current, now):
@@ -253,7 +254,7 @@ def service_heartbeat(*, service: Service | int, key: ApiKey | None) -> Service:
     now = timezone.now()
     recovered = False
     pk = service.pk if isinstance(service, Service) else service
-    current = Service.objects.filter(pk=pk).first()
+    current = service_by_pk(pk)
     if current is None:
         raise NotFound(f"No registered service with id {pk}.")
     if not (current.ttl_seconds and current.status not in (HealthStatus.PASSING, HealthStatus.MAINTENANCE)):

@@ -16,6 +16,11 @@ a bad URL is a 400 naming the problem rather than a probe that fails later:
 
 Registration is only the first check: the policy runs again on every connection
 (a name may resolve elsewhere later — DNS rebinding).
+
+A URL whose host is an IP literal needs no DNS, so its verdict is a function of the URL
+and the policy's settings alone: an accepted one is remembered per process under those
+settings (a service re-registering every few seconds re-checks nothing). Names are
+checked every time: what they resolve to may change.
 """
 
 from __future__ import annotations
@@ -35,8 +40,21 @@ def _show(host: str) -> str:
     return repr(host if len(host) <= 80 else host[:77] + "...")
 
 
+# (url, policy settings) of accepted URLs whose host is an IP literal.
+_accepted_literals: set[tuple] = set()
+_ACCEPTED_MAX = 10_000
+
+
+def _policy() -> tuple:
+    return (tuple(settings.REGISTRY_ALLOWED_NETWORKS), settings.EGRESS_ALLOW_LOOPBACK,
+            settings.EGRESS_ALLOW_SELF, settings.PORTAL_PORT)
+
+
 def validate_service_url(value: str) -> str:
     """Raise ``ValidationError`` with a sentence naming the problem; return the URL unchanged."""
+    remembered = (value, _policy())
+    if remembered in _accepted_literals:
+        return value
     try:
         parts = urlsplit(value)
         port = parts.port  # raises ValueError on a bad port
@@ -67,4 +85,8 @@ def validate_service_url(value: str) -> str:
     except egress.EgressLookupError as exc:
         if settings.REGISTRY_ALLOWED_NETWORKS:
             raise ValidationError(f"Host {_show(host)} does not resolve ({exc}).") from exc
+    if addr is not None:
+        if len(_accepted_literals) >= _ACCEPTED_MAX:  # crude bound: a registry has few addresses
+            _accepted_literals.clear()
+        _accepted_literals.add(remembered)
     return value

@@ -20,6 +20,7 @@ from registry.discovery import service_eligible_queryset, service_none_eligible,
 from registry.filters import service_filter
 from registry.models import ApiKey, Service
 from registry.portal_health import portal_health
+from registry.register_input import register_data_fast
 from registry.serializers import (
     DiscoveryListSerializer,
     ErrorSerializer,
@@ -125,9 +126,13 @@ class ServiceCollectionView(generics.GenericAPIView):
         },
     )
     def post(self, request):
-        data = ServiceRegisterSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        service, created = services.service_register(data=data.validated_data, key=_key(request))
+        # The usual body is checked in plain Python; anything else (and every 400) is the serializer's.
+        data = register_data_fast(request.data)
+        if data is None:
+            serializer = ServiceRegisterSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            data = serializer.validated_data
+        service, created = services.service_register(data=data, key=_key(request))
         return Response(
             ServiceSerializer(service).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
@@ -217,6 +222,7 @@ class DiscoveryView(APIView):
     """``GET /discovery/{type}``: one eligible instance (rotating), or all with ``?all=1``."""
 
     required_scopes = {"GET": "registry:read"}
+    prepared: bool | None = None  # the pick as a prepared statement (None: the setting); bench/urls.py
 
     @extend_schema(
         operation_id="discovery_get",
@@ -255,7 +261,8 @@ class DiscoveryView(APIView):
             if flag in _TRUE:
                 response = self._all(request, service_type)
             else:
-                response = Response(ServiceSerializer(service_pick(service_type=service_type)).data)
+                response = Response(ServiceSerializer(service_pick(service_type=service_type,
+                                                                    prepared=self.prepared)).data)
         except PortalError as exc:  # a watcher needs the index on the 404 / 503 too
             if index is None:
                 raise

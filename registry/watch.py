@@ -11,7 +11,9 @@ the current indexes in memory. On PostgreSQL it LISTENs on ``registry_index``
 second anyway, so a notification lost with a dropped connection costs at most a
 second; on SQLite (no notifications) it re-reads every ``POLL_SECONDS``. Watchers
 are asyncio futures or threading events woken by the feed: an async view on the
-ASGI server holds no thread while it waits.
+ASGI server holds no thread while it waits. The feed wakes the futures of one event
+loop with one callback in that loop (see ``_wake``), so a change that wakes a
+thousand watches costs one cross-thread hand-over, not a thousand.
 """
 
 from __future__ import annotations
@@ -21,10 +23,16 @@ import logging
 import random
 import re
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.db import connection, connections
+from django.http import JsonResponse
+
+from berrys_portal.errors import PortalError
 
 logger = logging.getLogger(__name__)
 
@@ -125,14 +133,102 @@ def watch_sync(*, index: int, wait: float | None, service_type: str | None = Non
 INDEX_HEADER = "X-Registry-Index"
 
 
+# --- Bounds on open watches (this process) ----------------------------------------------------
+
+
+class TooManyWatches(PortalError):
+    """This API key has too many open watches on this server; retry later."""
+
+    status_code = 429
+    code = "too_many_watches"
+
+
+class WatchServerFull(PortalError):
+    """The watch server has as many open watches as it takes; retry later."""
+
+    status_code = 503
+    code = "watch_server_full"
+
+
+_slots_lock = threading.Lock()
+_open: Counter = Counter()
+
+
+@contextmanager
+def watch_slot(*, key: str) -> Iterator[None]:
+    """Hold one of ``key``'s open-watch slots while waiting, or raise naming the bound that is full.
+
+    ``key``: the caller's credential (hashed); the same API key sent as ``X-Consul-Token``
+    or ``Authorization`` counts once.
+    """
+    with _slots_lock:
+        if _open[None] >= settings.WATCH_MAX_OPEN:
+            raise WatchServerFull(f"This watch server has {settings.WATCH_MAX_OPEN} open watches "
+                                  "(WATCH_MAX_OPEN); retry later.")
+        if _open[key] >= settings.WATCH_MAX_PER_KEY:
+            raise TooManyWatches(f"This API key has {settings.WATCH_MAX_PER_KEY} open watches on this server "
+                                 "(WATCH_MAX_PER_KEY); close some or retry later.")
+        _open[None] += 1
+        _open[key] += 1
+    try:
+        yield
+    finally:
+        with _slots_lock:
+            for name in (None, key):
+                _open[name] -= 1
+                if not _open[name]:
+                    del _open[name]
+
+
+def watch_refusal(exc: PortalError) -> JsonResponse:
+    """A full bound as an answer: the API's error shape, with ``Retry-After``."""
+    response = JsonResponse(exc.as_dict(), status=exc.status_code)
+    response["Retry-After"] = str(settings.WATCH_RETRY_AFTER_SECONDS)
+    return response
+
+
+def open_watches() -> int:
+    """Watches holding a slot in this process."""
+    return _open[None]
+
+
 # --- The per-process feed -------------------------------------------------------------------
 
 
 @dataclass(eq=False)  # identity-hashed: kept in a set
 class _Waiter:
-    wake: Callable[[], None]
+    wake: Callable[[], None] | None  # a sync waiter's Event.set; None for an async one
     service_type: str | None
     after: int
+    loop: asyncio.AbstractEventLoop | None = None  # an async waiter's loop and future
+    future: asyncio.Future | None = None
+
+
+def _wake_futures(futures: list[asyncio.Future]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
+
+
+def _wake(waiters: list[_Waiter]) -> None:
+    """Wake ``waiters``: one hand-over per event loop, not one per waiter.
+
+    ``call_soon_threadsafe`` writes to the loop's wake-up pipe, a system call that
+    releases the GIL to the loop thread; the feed thread then waits a switch interval
+    (5 ms) to get it back. Per waiter, 1,000 woken watches took 1-3 s that way (the
+    convoy effect); per loop, the loop resolves all its futures in one callback.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+    for waiter in waiters:
+        if waiter.loop is None:
+            waiter.wake()
+        else:
+            by_loop.setdefault(waiter.loop, []).append(waiter.future)
+    for loop, futures in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_wake_futures, futures)
+        except RuntimeError:  # that loop is closed: nobody is waiting on it any more
+            pass
 
 
 @dataclass
@@ -160,6 +256,10 @@ class IndexFeed:
 
     # Watchers ------------------------------------------------------------------------------
 
+    def ready(self) -> bool:
+        """Started and loaded (``start()`` would return at once)."""
+        return self._thread is not None and self._loaded.is_set()
+
     def current(self, service_type: str | None = None) -> int:
         self.start()
         return self.state.of(service_type)
@@ -169,11 +269,7 @@ class IndexFeed:
         self.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
-
-        waiter = _Waiter(wake, service_type, after)
+        waiter = _Waiter(None, service_type, after, loop, future)
         with self._lock:
             if self.state.of(service_type) > after:
                 return self.state.of(service_type)
@@ -221,8 +317,7 @@ class IndexFeed:
         self._stop.set()
         with self._lock:
             waiters, self._waiters = list(self._waiters), set()
-        for waiter in waiters:
-            waiter.wake()
+        _wake(waiters)
 
     def _publish(self, index: int, types: dict[str, int]) -> None:
         with self._lock:
@@ -232,8 +327,7 @@ class IndexFeed:
             woken = [w for w in self._waiters if self.state.of(w.service_type) > w.after]
             for waiter in woken:
                 self._waiters.discard(waiter)
-        for waiter in woken:
-            waiter.wake()
+        _wake(woken)
 
     def _read(self, cursor) -> tuple[int, dict[str, int]]:
         cursor.execute("SELECT value FROM registry_registryindex WHERE id = 1")

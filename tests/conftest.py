@@ -134,9 +134,12 @@ def fresh_index_feed():
     """
     from registry.consul_views import answers_clear
     from registry.watch import index_feed_stop
+    from registry.watch_views import answers_clear as native_answers_clear
 
     index_feed_stop()
     answers_clear()
+    native_answers_clear()
     yield
     index_feed_stop()
     answers_clear()
+    native_answers_clear()

@@ -52,6 +52,7 @@ def test_the_production_procfile_has_a_worker_for_every_queue_and_one_beat():
             queue = words[words.index("-Q") + 1]
             consumed.add(re.sub(r"\$\{\w+:-(\w+)\}", r"\1", queue))
     assert consumed == {settings.HEALTH_QUEUE, settings.WORKFLOW_QUEUE, "celery"}
+    assert settings.OUTBOX_QUEUE in consumed  # alerts are derived and delivered there
     assert [name for name, command in lines.items() if " beat " in command] == ["beat"]
 
 

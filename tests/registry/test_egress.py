@@ -363,6 +363,9 @@ def test_health_and_step_tasks_run_on_separate_queues_with_soft_and_hard_time_li
 
     router = current_app.amqp.router
     assert router.route({}, "registry.health_sweep")["queue"].name == django_settings.HEALTH_QUEUE == "health"
+    # A slow alert webhook must not hold up a sweep: the outbox's tasks go elsewhere.
+    for name in ("registry.outbox_process", "registry.alert_deliver", "registry.outbox_catch_up"):
+        assert router.route({}, name)["queue"].name == django_settings.OUTBOX_QUEUE != django_settings.HEALTH_QUEUE
     assert django_settings.WORKFLOW_QUEUE != django_settings.HEALTH_QUEUE
     for task in (health_sweep_task, health_check_now_task):
         # Below the sweep lock's TTL: a sweep never outlives its lock.

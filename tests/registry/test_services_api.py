@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import time_machine
 from django.utils import timezone
 
@@ -28,6 +29,7 @@ def test_it_filters_by_type_status_and_name(read_client):
     assert _names(read_client.get("/registry/services?name=PLANNER-2")) == ["planner-2"]
 
 
+@pytest.mark.both_dbs  # registry/filters.py branches on the vendor: both branches run
 def test_several_tags_are_anded(read_client):
     _svc("a", tags=["eu", "canary"])
     _svc("b", tags=["eu"])
@@ -37,6 +39,7 @@ def test_several_tags_are_anded(read_client):
     assert _names(read_client.get("/registry/services?tag=eu&tag=us")) == []
 
 
+@pytest.mark.both_dbs
 def test_it_filters_by_capability(read_client):
     _svc("a", capabilities=["plan", "estimate"])
     _svc("b", capabilities=["plan"])

@@ -28,6 +28,7 @@ def watch_server(transactional_db):
     port = free_port()
     env = subprocess_env()
     env["DJANGO_SETTINGS_MODULE"] = "berrys_portal.settings_watch"
+    env["WATCH_MAX_PER_KEY"] = str(WATCHERS)  # these tests open WATCHERS watches with one key
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "uvicorn"), "berrys_portal.asgi_watch:application", "--host", "127.0.0.1",
          "--port", str(port), "--no-access-log", "--log-level", "warning"],

@@ -58,3 +58,22 @@ def test_the_redis_counter_is_one_integer_with_an_expiry_whatever_the_traffic(db
         assert raw.type(full) == b"string" and int(raw.get(full)) == 30
         assert 0 < raw.pttl(full) <= 60_000
         cache.delete(counter)
+
+
+def test_every_write_reuses_one_redis_client_and_script(db, settings):
+    """Django's Redis backend builds a new client per call; the limiter keeps one per backend
+    (it used to register a script per write, each holding its own client)."""
+    if not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL")
+    from berrys_portal import ratelimit
+
+    with override_settings(API_WRITE_THROTTLE_RATE="1000/min"):
+        client, counter = _writer()
+        cache.delete(counter)
+        client.put("/registry/services/999999/heartbeat")
+        first, held = ratelimit._redis_script(), len(ratelimit._scripts)
+        for _ in range(20):
+            client.put("/registry/services/999999/heartbeat")
+        assert ratelimit._redis_script() is first
+        assert len(ratelimit._scripts) == held  # not one more per write
+        cache.delete(counter)

@@ -30,7 +30,7 @@ def _run(pg: str, sqlite: str):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("registry", "0011_outbox"),
+        ("registry", "0012_keep_trigger_on_index_columns"),
     ]
 
     operations = [
