@@ -9,6 +9,8 @@ Scenarios (health and egress issues), the prober on aiohttp under the egress pol
   C. ``manage.py check_health --all`` over scenario A's 1,000 services (its 100 hanging
      ones turning critical, with status changes, breaker events and alerts): wall time
      minus Django's own start-up (``manage.py check`` in the same run), target ≤ 3.5 s.
+  W. (``--only W``) each PostgreSQL-specific statement of the health code against its ORM
+     twin, on B's 10,000 services: what keeps it (figures in the modules' docstrings).
 
 The services are spread over ``--servers`` processes × ``--ports`` ports each: the prober
 limits concurrency and rate per destination (address and port), as it must against a
@@ -277,6 +279,86 @@ def scenario_b(args, ports) -> list[tuple]:
     ]
 
 
+def _bench_rows(services, *, now):
+    from datetime import timedelta
+
+    from registry.health_results import Row
+    from registry.models import HealthSnapshot
+
+    return [
+        Row(svc, svc.status, "passing", "", 0, 1, now, now + timedelta(hours=1), 1.5,
+            HealthSnapshot(service_id=svc.pk, checked_at=now, status="passing", http_status=200,
+                           latency_ms=1.5, error="", details={"status": "healthy", "database": True}),
+            "passing")
+        for svc in services
+    ]
+
+
+def scenario_w(args) -> list[tuple]:
+    """Each PostgreSQL-specific statement of the health code against its ORM twin, on B's
+    services (no HTTP): claims of 500, and groups of 1,000 results (the writer's group)."""
+    from datetime import timedelta
+
+    from django.db import transaction
+    from django.db.models import F
+    from django.utils import timezone
+
+    from registry import health_loop, health_results
+    from registry.models import Service
+
+    n, group = args.services, 1000
+    if not Service.objects.filter(type=BENCH_TYPE).exists():
+        _create([f"http://127.0.0.1:9/ok/{i}" for i in range(n)], timeout=5.0)
+    bench = Service.objects.filter(type=BENCH_TYPE)
+
+    def claim_all(fn) -> float:
+        """Claim every bench service in batches of 500, in the sweep's order."""
+        bench.update(next_check_at=None)
+        qs = bench.filter(health_loop.probed(), next_check_at__isnull=True).order_by(
+            F("next_check_at").asc(nulls_first=True), "id")
+        started = time.perf_counter()
+        while fn(qs, batch_size=500, until=timezone.now() + timedelta(seconds=300)):
+            pass
+        return time.perf_counter() - started
+
+    def per_group(fn, *, values: bool = False) -> float:
+        """fn over every group of 1,000, each in a transaction rolled back (statements only)."""
+        services = list(bench.order_by("id"))
+        spent = 0.0
+        for i in range(0, len(services), group):
+            rows = _bench_rows(services[i:i + group], now=timezone.now())
+            arg = ([(r.service.pk, s.checked_at, s.status, s.http_status, s.latency_ms, s.error, s.details)
+                    for r in rows if (s := r.snapshot)] if values else rows)
+            with transaction.atomic():
+                started = time.perf_counter()
+                fn(arg)
+                spent += time.perf_counter() - started
+                transaction.set_rollback(True)
+        return spent
+
+    pairs = {
+        "claim (UPDATE … RETURNING vs 3 ORM statements)":
+            (lambda: claim_all(health_loop._claim_postgres), lambda: claim_all(health_loop._claim_orm)),
+        "service update (unnest vs one guarded update per service)":
+            (lambda: per_group(health_results._update_services_unnest),
+             lambda: per_group(health_results._update_services_orm)),
+        "snapshots (COPY vs bulk_create)":
+            (lambda: per_group(health_results._insert_snapshots_copy, values=True),
+             lambda: per_group(health_results._insert_snapshots_orm, values=True)),
+    }
+    rows = []
+    for name, (pg, orm) in pairs.items():
+        a, b = [], []
+        for _ in range(args.repeats):  # interleaved: both see the same machine
+            a.append(pg())
+            b.append(orm())
+        ma, mb = statistics.median(a), statistics.median(b)
+        rows += [(f"W: {name}: PostgreSQL", "s", ma, "", ""),
+                 (f"W: {name}: ORM", "s", mb, "", f"{mb / ma:.2f}×")]
+    bench.update(next_check_at=None)
+    return rows
+
+
 def run(args) -> None:
     import django
 
@@ -300,6 +382,8 @@ def run(args) -> None:
             _cleanup()
         if "B" in args.only:
             rows += scenario_b(args, ports)
+        if "W" in args.only:
+            rows += scenario_w(args)
     finally:
         _cleanup()
         for p in procs:
@@ -329,7 +413,8 @@ def main() -> None:
     parser.add_argument("--base-port", type=int, default=0,
                         help="bind the servers' ports from here up (0: any free ports)")
     parser.add_argument("--baseline-in-flight", type=int, default=64)
-    parser.add_argument("--only", default="ABC", help="scenarios to run: any of A, B, C (C needs A)")
+    parser.add_argument("--only", default="ABC",
+                        help="scenarios to run: any of A, B, C (C needs A), W (write paths, not by default)")
     run(parser.parse_args())
 
 

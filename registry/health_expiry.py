@@ -1,5 +1,12 @@
 """Health expiry and pruning: TTL services, deregistration of long-critical services,
 the age of the most overdue check, and the pruning of old snapshots.
+
+"A timestamp plus a number of seconds held in another column" is one ORM expression,
+``SecondsAfter``, so each question is one query on both databases (it used to be SQL
+arithmetic on PostgreSQL and a Python loop over every candidate row on SQLite). Like
+Django's own database functions, the expression has a spelling per database: PostgreSQL
+multiplies an interval, SQLite (which has no interval type; Django stores its datetimes as
+ISO text) uses ``strftime`` with a seconds modifier, to the millisecond.
 """
 
 from __future__ import annotations
@@ -8,8 +15,8 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Value
+from django.db import transaction
+from django.db.models import DateTimeField, F, Func
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -24,29 +31,44 @@ TTL_ACTOR = "health-ttl"
 DEREGISTER_ACTOR = "health-deregister"
 
 
+class SecondsAfter(Func):
+    """``when + seconds`` (an integer expression) as a datetime, in SQL on both databases."""
+
+    output_field = DateTimeField()
+
+    def __init__(self, when, seconds) -> None:
+        super().__init__(when, seconds)
+
+    def _parts(self, compiler) -> tuple[str, str, list]:
+        when, when_params = compiler.compile(self.source_expressions[0])
+        seconds, seconds_params = compiler.compile(self.source_expressions[1])
+        return when, seconds, [*when_params, *seconds_params]
+
+    def as_postgresql(self, compiler, connection, **extra):
+        when, seconds, params = self._parts(compiler)
+        return f"({when} + ({seconds}) * INTERVAL '1 second')", params
+
+    def as_sqlite(self, compiler, connection, **extra):
+        when, seconds, params = self._parts(compiler)
+        # The format Django stores (and compares) SQLite datetimes in; %% is Django's escape.
+        return f"STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', {when}, ({seconds}) || ' seconds')", params
+
+    def as_sql(self, compiler, connection, **extra):
+        raise NotImplementedError(f"SecondsAfter has no spelling for {connection.vendor}")
+
+
 def health_ttl_expire(*, now: datetime | None = None) -> int:
     """Turn critical every TTL service whose last heartbeat is older than its TTL."""
     now = now or timezone.now()
-    deadline = ExpressionWrapper(
-        Coalesce("last_heartbeat_at", "registered_at")
-        + ExpressionWrapper(F("ttl_seconds") * Value(timedelta(seconds=1)), output_field=DurationField()),
-        output_field=DateTimeField(),
-    )
+    deadline = SecondsAfter(Coalesce("last_heartbeat_at", "registered_at"), F("ttl_seconds"))
     expired = 0
     with transaction.atomic():
-        candidates = (
+        services = list(
             Service.objects.filter(ttl_seconds__isnull=False)
             .exclude(status__in=[HealthStatus.CRITICAL, HealthStatus.MAINTENANCE])
+            .alias(deadline=deadline).filter(deadline__lt=now)
+            .select_for_update(skip_locked=True, no_key=True)
         )
-        if connection.vendor == "postgresql":
-            services = list(candidates.alias(deadline=deadline).filter(deadline__lt=now)
-                            .select_for_update(skip_locked=True, no_key=True))
-        else:
-            # SQLite (the demo's embedded default) cannot multiply an integer by an interval.
-            services = [
-                svc for svc in candidates
-                if (svc.last_heartbeat_at or svc.registered_at) + timedelta(seconds=svc.ttl_seconds) < now
-            ]
         for svc in services:
             seen = svc.last_heartbeat_at or svc.registered_at
             reason = f"TTL expired: no heartbeat for {int((now - seen).total_seconds())} s (TTL {svc.ttl_seconds} s)"
@@ -63,26 +85,15 @@ def health_ttl_expire(*, now: datetime | None = None) -> int:
 def health_deregister_expired(*, now: datetime | None = None) -> int:
     """Delete services critical for longer than their ``deregister_after_seconds``; record it."""
     now = now or timezone.now()
-    limit = ExpressionWrapper(
-        F("critical_since")
-        + ExpressionWrapper(F("deregister_after_seconds") * Value(timedelta(seconds=1)),
-                            output_field=DurationField()),
-        output_field=DateTimeField(),
-    )
+    limit = SecondsAfter(F("critical_since"), F("deregister_after_seconds"))
     gone: list[int] = []
     with transaction.atomic():
-        candidates = Service.objects.filter(
-            status=HealthStatus.CRITICAL, deregister_after_seconds__isnull=False, critical_since__isnull=False,
+        services = list(
+            Service.objects.filter(status=HealthStatus.CRITICAL, deregister_after_seconds__isnull=False,
+                                   critical_since__isnull=False)
+            .alias(limit=limit).filter(limit__lte=now)
+            .select_for_update(skip_locked=True)
         )
-        if connection.vendor == "postgresql":
-            services = list(candidates.alias(limit=limit).filter(limit__lte=now)
-                            .select_for_update(skip_locked=True))
-        else:
-            # SQLite (the demo's embedded default) cannot multiply an integer by an interval.
-            services = [
-                svc for svc in candidates
-                if svc.critical_since + timedelta(seconds=svc.deregister_after_seconds) <= now
-            ]
         for svc in services:
             critical_for = int((now - svc.critical_since).total_seconds())
             # The epitaph goes through the same rule; the row is deleted, not saved.
@@ -104,19 +115,9 @@ def health_oldest_overdue_seconds(*, now: datetime | None = None) -> float:
     queued, deferred or hanging keeps getting older here, so a frozen sweep shows.
     """
     now = now or timezone.now()
-    seen = Coalesce("last_checked_at", "registered_at")
-    probed = Service.objects.filter(probed_filter())
-    if connection.vendor == "postgresql":
-        due = ExpressionWrapper(
-            seen + ExpressionWrapper(F("check_interval_seconds") * Value(timedelta(seconds=1)),
-                                     output_field=DurationField()),
-            output_field=DateTimeField(),
-        )
-        oldest = probed.annotate(due=due).order_by("due").values_list("due", flat=True).first()
-    else:  # SQLite (the demo's default) cannot multiply an integer by an interval
-        rows = probed.values_list("last_checked_at", "registered_at", "check_interval_seconds")
-        dues = [(c or r) + timedelta(seconds=i) for c, r, i in rows if (c or r)]
-        oldest = min(dues, default=None)
+    due = SecondsAfter(Coalesce("last_checked_at", "registered_at"), F("check_interval_seconds"))
+    oldest = (Service.objects.filter(probed_filter()).annotate(due=due).filter(due__isnull=False)
+              .order_by("due").values_list("due", flat=True).first())
     if oldest is None:
         return 0.0
     return max(0.0, (now - oldest).total_seconds())

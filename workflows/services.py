@@ -15,7 +15,6 @@ from uuid import UUID
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from berrys_portal.errors import Conflict, InvalidInput, NotFound
@@ -26,7 +25,6 @@ from workflows.models import (
     STEP_DONE,
     RunEvent,
     RunStatus,
-    StepRun,
     StepStatus,
     WorkflowRun,
 )
@@ -87,18 +85,7 @@ def run_retry(
         for s in steps[:index]:
             if s.status in STEP_DONE and s.output:
                 context.update(s.output)
-        StepRun.objects.filter(run=run, index__gte=index).update(
-            status=StepStatus.PENDING, output=None, error="", attempt_count=0, deliveries=0,
-            next_attempt_at=None, lease_expires_at=None, wait_until=None, started_at=None,
-            finished_at=None,
-            # A deliberate operator action: a new effect, so a new Idempotency-Key.
-            generation=F("generation") + 1,
-        )
-        run.input, run.context = new_input, context
-        run.status, run.error, run.failed_step = RunStatus.RUNNING, "", ""
-        run.finished_at, run.cancel_requested = None, False
-        run.save(update_fields=["input", "context", "status", "error", "failed_step", "finished_at",
-                                "cancel_requested"])
+        engine.steps_reset_for_retry(run=run, index=index, input=new_input, context=context)
         if input is not None:
             kind = RunEvent.Kind.INPUT_EDITED
         elif from_step:
@@ -123,13 +110,7 @@ def run_cancel(*, run_id: UUID | str, actor: str, key=None) -> WorkflowRun:
         run = _locked_run(run_id, key)
         if run.status not in RUN_ACTIVE:
             raise Conflict(f"Run {run.pk} is already {run.status}")
-        StepRun.objects.filter(
-            run=run, status__in=[StepStatus.QUEUED, StepStatus.RETRYING, StepStatus.WAITING]
-        ).update(status=StepStatus.SKIPPED, error=f"Run cancelled by {actor}", finished_at=now,
-                 next_attempt_at=None, wait_until=None)
-        run.status, run.cancel_requested, run.finished_at = RunStatus.CANCELLED, True, now
-        run.error = f"Cancelled by {actor}"
-        run.save(update_fields=["status", "cancel_requested", "finished_at", "error"])
+        engine.run_cancel_steps(run=run, actor=actor, now=now)
         RunEvent.objects.create(run=run, kind=RunEvent.Kind.CANCELLED, actor=actor[:200])
         engine.run_finished_count_on_commit(run.workflow, RunStatus.CANCELLED)
     return run

@@ -19,6 +19,7 @@ def _service(name: str, **fields) -> Service:
                                   health_url="http://127.0.0.1:9/h", **fields)
 
 
+@pytest.mark.both_dbs  # one ORM query on both databases (SecondsAfter)
 def test_the_oldest_overdue_check_is_measured_from_the_last_probe_and_the_interval():
     now = timezone.now()
     assert health_oldest_overdue_seconds(now=now) == 0.0

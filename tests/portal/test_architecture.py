@@ -86,3 +86,73 @@ def test_status_changes_are_written_only_by_the_registry_models_one_writer():
     owner = STATUS_CHANGE_OWNER.read_text()
     assert _status_change_writes(owner) == ["StatusChange("]  # class StatusChange(models.Model)
     assert owner.count(".bulk_create(") == 1 and "cls.objects.bulk_create(rows)" in owner
+
+
+# --- One write path for run and step status --------------------------------------------------
+
+ENGINE = ROOT / "workflows" / "engine"
+# transitions.py: every run/step status change; claims.py: the claim (``running`` + lease);
+# statements.py: the SQL text of the hot path, executed by those two (docs/architecture.md §2).
+RUN_STATUS_WRITERS = {ENGINE / "transitions.py", ENGINE / "claims.py", ENGINE / "statements.py"}
+RUN_MODELS = re.compile(r"\b(?:StepRun|WorkflowRun|RunStatus|StepStatus)\b")
+# A status written: a queryset's ``.update(..., status=...)`` (or ``bulk_update`` of "status"),
+# an assignment to ``<obj>.status`` (also in a tuple assignment), ``save(update_fields=[..."status"...])``,
+# a row created with a status, or raw SQL into the tables.
+RUN_STATUS_WRITE = re.compile(
+    r"\.update\((?:[^()]|\([^()]*\))*?\bstatus\s*=(?!=)"
+    r"|\bbulk_update\([^)]*[\"']status[\"']"
+    r"|\b\w+\.status\s*(?:,\s*[\w.]+\s*)*=(?!=)"
+    r"|update_fields\s*=\s*[\[(][^\])]*[\"']status[\"']"
+    r"|(?:StepRun|WorkflowRun)(?:\.objects\.(?:create|get_or_create|update_or_create))?\((?:[^()]|\([^()]*\))*?\bstatus\s*="
+    r"|UPDATE\s+\"?workflows_(?:steprun|workflowrun)\b",
+    re.IGNORECASE,
+)
+
+
+def _run_status_writes(text: str) -> list[str]:
+    if not RUN_MODELS.search(text):
+        return []
+    return [m.group(0).splitlines()[0] for m in RUN_STATUS_WRITE.finditer(text)]
+
+
+def test_the_pattern_recognises_every_way_run_and_step_status_was_written():
+    # The write sites this rule moved into transitions.py (workflows/services.py's cancel and
+    # retry), as they were written, and the other shapes such a write takes.
+    for snippet in (
+        "StepRun.objects.filter(\n    run=run, status__in=[StepStatus.QUEUED]\n"
+        ").update(status=StepStatus.SKIPPED, error='x', finished_at=now)",
+        "StepRun.objects.filter(run=run, index__gte=index).update(\n    status=StepStatus.PENDING, output=None)",
+        "run.status, run.cancel_requested, run.finished_at = RunStatus.CANCELLED, True, now",
+        "run.status, run.error, run.failed_step = RunStatus.RUNNING, '', ''",
+        "step.status = StepStatus.FAILED",
+        "run.save(update_fields=['status', 'cancel_requested'])",
+        "WorkflowRun.objects.filter(pk=run.pk).update(error='x', status=RunStatus.FAILED)",
+        "StepRun.objects.bulk_update(steps, ['status'])",
+        "StepRun.objects.create(run=run, index=0, status=StepStatus.QUEUED)",
+        "cursor.execute('UPDATE workflows_steprun SET status = %s')",
+    ):
+        assert RUN_STATUS_WRITE.search(snippet), snippet
+    for snippet in (
+        "StepRun.objects.filter(run=run, status=StepStatus.WAITING).order_by('index')",
+        "if run.status == RunStatus.FAILED:",
+        "StepRun.objects.filter(status=StepStatus.RUNNING).update(lease_expires_at=lease)",
+        "run.steps.select_for_update().filter(status=StepStatus.WAITING)",
+        "RunEvent.objects.create(run=run, kind=RunEvent.Kind.CANCELLED, actor=actor)",
+    ):
+        assert not RUN_STATUS_WRITE.search(snippet), snippet
+    # Only files that touch the run/step models count: a service's status is registry's rule.
+    assert not _run_status_writes("Service.objects.filter(pk=pk).update(status=new)")
+    assert _run_status_writes("from workflows.models import StepRun\nStepRun.objects.update(status='x')")
+
+
+def test_run_and_step_status_is_written_only_by_the_engines_transitions():
+    offenders = {}
+    for package in PORTAL_PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            if "migrations" in path.parts or path in RUN_STATUS_WRITERS:
+                continue
+            found = _run_status_writes(path.read_text())
+            if found:
+                offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}, "change a run's or step's status through workflows/engine/transitions.py"
+    assert _run_status_writes((ENGINE / "transitions.py").read_text())  # the rule sees its writer

@@ -115,20 +115,32 @@ def test_thresholds_delay_status_changes(loopback, make_service):
 def test_hanging_services_do_not_delay_the_others(loopback, make_service, settings):
     # Two destinations: the prober bounds each (address, port) on its own (8 at once, 20/s), so
     # the hanging destination can only hold back its own probes. The start rate is lifted so
-    # the 40 healthy probes (1.6 s at 20/s) do not eat the bound measured here; the rate
-    # limit has its own tests in test_prober.py.
+    # the 40 healthy probes (1.6 s at 20/s) do not eat the time measured here; the rate
+    # limit has its own tests in test_prober.py. Polling, not a wall-clock bound: the healthy
+    # results must be written while the hanging probes are still out (they hang for 8 s).
     settings.HEALTH_PROBE_PER_DESTINATION_RATE = 1000.0
     stuck, server = loopback({"/hang": Reply(hang=True)}), loopback({"/ok": HEALTHY})
-    hanging = [make_service(url=stuck.url, health_path="/hang", check_timeout_seconds=1.0) for _ in range(8)]
+    hanging = [make_service(url=stuck.url, health_path="/hang", check_timeout_seconds=8.0) for _ in range(8)]
     healthy = [make_service(url=server.url, health_path="/ok") for _ in range(40)]
+    reports = []
 
-    started = time.monotonic()
-    report = health_loop.health_sweep_run(batch_size=10, max_in_flight=30, max_queued=30)
-    elapsed = time.monotonic() - started
+    def sweep():
+        try:
+            reports.append(health_loop.health_sweep_run(batch_size=10, max_in_flight=30, max_queued=30))
+        finally:
+            connections.close_all()
 
-    assert report.probed == 48
-    assert elapsed < 2.0  # the hanging probes time out together, in parallel with the rest
-    assert all(s.status == "passing" for s in Service.objects.filter(pk__in=[s.pk for s in healthy]))
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    deadline = time.monotonic() + 60
+    passing = Service.objects.filter(pk__in=[s.pk for s in healthy], status="passing")
+    while time.monotonic() < deadline and passing.count() < 40 and thread.is_alive():
+        time.sleep(0.1)
+    written_while_hanging = passing.count() == 40 and stuck.count("/hang") == 8 and thread.is_alive()
+    thread.join(60)
+
+    assert written_while_hanging  # the hanging probes held back nobody else
+    assert reports and reports[0].probed == 48
     hung = Service.objects.filter(pk__in=[s.pk for s in hanging])
     assert all(s.status == "critical" and "timed out" in s.status_reason for s in hung)
 
@@ -183,6 +195,19 @@ def test_a_ttl_service_turns_critical_when_its_heartbeat_is_older_than_the_ttl(m
     assert report.ttl_expired == 1
     assert svc.status == "critical" and svc.status_reason.startswith("TTL expired")
     assert StatusChange.objects.filter(service=svc, new_status="critical", actor="health-ttl").count() == 1
+
+
+def test_ttl_expiry_compares_each_services_own_ttl_in_the_database_to_the_millisecond(make_service):
+    # One query on both databases (SecondsAfter): each row's heartbeat plus its own TTL.
+    seen = timezone.now().replace(microsecond=250_000)
+    short = make_service(ttl_seconds=10, last_heartbeat_at=seen, status=HealthStatus.PASSING)
+    long = make_service(ttl_seconds=100, last_heartbeat_at=seen, status=HealthStatus.PASSING)
+    assert health_expiry.health_ttl_expire(now=seen + timedelta(seconds=9.9)) == 0
+    assert health_expiry.health_ttl_expire(now=seen + timedelta(seconds=10.1)) == 1
+    short.refresh_from_db(), long.refresh_from_db()
+    assert (short.status, long.status) == ("critical", "passing")
+    assert health_expiry.health_ttl_expire(now=seen + timedelta(seconds=99.9)) == 0
+    assert health_expiry.health_ttl_expire(now=seen + timedelta(seconds=100.1)) == 1
 
 
 def test_a_service_critical_longer_than_deregister_after_is_deregistered_and_recorded(loopback, make_service):

@@ -38,17 +38,20 @@ from workflows.engine.execution import error_message, step_execute
 from workflows.engine.leases import lease_keeper, worker_process_stopping
 from workflows.engine.reconcile import steps_reconcile, wait_timeout
 from workflows.engine.transitions import (
+    run_cancel_steps,
     run_finished_count_on_commit,
     run_input_check,
     run_start,
     step_activate,
     step_advance,
+    steps_reset_for_retry,
 )
 
 __all__ = [
     "WORKER_LOST",
     "error_message",
     "lease_keeper",
+    "run_cancel_steps",
     "run_finished_count_on_commit",
     "run_input_check",
     "run_start",
@@ -56,6 +59,7 @@ __all__ = [
     "step_advance",
     "step_execute",
     "steps_reconcile",
+    "steps_reset_for_retry",
     "wait_timeout",
     "worker_id",
     "worker_process_stopping",

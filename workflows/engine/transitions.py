@@ -2,16 +2,18 @@
 
 Every change of a step's or a run's status goes through a function here — the engine's
 own (start, complete, retry, fail, requeue) and the operator actions of
-``workflows/services.py`` (retry/rerun: ``step_activate``; answers and human timeouts:
-``step_advance``). Each is a conditional UPDATE (fenced by the step's status and, for a
+``workflows/services.py`` (retry/rerun: ``steps_reset_for_retry`` then ``step_activate``;
+cancel: ``run_cancel_steps``; answers and human timeouts: ``step_advance``). Claiming a step
+(``running`` + lease) is ``claims.py``'s job and the lease heartbeat ``leases.py``'s. Each is a conditional UPDATE (fenced by the step's status and, for a
 running step, its token ``attempts_total``), writes its ``RunEvent`` where one is due,
 and sends the next message only after commit (``transaction.on_commit``).
 
 On PostgreSQL a step boundary is one statement (``statements.BOUNDARY_SQL``); elsewhere,
 and when the next step is human, the same rules run as ORM queries in one transaction.
 
-A little over 400 lines on purpose: the point of this module is that every status write
-of a run or a step is in it, so a reader checks one file for the rules.
+Near 480 lines on purpose: the point of this module is that every status write of a run
+or a step (but the claim) is in it, so a reader checks one file for the rules;
+``tests/portal/test_architecture.py`` fails on such a write anywhere else.
 """
 
 from __future__ import annotations
@@ -204,6 +206,42 @@ def step_advance(*, run: WorkflowRun, step: StepRun, wf: Workflow, status: str,
     run.context = context
     next_step = StepRun.objects.get(run_id=run.pk, index=next_index)
     step_activate(run=run, step=next_step, spec=wf.steps[next_index], now=now)
+
+
+def steps_reset_for_retry(*, run: WorkflowRun, index: int, input: dict[str, Any],  # noqa: A002
+                          context: dict[str, Any]) -> None:
+    """An operator retry/rerun: steps from ``index`` on go back to pending (a new generation,
+    so a new Idempotency-Key) and the run runs again with ``input`` and ``context``.
+
+    Call inside a transaction holding the run's row lock; then ``step_activate`` the step at ``index``.
+    """
+    StepRun.objects.filter(run=run, index__gte=index).update(
+        status=StepStatus.PENDING, output=None, error="", attempt_count=0, deliveries=0,
+        next_attempt_at=None, lease_expires_at=None, wait_until=None, started_at=None,
+        finished_at=None,
+        # A deliberate operator action: a new effect, so a new Idempotency-Key.
+        generation=F("generation") + 1,
+    )
+    run.input, run.context = input, context
+    run.status, run.error, run.failed_step = RunStatus.RUNNING, "", ""
+    run.finished_at, run.cancel_requested = None, False
+    run.save(update_fields=["input", "context", "status", "error", "failed_step", "finished_at",
+                            "cancel_requested"])
+
+
+def run_cancel_steps(*, run: WorkflowRun, actor: str, now: datetime) -> None:
+    """An operator cancel: queued, retrying and waiting steps are skipped, the run is cancelled
+    (a step already running may finish; ``cancel_requested`` stops what would follow it).
+
+    Call inside a transaction holding the run's row lock.
+    """
+    StepRun.objects.filter(
+        run=run, status__in=[StepStatus.QUEUED, StepStatus.RETRYING, StepStatus.WAITING]
+    ).update(status=StepStatus.SKIPPED, error=f"Run cancelled by {actor}", finished_at=now,
+             next_attempt_at=None, wait_until=None)
+    run.status, run.cancel_requested, run.finished_at = RunStatus.CANCELLED, True, now
+    run.error = f"Cancelled by {actor}"
+    run.save(update_fields=["status", "cancel_requested", "finished_at", "error"])
 
 
 # --------------------------------------------------------------------------- a try's outcome
