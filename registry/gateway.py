@@ -98,15 +98,17 @@ def gateway_forward(
     if not TYPE_PATTERN.match(service_type):
         raise InvalidInput(f"{service_type!r} is not a service type (UPPER_SNAKE_CASE, e.g. PLANNING_SYSTEM)")
     endpoint = "/" + path.lstrip("/")
-    try:
-        result = service_client.request(
-            method, service=service_type, endpoint=endpoint, data=data, params=params or None,
-            max_body=settings.GATEWAY_MAX_BODY_BYTES,
-        )
-    except ServiceResponseError as exc:
-        call = getattr(exc, "call", None)
-        return GatewayAnswer(status=exc.status, body=exc.body,
-                             service_name=getattr(call, "service_name", ""))
+    outcome = service_client.call(
+        method, service=service_type, endpoint=endpoint, data=data, params=params or None,
+        max_body=settings.GATEWAY_MAX_BODY_BYTES,
+    )
+    error = outcome.error
+    if isinstance(error, ServiceResponseError):
+        return GatewayAnswer(status=error.status, body=error.body,
+                             service_name=outcome.call.service_name if outcome.call else "")
+    if error is not None:
+        raise error
+    result = outcome.result
     return GatewayAnswer(status=result.status, body=result.body, service_name=result.service.name)
 
 
