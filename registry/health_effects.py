@@ -82,7 +82,7 @@ def plan_probes(services: list[Service], *, force: bool) -> list[Plan]:
 
 
 def breaker_after_probe(plan: Plan, *, status: str, verdict: str, reason: str) -> None:
-    """Tell the service's breaker what its probe found (before the status is written)."""
+    """Tell the service's breaker what its probe found (after its status row was written)."""
     if plan.breaker is None or plan.permit is None:
         return
     trial = plan.trial

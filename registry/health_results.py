@@ -2,10 +2,11 @@
 state (``Row``), and writing a group of them in one short transaction.
 
 ``outcomes_write`` is what the sweep's writer thread runs for each group: evaluate every
-outcome (the verdict rules of ``registry.health_rules``, then the breaker through
-``registry.health_effects``), then ``rows_write``: the guarded service UPDATE, the
-snapshots, the ``StatusChange`` rows (``StatusChange.record``) and the alerts of the
-transitions — all in one transaction.
+outcome (the verdict rules of ``registry.health_rules``), then ``rows_write``: the guarded
+service UPDATE, the snapshots and the ``StatusChange`` rows (``StatusChange.record``) in one
+transaction (their alerts follow from the rows: the outbox); then, for the rows that UPDATE
+wrote, the breaker through ``registry.health_effects``, so a breaker never follows a verdict
+the registry skipped.
 
 PostgreSQL-specific statements, kept because ``bench/health.py --only W`` shows they earn
 their place (10,000 services in groups of 1,000, medians of 3, same run, load average
@@ -116,6 +117,8 @@ class Row:
     latency_ms: float | None
     snapshot: HealthSnapshot | None
     verdict: str
+    # What the probe tells its breaker, applied only once the guarded UPDATE wrote this row.
+    breaker_status: str | None = None
 
 
 @dataclass
@@ -159,7 +162,6 @@ def row_for(outcome: Outcome) -> Row:
     if plan.trial:
         details["breaker_trial"] = True
     status, reason, fails, successes = transition(svc, verdict, reason, trial=plan.trial)
-    effects.breaker_after_probe(plan, status=status, verdict=verdict, reason=reason)
     next_at = outcome.checked_at + interval
     if status == HealthStatus.CRITICAL:
         next_at = effects.next_after_critical(plan, checked_at=outcome.checked_at, interval=interval)
@@ -170,7 +172,7 @@ def row_for(outcome: Outcome) -> Row:
         details=details,
     )
     return Row(svc, svc.status, status, reason[:500], fails, successes, outcome.checked_at,
-               next_at, outcome.latency_ms, snapshot, verdict)
+               next_at, outcome.latency_ms, snapshot, verdict, breaker_status=status)
 
 
 _UPDATE_SQL = """
@@ -257,10 +259,15 @@ def _insert_snapshots_orm(values: list[tuple]) -> None:
     )
 
 
-def rows_write(rows: list[Row]) -> int:
-    """Persist one group of results in one short transaction; returns status changes written."""
+def rows_write(rows: list[Row]) -> tuple[int, set[int]]:
+    """Persist one group of results in one short transaction.
+
+    Returns the number of status changes written and the ids of the services whose row the
+    guarded UPDATE wrote (a service whose status changed meanwhile, e.g. put in maintenance
+    by an operator, is skipped).
+    """
     if not rows:
-        return 0
+        return 0, set()
     changes: list[Row] = []
     with transaction.atomic():
         updated = _update_services(rows)
@@ -279,25 +286,35 @@ def rows_write(rows: list[Row]) -> int:
         # Their alerts follow from the rows: the outbox task, enqueued when this commits.
     if changes:
         recent_instances.forget()  # bulk SQL sends no post_save: this process's client must not lag
-    return len(changes)
+    return len(changes), updated
 
 
 def outcomes_write(outcomes: list[Outcome], report: SweepReport, *, keep_rows: bool) -> None:
     """Evaluate and write one group of finished probes; count them in ``report``."""
     rows, deferred = [], []
-    # The breaker transitions made while judging are held and written as one statement.
+    plans = {}
+    for outcome in outcomes:
+        if outcome.deferred:
+            deferred.append(outcome.plan.service.pk)
+            continue
+        # Lines written while judging a probe name the service.
+        with log_context(service=outcome.plan.service.name):
+            try:
+                rows.append(row_for(outcome))
+                plans[outcome.plan.service.pk] = outcome.plan
+            except Exception:  # noqa: BLE001 - one bad row must not lose the batch
+                logger.exception("health: could not evaluate service %s", outcome.plan.service.pk)
+    changes, updated = rows_write(rows)
+    report.changes += changes
+    # The breakers follow the status the guarded UPDATE wrote, never one it skipped, so the
+    # two cannot disagree; their transitions are held and written as one statement.
     with effects.breaker_events_held() as events:
-        for outcome in outcomes:
-            if outcome.deferred:
-                deferred.append(outcome.plan.service.pk)
+        for row in rows:
+            if row.breaker_status is None or row.service.pk not in updated:
                 continue
-            # Lines written while judging a probe (breaker, alerts) name the service.
-            with log_context(service=outcome.plan.service.name):
-                try:
-                    rows.append(row_for(outcome))
-                except Exception:  # noqa: BLE001 - one bad row must not lose the batch
-                    logger.exception("health: could not evaluate service %s", outcome.plan.service.pk)
-    report.changes += rows_write(rows)
+            with log_context(service=row.service.name):
+                effects.breaker_after_probe(plans[row.service.pk], status=row.breaker_status,
+                                            verdict=row.verdict, reason=row.reason)
     effects.breaker_events_write(events)
     if deferred:
         # Not probed (destination saturated): due again soon, status untouched.

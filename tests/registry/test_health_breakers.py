@@ -117,3 +117,33 @@ def test_failed_probes_count_toward_tripping_the_breaker(loopback, make_service)
         svc.refresh_from_db()
         assert svc.status == "passing"  # the thresholds keep the status...
     assert breaker_for(svc).snapshot().state == "open"  # ...but the breaker counted the failures
+
+
+def test_a_probe_whose_status_write_is_skipped_leaves_the_breaker_alone(make_service):
+    """An operator switched the service to maintenance while its probe was out: the guarded
+    UPDATE skips the row, and the breaker must not be opened by a verdict that was not written."""
+    from registry.health_effects import plan_probes
+    from registry.health_results import Outcome, SweepReport, outcomes_write
+
+    svc = make_service(url="http://127.0.0.1:9", status=HealthStatus.PASSING, breaker_fail_max=50,
+                       failures_before_critical=1)
+    [plan] = plan_probes([svc], force=False)  # claimed while passing
+    Service.objects.filter(pk=svc.pk).update(status=HealthStatus.MAINTENANCE)  # the operator, meanwhile
+    failed = Outcome(plan=plan, checked_at=timezone.now(), error="connection refused")
+
+    outcomes_write([failed], SweepReport(), keep_rows=False)
+
+    svc.refresh_from_db()
+    assert svc.status == HealthStatus.MAINTENANCE
+    assert breaker_for(svc).snapshot().state == "closed"
+    assert not BreakerEvent.objects.filter(service=svc).exists()
+
+    # The same probe result written over the status it was judged against opens it.
+    Service.objects.filter(pk=svc.pk).update(status=HealthStatus.PASSING)
+    svc.refresh_from_db()
+    [plan] = plan_probes([svc], force=False)
+    outcomes_write([Outcome(plan=plan, checked_at=timezone.now(), error="connection refused")],
+                   SweepReport(), keep_rows=False)
+    svc.refresh_from_db()
+    assert svc.status == HealthStatus.CRITICAL
+    assert breaker_for(svc).snapshot().state == "open"
