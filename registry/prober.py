@@ -38,6 +38,10 @@ waiting probes a destination's further probes are deferred to a later sweep
 rather than queued. Globally, at most ``max_in_flight`` probes at once and at most
 ``concurrency`` of them younger than ``slow_after`` seconds (hanging probes stop
 counting against ``concurrency`` so they do not hold back the fast ones).
+
+(About 410 lines, just over the ~400 the project aims for: the event loop's thread, the
+per-destination limiter and the probe itself share the loop's state; the HTTP work is
+aiohttp's, the vetting the egress policy's.)
 """
 
 from __future__ import annotations
