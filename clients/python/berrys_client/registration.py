@@ -50,6 +50,10 @@ class ServiceRegistration:
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task | None = None
         self._starting: asyncio.Task | None = None
+        # Held for a whole heartbeat (and the re-registration a 404 triggers): ``stop`` takes
+        # it before cancelling, so it never cancels a registration the portal has already
+        # written but whose id this object has not read yet (that left a ghost instance).
+        self._beating: asyncio.Lock | None = None
 
     async def start(self, *, retry: bool = False, max_backoff: float = 5.0) -> int:
         self._starting = asyncio.current_task()
@@ -105,10 +109,13 @@ class ServiceRegistration:
         self.heartbeats += 1
 
     async def _beat(self) -> None:
+        if self._beating is None:
+            self._beating = asyncio.Lock()
         while True:
             await asyncio.sleep(self.heartbeat_interval or 10)
             try:
-                await self.heartbeat()
+                async with self._beating:
+                    await self.heartbeat()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep beating: the portal may be back next time
@@ -121,7 +128,11 @@ class ServiceRegistration:
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)
         if self._task is not None:
-            self._task.cancel()
+            if self._beating is not None:
+                async with self._beating:  # a heartbeat in flight finishes first
+                    self._task.cancel()
+            else:
+                self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self._http is not None:
