@@ -235,9 +235,18 @@ class HealthAdminMixin:
 
     @admin.action(description="Reset circuit breaker (close it)", permissions=["operate_service"])
     def reset_breaker(self, request, queryset):
+        services_ = list(queryset)
         changed = sum(breaker_for(s).reset(actor=request.user.get_username(), reason="admin reset")
-                      for s in queryset)
-        self.message_user(request, f"Closed {changed} breaker(s).", messages.SUCCESS)
+                      for s in services_)
+        message = f"Closed {changed} breaker(s)."
+        # A service the open breaker kept critical (its probes withheld) stays unusable until
+        # its next probe; check those at once, so a run retried right after is served.
+        critical = [s.pk for s in services_ if s.status == HealthStatus.CRITICAL][:CHECK_NOW_LIMIT]
+        if critical:
+            report = health.health_check_now(service_ids=critical)
+            message += " Checked the critical one(s) at once: " + ", ".join(
+                f"{r.service.name}: {r.status}" for r in report.rows) + "."
+        self.message_user(request, message, messages.SUCCESS)
 
     @admin.action(description="Force circuit breaker open…", permissions=["operate_service"])
     def force_open_breaker(self, request, queryset):

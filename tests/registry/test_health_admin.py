@@ -12,7 +12,7 @@ from berrys_portal.charts import latency_svg
 from registry import health
 from registry.admin_health import latency_points
 from registry.breakers import breaker_for
-from registry.models import BreakerEvent, HealthSnapshot, HealthStatus, StatusChange
+from registry.models import BreakerEvent, HealthSnapshot, HealthStatus, Service, StatusChange
 from registry.uptime import service_uptime
 from tests.personas import logged_in, staff_user
 from tests.registry.loopback import Reply
@@ -141,3 +141,20 @@ def test_the_admin_figures_and_the_daily_bars_are_one_computation(make_service):
     assert service_uptime(service=svc, window=timedelta(days=1), now=now) == 1.0
     days = service_uptime_days(service=svc, days=5, now=now)
     assert [d["uptime"] for d in days][-3:] == [100.0, 100.0, 100.0] and days[0]["uptime"] is None
+
+
+def test_resetting_a_breaker_checks_a_service_it_kept_critical_at_once(operator, make_service, loopback):
+    """An open breaker withholds probes and keeps its service critical; after the reset the
+    service is probed at once, so a workflow retried right after finds it eligible."""
+    server = loopback({"/health": Reply(200, {"status": "healthy"})})
+    svc = make_service(name="m1", url=server.url, status=HealthStatus.PASSING)
+    breaker_for(svc).force_open(reason="tripped by workflow calls")
+    Service.objects.filter(pk=svc.pk).update(status=HealthStatus.CRITICAL, status_reason="breaker open")
+    before = server.count("/health")
+
+    response = _action(operator, "reset_breaker", [svc]).content.decode()
+
+    assert "Closed 1 breaker(s)." in response and "m1: passing" in response
+    assert server.count("/health") == before + 1
+    svc.refresh_from_db()
+    assert svc.status == HealthStatus.PASSING and breaker_for(svc).snapshot().state == "closed"

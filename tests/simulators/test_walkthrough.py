@@ -133,6 +133,8 @@ def _walk(page, portal: str, failed_id: str, waiting_id: str, key: str) -> None:
     row = page.locator("#result_list tr", has_text="model-orchestration")
     expect(row.locator("td.field-breaker_badge")).to_have_text("open")
     row.locator("th a, td a").first.click()
+    page.wait_for_url(re.compile(r"/admin/registry/service/\d+/change/"))  # the click navigates
+    expect(page.locator("body")).to_contain_text(re.compile("circuit breaker", re.IGNORECASE))
     text = page.locator("body").inner_text()
     assert re.search(r"(?i)circuit breaker", text) and re.search(r"\bopen\b", text), text[:3000]
     assert "HTTP 500" in text  # the breaker's last error: what opened it
