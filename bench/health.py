@@ -20,6 +20,9 @@ thousands of them behind one port.
 Run (uses your own database and Redis db; creates and deletes BENCH_HEALTH services):
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/portal_egress REDIS_URL=redis://127.0.0.1:6379/4 \\
         .venv/bin/python bench/health.py [--repeats 3] [--services 10000] [--servers 4] [--ports 50]
+
+(Over ~400 lines: one benchmark, with its servers, scenarios and table in one file, so it
+runs as one command; it is not portal code.)
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ Targets (issue 13): discovery >= 90 % of the ceiling's req/s with p99 <= 1.5x at
 register >= 60 %; an unchanged heartbeat >= 80 %.
 Note gunicorn's sync workers close the connection after each response, so the
 clients reconnect per request whatever they ask for (the same for every row).
+
+(Over ~400 lines: one benchmark, with its servers, scenarios and table in one file, so it
+runs as one command; it is not portal code.)
 """
 
 from __future__ import annotations

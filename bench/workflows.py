@@ -16,6 +16,9 @@ skipped with a note when it is not installed):
 * orchestration overhead per step, measured on ``--serial`` runs made one at a time:
   step wall time (from the previous step's end to this step's end) minus the HTTP
   call's own time; the chain's figure is (chain wall time - HTTP time) / 7.
+
+(Over ~400 lines: one benchmark, with its servers, scenarios and table in one file, so it
+runs as one command; it is not portal code.)
 """
 
 from __future__ import annotations
