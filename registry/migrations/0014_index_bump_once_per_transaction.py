@@ -19,6 +19,8 @@ a watched column changes; ``pg_notify`` wakes the watchers once per commit.
 SQLite (one writer at a time, no row versions to walk) keeps its plain triggers.
 """
 
+import importlib
+
 from django.db import migrations
 
 _BUMP_ONCE = """
@@ -53,31 +55,8 @@ BEGIN
 END $$;
 """
 
-_BUMP_PER_ROW = """
-CREATE OR REPLACE FUNCTION registry_service_index_bump() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE v bigint;
-BEGIN
-  INSERT INTO registry_registryindex (id, value)
-    VALUES (1, (SELECT COALESCE(MAX(value), 1) FROM registry_typeindex) + 1)
-    ON CONFLICT (id) DO UPDATE SET value = registry_registryindex.value + 1 RETURNING value INTO v;
-  IF TG_OP = 'DELETE' THEN
-    INSERT INTO registry_typeindex (type, value) VALUES (OLD.type, v)
-      ON CONFLICT (type) DO UPDATE SET value = EXCLUDED.value;
-  ELSE
-    UPDATE registry_service SET modify_index = v,
-      create_index = CASE WHEN TG_OP = 'INSERT' THEN v ELSE create_index END
-      WHERE id = NEW.id;
-    INSERT INTO registry_typeindex (type, value) VALUES (NEW.type, v)
-      ON CONFLICT (type) DO UPDATE SET value = EXCLUDED.value;
-    IF TG_OP = 'UPDATE' AND OLD.type IS DISTINCT FROM NEW.type THEN
-      INSERT INTO registry_typeindex (type, value) VALUES (OLD.type, v)
-        ON CONFLICT (type) DO UPDATE SET value = EXCLUDED.value;
-    END IF;
-  END IF;
-  PERFORM pg_notify('registry_index', v::text);
-  RETURN NULL;
-END $$;
-"""
+# Reversing restores migration 0008's function, from 0008 itself (one text, not a copy).
+_BUMP_PER_ROW = importlib.import_module("registry.migrations.0008_ecosystem_registry_index").PG_FORWARD[0]
 
 
 def _replace(sql: str):
