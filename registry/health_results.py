@@ -117,8 +117,6 @@ class Row:
     latency_ms: float | None
     snapshot: HealthSnapshot | None
     verdict: str
-    # What the probe tells its breaker, applied only once the guarded UPDATE wrote this row.
-    breaker_status: str | None = None
 
 
 @dataclass
@@ -172,7 +170,7 @@ def row_for(outcome: Outcome) -> Row:
         details=details,
     )
     return Row(svc, svc.status, status, reason[:500], fails, successes, outcome.checked_at,
-               next_at, outcome.latency_ms, snapshot, verdict, breaker_status=status)
+               next_at, outcome.latency_ms, snapshot, verdict)
 
 
 _UPDATE_SQL = """
@@ -309,12 +307,11 @@ def outcomes_write(outcomes: list[Outcome], report: SweepReport, *, keep_rows: b
     # The breakers follow the status the guarded UPDATE wrote, never one it skipped, so the
     # two cannot disagree; their transitions are held and written as one statement.
     with effects.breaker_events_held() as events:
-        for row in rows:
-            if row.breaker_status is None or row.service.pk not in updated:
-                continue
-            with log_context(service=row.service.name):
-                effects.breaker_after_probe(plans[row.service.pk], status=row.breaker_status,
-                                            verdict=row.verdict, reason=row.reason)
+        for row in rows:  # a withheld probe's plan holds no permit: its breaker is not told
+            if row.service.pk in updated:
+                with log_context(service=row.service.name):
+                    effects.breaker_after_probe(plans[row.service.pk], status=row.status,
+                                                verdict=row.verdict, reason=row.reason)
     effects.breaker_events_write(events)
     if deferred:
         # Not probed (destination saturated): due again soon, status untouched.
