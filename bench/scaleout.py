@@ -48,10 +48,12 @@ RUN = uuid.uuid4().hex[:6]
 # --------------------------------------------------------------------------- the driver
 
 
-def _cpu_of(markers: dict[str, str]) -> dict[str, float]:
-    """CPU seconds used so far by the processes whose command line holds each marker (Linux /proc)."""
+def _cpu_of(markers: dict[str, str], pids: dict[str, int] | None = None) -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far, by process: those whose command line holds a marker and those
+    ``pids`` names, each with its label (Linux /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
-    out = dict.fromkeys(markers, 0.0)
+    by_pid = {pid: label for label, pid in (pids or {}).items()}
+    out: dict[int, tuple[str, float]] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -62,9 +64,17 @@ def _cpu_of(markers: dict[str, str]) -> dict[str, float]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        for label, marker in markers.items():
-            if marker in cmd:
-                out[label] += (int(fields[11]) + int(fields[12])) / tick
+        label = by_pid.get(int(pid)) or next((k for k, m in markers.items() if m in cmd), None)
+        if label:
+            out[int(pid)] = (label, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def _cpu_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds by label between two ``_cpu_of`` readings (a process that ended meanwhile is not counted)."""
+    out: dict[str, float] = {}
+    for pid, (label, used) in after.items():
+        out[label] = out.get(label, 0.0) + used - before.get(pid, (label, 0.0))[1]
     return out
 
 
@@ -116,10 +126,41 @@ class LockSampler:
             time.sleep(0.02)
 
 
-def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, repeats: int, stub_host: str,
-          sample_locks: bool = False) -> dict:
-    """Measure every configuration (label, queue, worker processes); runs/s per repeat."""
+def _serve_stub(host: str, ports) -> None:
+    """The stub, in a process of its own: the driver's starts and polls never hold its GIL."""
     from http.server import ThreadingHTTPServer
+
+    from bench import workflows as wf
+
+    server = ThreadingHTTPServer((host, 0), wf.Stub)
+    server.daemon_threads = True
+    ports.put(server.server_address[1])
+    server.serve_forever()
+
+
+def _engine_batch_committed(n: int) -> tuple[float, list[int]]:
+    """``n`` runs created in one transaction before the clock starts; their first messages go
+    out at its commit, on the clock (as the chain's ``apply_async`` calls are)."""
+    from django.db import transaction
+
+    from bench import workflows as wf
+    from workflows.engine import run_start
+    from workflows.models import RUN_FINISHED, WorkflowRun
+
+    with transaction.atomic():
+        ids = [run_start(workflow="bench_seven", input={}, triggered_by="bench")[0].pk for _ in range(n)]
+        started = time.perf_counter()
+    wf._wait(lambda: WorkflowRun.objects.filter(pk__in=ids, status__in=RUN_FINISHED).count() == n, 300, "runs")
+    elapsed = time.perf_counter() - started
+    if WorkflowRun.objects.filter(pk__in=ids).exclude(status="succeeded").exists():
+        raise SystemExit("bench runs did not succeed; see var/bench-scaleout-*.log")
+    return elapsed, ids
+
+
+def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, repeats: int, stub_host: str,
+          sample_locks: bool = False, starts: str = "committed") -> dict:
+    """Measure every configuration (label, queue, worker processes); runs/s per repeat."""
+    import multiprocessing
 
     from django.conf import settings
 
@@ -128,10 +169,11 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
     from workflows.models import WorkflowRun
 
     wf._ensure_database()
-    server = ThreadingHTTPServer((stub_host, 0), wf.Stub)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://{stub_host}:{server.server_address[1]}"
+    ctx = multiprocessing.get_context("fork")
+    ports = ctx.SimpleQueue()
+    stub = ctx.Process(target=_serve_stub, args=(stub_host, ports), daemon=True)
+    stub.start()
+    url = f"http://{stub_host}:{ports.get()}"
     WorkflowRun.objects.filter(workflow="bench_seven").delete()
     Service.objects.filter(type="BENCH_STUB").delete()
     wf._vacuum()
@@ -142,6 +184,10 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
     rates = {label: {k: [] for k in kinds} for label, _, _ in configs}
     cpu = {label: {k: [] for k in kinds} for label, _, _ in configs}
     markers = {label: f"-Q {queue} " for label, queue, _ in configs}
+    # Where the rest of the CPU goes: the database, the broker, the stub, this driver.
+    others = {"postgresql": "postgres: ", "redis": "redis-server"}
+    pids = {"stub": stub.pid, "driver": os.getpid()}
+    roles: dict = {label: {k: {} for k in kinds} for label, _, _ in configs}
 
     sampler = LockSampler() if sample_locks else None
 
@@ -150,7 +196,7 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
             settings.WORKFLOW_QUEUE = queue  # the engine reads it per call
             if sampler:
                 sampler.label = label
-            elapsed, ids = wf._engine_batch(n)
+            elapsed, ids = (_engine_batch_committed if starts == "committed" else wf._engine_batch)(n)
             if sampler:
                 sampler.label = None
             WorkflowRun.objects.filter(pk__in=ids).delete()  # every batch starts from the same tables
@@ -167,16 +213,21 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
             order = configs if r % 2 == 0 else configs[::-1]
             for label, queue, _ in order:
                 for kind in kinds:
-                    before = _cpu_of(markers)[label]
+                    before = _cpu_of({**markers, **others}, pids)
                     rates[label][kind].append(batch(kind, queue, sizes[kind], label))
-                    cpu[label][kind].append((_cpu_of(markers)[label] - before) * 1000 / (sizes[kind] * wf.STEPS))
+                    used = _cpu_delta(before, _cpu_of({**markers, **others}, pids))
+                    per_step = {role: used.get(role, 0.0) * 1000 / (sizes[kind] * wf.STEPS)
+                                for role in [label, *others, *pids]}
+                    cpu[label][kind].append(per_step[label])
+                    for role, ms in per_step.items():
+                        roles[label][kind].setdefault("workers" if role == label else role, []).append(ms)
             print(f"repeat {r + 1}/{repeats}: " + ", ".join(
                 f"{label} {k} {rates[label][k][-1]:.1f}/s" for label, _, _ in configs for k in kinds),
                 file=sys.stderr, flush=True)
     finally:
-        server.shutdown()
+        stub.terminate()
         WorkflowRun.objects.filter(workflow="bench_seven").delete()
-    got = {"rates": rates, "worker_cpu_ms_per_step": cpu}
+    got = {"rates": rates, "worker_cpu_ms_per_step": cpu, "cpu_ms_per_step_by_role": roles}
     if sampler:
         got["lock_waits"] = {"samples": sampler.samples, "statements": sampler.waits}
     return got
@@ -206,7 +257,7 @@ def _report_workers(got: dict, args, load_before: str) -> None:
     rel = _ratios(e_up, c_up)
     print(f"\nWorker scaling — 7 POSTs per run, {args.runs} runs ({args.chain_runs} chains) at once, "
           "1 vs 2 worker processes "
-          f"(prefork -c 1 each), {args.repeats} repeats")
+          f"(prefork -c 1 each), {args.repeats} repeats, engine starts: {args.starts}")
     print(f"load average before {load_before}, after {_load()}\n")
     print("| repeat | engine 1 → 2 (runs/s) | speed-up | chain 1 → 2 (runs/s) | speed-up | engine / chain |")
     print("|---|---|---|---|---|---|")
@@ -221,6 +272,20 @@ def _report_workers(got: dict, args, load_before: str) -> None:
     print(f"\nratio of the median speed-ups: {med(e_up) / med(c_up):.2f}")
     print("\nworker CPU ms per step (median): " + ", ".join(
         f"{label} {kind} {med(c[label][kind]):.2f}" for label in c for kind in c[label]))
+
+
+def _report_roles(got: dict) -> None:
+    """CPU ms per step by process role (medians over repeats; the engine's include its starts)."""
+    med = statistics.median
+    print("\nCPU ms per step by role (median; the engine's rows include creating its runs):")
+    by_config = got["cpu_ms_per_step_by_role"]
+    names = list(by_config[next(iter(by_config))]["engine"])
+    print("| configuration | kind | " + " | ".join(names) + " | total |")
+    print("|---|---|" + "---|" * (len(names) + 1))
+    for label, kinds in by_config.items():
+        for kind, by_role in kinds.items():
+            values = [med(v) for v in by_role.values()]
+            print(f"| {label} | {kind} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {sum(values):.2f} |")
 
 
 def _report_locks(got: dict) -> None:
@@ -238,7 +303,7 @@ def _report_hosts(got: dict, args, load_before: str) -> None:
     med = statistics.median
     print(f"\nOne worker host vs two — 2 worker processes (prefork -c 1 each) in all, database + broker on a "
           f"host of their own (network namespaces), {args.runs} runs ({args.chain_runs} chains) at once, "
-          f"{args.repeats} repeats")
+          f"{args.repeats} repeats, engine starts: {args.starts}")
     print(f"load average before {load_before}, after {_load()}\n")
     print("| repeat | engine one host | engine two hosts | two / one | chain one host | chain two hosts | two / one |")
     print("|---|---|---|---|---|---|---|")
@@ -287,10 +352,11 @@ def mode_workers(args) -> None:
     load_before = _load()
     try:
         got = drive(configs, runs=args.runs, chain_runs=args.chain_runs, repeats=args.repeats, stub_host="127.0.0.1",
-                    sample_locks=args.locks)
+                    sample_locks=args.locks, starts=args.starts)
     finally:
         _stop(procs)
     _report_workers(got, args, load_before)
+    _report_roles(got)
     _report_locks(got)
 
 
@@ -322,7 +388,7 @@ def mode_hosts(args) -> None:
             ["ip", "netns", "exec", prefix + "ctl", sys.executable, "-m", "bench.scaleout", "_drive",
              "--config", f"one host={one}:2", "--config", f"two hosts={two}:2", "--stub-host", addr("ctl"),
              "--runs", str(args.runs), "--chain-runs", str(args.chain_runs), "--repeats", str(args.repeats),
-             *(["--locks"] if args.locks else [])],
+             "--starts", args.starts, *(["--locks"] if args.locks else [])],
             cwd=ROOT, env={**fab.env, **env, "BENCH_QUEUE": f"warm-{RUN}"}, stdout=subprocess.PIPE)
         if out.returncode:
             for name in "abcd":
@@ -332,6 +398,7 @@ def mode_hosts(args) -> None:
     finally:
         fab.teardown()
     _report_hosts(got, args, load_before)
+    _report_roles(got)
     _report_locks(got)
 
 
@@ -343,7 +410,7 @@ def mode_drive(args) -> None:
         queue, n = rest.rsplit(":", 1)
         configs.append((label, queue, int(n)))
     got = drive(configs, runs=args.runs, chain_runs=args.chain_runs, repeats=args.repeats, stub_host=args.stub_host,
-                sample_locks=args.locks)
+                sample_locks=args.locks, starts=args.starts)
     print(json.dumps(got), flush=True)
 
 
@@ -357,6 +424,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--locks", action="store_true",
                         help="sample pg_stat_activity during engine batches: how often a backend waits on a lock")
+    parser.add_argument("--starts", choices=["committed", "serial"], default="committed",
+                        help="committed (default): a batch's runs are created in one transaction before the "
+                             "clock starts, their messages sent at its commit, on the clock; serial: the driver "
+                             "calls run_start once per run on the clock (the web tier's work, done by one thread)")
     parser.add_argument("--config", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--stub-host", default="127.0.0.1", help=argparse.SUPPRESS)
     args = parser.parse_args()
