@@ -320,3 +320,21 @@ def test_the_database_store_keeps_one_row_per_service_changed_by_compare_and_set
     assert breaker.succeeded(trials[0]) == "closed"
     breaker_forget(service_id=svc.pk)
     assert not BreakerStore.objects.exists()
+
+
+def test_many_breakers_read_at_once_match_each_breaker_read_alone(make_service):
+    # The sweep's gate reads a batch of breakers in one call (a Lua script on Redis that
+    # returns only breakers with state): untouched, failing, open and half-open ones side by side.
+    untouched, failing, tripped, trial = (make_service() for _ in range(4))
+    breaker_for(failing).failed(breaker_for(failing).acquire(), "health probe: HTTP 500")
+    breaker_for(tripped).force_open(reason="health check critical: HTTP 500")
+    breaker_for(trial).force_open(reason="health check critical: HTTP 500")
+    assert breaker_for(trial).acquire(force=True, lease_seconds=30).trial
+    ids = [untouched.pk, failing.pk, tripped.pk, trial.pk]
+    many = breakers.breaker_snapshots(ids)
+    assert list(many) == ids
+    services = (untouched, failing, tripped, trial)
+    assert many == {pk: breaker_for(svc).snapshot() for pk, svc in zip(ids, services, strict=True)}
+    assert [s.state for s in many.values()] == ["closed", "closed", "open", "half-open"]
+    assert many[failing.pk].fail_counter == 1 and many[trial.pk].trial_held
+    assert not many[untouched.pk].trial_held and many[untouched.pk].opened_at is None
