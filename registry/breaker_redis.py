@@ -81,8 +81,9 @@ return {st, ARGV[1]}
 
 # Many breakers' state in one call; only breakers with a hash or a trial key come back (a
 # healthy fleet's are closed and keyless). Before: a pipeline of HMGET + EXISTS per service,
-# whose packing and parsing in redis-py took ~0.5 s of each 10,000-service sweep's GIL
-# (py-spy, bench/health.py scenario B, 2026-12-01).
+# whose packing and parsing in redis-py held the sweep's GIL ~0.5 s per 10,000-service sweep
+# (py-spy, bench/health.py scenario B). 10,000 closed breakers in batches of 500, medians of 5:
+# this script 0.035 s, the pipeline 0.152 s (4.4×; 2026-12-01 18:22 UTC, load average 2.7).
 _LUA_SNAPSHOT = """
 local out = {}
 for i = 1, #KEYS, 2 do
