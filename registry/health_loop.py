@@ -17,6 +17,13 @@
 
 No network I/O happens inside a transaction.
 
+The writer stays a thread. A writer process (forked per sweep, outcomes pickled to it) was
+measured in scenario B and rejected: sweep 7.71 s against 6.91 s with the thread, steady
+state 6.77 s against 6.00 s (medians of 3, interleaved, load average 5 on 2 cores,
+2026-12-01): the machine is short of CPU, not of GIL, and pickling the groups cost the
+sweep's process about what the writer's judging had (docs/benchmarks.md, *Issue 14, third
+pass*).
+
 The claim is one PostgreSQL ``UPDATE … WHERE id IN (SELECT … FOR NO KEY UPDATE SKIP LOCKED
 LIMIT n) RETURNING *`` (``_claim_postgres``); SQLite takes the ORM's three statements
 (``_claim_orm``). The statement earns its place: claiming 10,000 services in batches of
