@@ -306,13 +306,12 @@ def scenario_b(args, ports) -> list[tuple]:
 def _bench_rows(services, *, now):
     from datetime import timedelta
 
-    from registry.health_results import Row
-    from registry.models import HealthSnapshot
+    from registry.health_results import Row, SnapshotValues
 
     return [
         Row(svc, svc.status, "passing", "", 0, 1, now, now + timedelta(hours=1), 1.5,
-            HealthSnapshot(service_id=svc.pk, checked_at=now, status="passing", http_status=200,
-                           latency_ms=1.5, error="", details={"status": "healthy", "database": True}),
+            SnapshotValues(checked_at=now, status="passing", http_status=200, latency_ms=1.5, error="",
+                           details={"status": "healthy", "database": True}),
             "passing")
         for svc in services
     ]
