@@ -12,8 +12,9 @@
 4. hands finished probes, in groups, to one writer thread (its own connection) that
    evaluates and writes them (``health_results.outcomes_write``), also between two claims:
    in scenario B of ``bench/health.py`` (10,000 services, claims of 500) the claims take
-   ~2–2.6 s, and the first write used to wait for the last of them (it began 2.6–2.9 s into
-   the sweep, with ~4,000 results in one group); now it begins after ~1 s, beside the claims.
+   ~2–2.5 s, and the first write used to wait for the last of them (it began 2.6–2.9 s into
+   the sweep, with 3,000–4,500 results in one group); now it begins 0.3–1.2 s in, beside the
+   claims.
 
 No network I/O happens inside a transaction.
 
