@@ -70,6 +70,23 @@ def _cpu_of(markers: dict[str, str], pids: dict[str, int] | None = None) -> dict
     return out
 
 
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (/proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def _wal_lsn() -> int:
+    """The server's WAL position in bytes (every database's writes, the batch's own and the rest)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+        return int(cursor.fetchone()[0])
+
+
 def _cpu_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
     """CPU seconds by label between two ``_cpu_of`` readings (a process that ended meanwhile is not counted)."""
     out: dict[str, float] = {}
@@ -108,6 +125,7 @@ class LockSampler:
         self.label: str | None = None
         self.samples: dict[str, list[int]] = {}  # label -> [samples, samples with a lock wait]
         self.waits: dict[str, int] = {}  # "label: statement" -> times seen waiting
+        self.states: dict[str, dict[str, int]] = {}  # label -> backend state -> times seen
         threading.Thread(target=self._loop, daemon=True).start()
 
     def _loop(self) -> None:
@@ -115,14 +133,21 @@ class LockSampler:
             label = self.label
             if label:
                 rows = self.conn.execute(
-                    "SELECT left(query, 60) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'").fetchall()
+                    "SELECT left(query, 60), wait_event_type, state, wait_event FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
                 got = self.samples.setdefault(label, [0, 0])
                 got[0] += 1
-                got[1] += bool(rows)
-                for (query,) in rows:
-                    key = f"{label}: {query}"
-                    self.waits[key] = self.waits.get(key, 0) + 1
+                got[1] += any(kind == "Lock" for _, kind, _, _ in rows)
+                states = self.states.setdefault(label, {})
+                for query, kind, state, event in rows:
+                    if kind == "Lock":
+                        key = f"{label}: {query}"
+                        self.waits[key] = self.waits.get(key, 0) + 1
+                    # What the backends do: on CPU (active, no wait), waiting (on what), or idle
+                    # (waiting for their client: the worker's Python, its HTTP call, the broker).
+                    what = f"{state}: {kind}/{event}" if kind and state == "active" else (
+                        "active: on CPU" if state == "active" else state)
+                    states[what] = states.get(what, 0) + 1
             time.sleep(0.02)
 
 
@@ -188,6 +213,8 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
     others = {"postgresql": "postgres: ", "redis": "redis-server"}
     pids = {"stub": stub.pid, "driver": os.getpid()}
     roles: dict = {label: {k: {} for k in kinds} for label, _, _ in configs}
+    busy = {label: {k: [] for k in kinds} for label, _, _ in configs}  # the machine's CPU use per batch
+    wal = {label: {k: [] for k in kinds} for label, _, _ in configs}  # WAL bytes per step (whole server)
 
     sampler = LockSampler() if sample_locks else None
 
@@ -213,9 +240,12 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
             order = configs if r % 2 == 0 else configs[::-1]
             for label, queue, _ in order:
                 for kind in kinds:
-                    before = _cpu_of({**markers, **others}, pids)
+                    before, busy0, lsn0 = _cpu_of({**markers, **others}, pids), _machine_busy(), _wal_lsn()
                     rates[label][kind].append(batch(kind, queue, sizes[kind], label))
                     used = _cpu_delta(before, _cpu_of({**markers, **others}, pids))
+                    busy1 = _machine_busy()
+                    busy[label][kind].append((busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1))
+                    wal[label][kind].append((_wal_lsn() - lsn0) / (sizes[kind] * wf.STEPS))
                     per_step = {role: used.get(role, 0.0) * 1000 / (sizes[kind] * wf.STEPS)
                                 for role in [label, *others, *pids]}
                     cpu[label][kind].append(per_step[label])
@@ -227,9 +257,10 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
     finally:
         stub.terminate()
         WorkflowRun.objects.filter(workflow="bench_seven").delete()
-    got = {"rates": rates, "worker_cpu_ms_per_step": cpu, "cpu_ms_per_step_by_role": roles}
+    got = {"rates": rates, "worker_cpu_ms_per_step": cpu, "cpu_ms_per_step_by_role": roles, "machine_busy": busy,
+           "wal_bytes_per_step": wal}
     if sampler:
-        got["lock_waits"] = {"samples": sampler.samples, "statements": sampler.waits}
+        got["lock_waits"] = {"samples": sampler.samples, "statements": sampler.waits, "states": sampler.states}
     return got
 
 
@@ -280,12 +311,13 @@ def _report_roles(got: dict) -> None:
     print("\nCPU ms per step by role (median; the engine's rows include creating its runs):")
     by_config = got["cpu_ms_per_step_by_role"]
     names = list(by_config[next(iter(by_config))]["engine"])
-    print("| configuration | kind | " + " | ".join(names) + " | total |")
-    print("|---|---|" + "---|" * (len(names) + 1))
+    print("| configuration | kind | " + " | ".join(names) + " | total | machine CPU busy | WAL bytes per step |")
+    print("|---|---|" + "---|" * (len(names) + 3))
     for label, kinds in by_config.items():
         for kind, by_role in kinds.items():
             values = [med(v) for v in by_role.values()]
-            print(f"| {label} | {kind} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {sum(values):.2f} |")
+            print(f"| {label} | {kind} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {sum(values):.2f} | "
+                  f"{med(got['machine_busy'][label][kind]):.0%} | {med(got['wal_bytes_per_step'][label][kind]):,.0f} |")
 
 
 def _report_locks(got: dict) -> None:
@@ -296,6 +328,11 @@ def _report_locks(got: dict) -> None:
         print(f"  {label}: {waiting} of {n} samples had a backend waiting on a lock ({waiting / max(n, 1):.1%})")
     for key, n in sorted(got["lock_waits"]["statements"].items(), key=lambda kv: -kv[1])[:5]:
         print(f"    {n:>5}× {key}")
+    print("\nWhat the database's backends were doing (share of backend samples during engine batches):")
+    for label, states in got["lock_waits"]["states"].items():
+        total = sum(states.values()) or 1
+        print(f"  {label}: " + ", ".join(f"{what} {n / total:.1%}"
+                                         for what, n in sorted(states.items(), key=lambda kv: -kv[1])[:6]))
 
 
 def _report_hosts(got: dict, args, load_before: str) -> None:
