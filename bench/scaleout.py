@@ -78,13 +78,14 @@ def _machine_busy() -> tuple[float, float]:
     return sum(ticks) - idle, sum(ticks)
 
 
-def _wal_lsn() -> int:
-    """The server's WAL position in bytes (every database's writes, the batch's own and the rest)."""
+def _wal() -> tuple[int, int, int]:
+    """The server's WAL so far: (bytes, syncs, full-page images) — every database's, the batch's
+    own and the rest (pg_stat_wal, PostgreSQL 14+)."""
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
-        return int(cursor.fetchone()[0])
+        cursor.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn, wal_sync, wal_fpi FROM pg_stat_wal")
+        return tuple(int(v) for v in cursor.fetchone())
 
 
 def _cpu_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
@@ -214,7 +215,7 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
     pids = {"stub": stub.pid, "driver": os.getpid()}
     roles: dict = {label: {k: {} for k in kinds} for label, _, _ in configs}
     busy = {label: {k: [] for k in kinds} for label, _, _ in configs}  # the machine's CPU use per batch
-    wal = {label: {k: [] for k in kinds} for label, _, _ in configs}  # WAL bytes per step (whole server)
+    wal = {label: {k: [] for k in kinds} for label, _, _ in configs}  # WAL per step (whole server)
 
     sampler = LockSampler() if sample_locks else None
 
@@ -240,12 +241,12 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
             order = configs if r % 2 == 0 else configs[::-1]
             for label, queue, _ in order:
                 for kind in kinds:
-                    before, busy0, lsn0 = _cpu_of({**markers, **others}, pids), _machine_busy(), _wal_lsn()
+                    before, busy0, lsn0 = _cpu_of({**markers, **others}, pids), _machine_busy(), _wal()
                     rates[label][kind].append(batch(kind, queue, sizes[kind], label))
                     used = _cpu_delta(before, _cpu_of({**markers, **others}, pids))
                     busy1 = _machine_busy()
                     busy[label][kind].append((busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1))
-                    wal[label][kind].append((_wal_lsn() - lsn0) / (sizes[kind] * wf.STEPS))
+                    wal[label][kind].append([(b - a) / (sizes[kind] * wf.STEPS) for a, b in zip(lsn0, _wal(), strict=True)])
                     per_step = {role: used.get(role, 0.0) * 1000 / (sizes[kind] * wf.STEPS)
                                 for role in [label, *others, *pids]}
                     cpu[label][kind].append(per_step[label])
@@ -258,7 +259,7 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
         stub.terminate()
         WorkflowRun.objects.filter(workflow="bench_seven").delete()
     got = {"rates": rates, "worker_cpu_ms_per_step": cpu, "cpu_ms_per_step_by_role": roles, "machine_busy": busy,
-           "wal_bytes_per_step": wal}
+           "wal_per_step": wal}
     if sampler:
         got["lock_waits"] = {"samples": sampler.samples, "statements": sampler.waits, "states": sampler.states}
     return got
@@ -311,13 +312,14 @@ def _report_roles(got: dict) -> None:
     print("\nCPU ms per step by role (median; the engine's rows include creating its runs):")
     by_config = got["cpu_ms_per_step_by_role"]
     names = list(by_config[next(iter(by_config))]["engine"])
-    print("| configuration | kind | " + " | ".join(names) + " | total | machine CPU busy | WAL bytes per step |")
+    print("| configuration | kind | " + " | ".join(names) + " | total | machine CPU busy | WAL bytes, syncs, full pages per step |")
     print("|---|---|" + "---|" * (len(names) + 3))
     for label, kinds in by_config.items():
         for kind, by_role in kinds.items():
             values = [med(v) for v in by_role.values()]
             print(f"| {label} | {kind} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {sum(values):.2f} | "
-                  f"{med(got['machine_busy'][label][kind]):.0%} | {med(got['wal_bytes_per_step'][label][kind]):,.0f} |")
+                  f"{med(got['machine_busy'][label][kind]):.0%} | " + ", ".join(
+                      f"{med(v[i] for v in got['wal_per_step'][label][kind]):,.2f}" for i in range(3)) + " |")
 
 
 def _report_locks(got: dict) -> None:
