@@ -152,13 +152,20 @@ class LockSampler:
             time.sleep(0.02)
 
 
-def _serve_stub(host: str, ports) -> None:
-    """The stub, in a process of its own: the driver's starts and polls never hold its GIL."""
+def _serve_stub(host: str, ports, latency_ms: float = 0.0) -> None:
+    """The stub, in a process of its own: the driver's starts and polls never hold its GIL.
+    ``latency_ms``: each answer waits that long first (a service that does some work)."""
     from http.server import ThreadingHTTPServer
 
     from bench import workflows as wf
 
-    server = ThreadingHTTPServer((host, 0), wf.Stub)
+    class Stub(wf.Stub):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            if latency_ms:
+                time.sleep(latency_ms / 1000)
+            super().do_POST()
+
+    server = ThreadingHTTPServer((host, 0), Stub)
     server.daemon_threads = True
     ports.put(server.server_address[1])
     server.serve_forever()
@@ -184,7 +191,7 @@ def _engine_batch_committed(n: int) -> tuple[float, list[int]]:
 
 
 def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, repeats: int, stub_host: str,
-          sample_locks: bool = False, starts: str = "committed") -> dict:
+          sample_locks: bool = False, starts: str = "committed", stub_ms: float = 0.0) -> dict:
     """Measure every configuration (label, queue, worker processes); runs/s per repeat."""
     import multiprocessing
 
@@ -197,7 +204,7 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
     wf._ensure_database()
     ctx = multiprocessing.get_context("fork")
     ports = ctx.SimpleQueue()
-    stub = ctx.Process(target=_serve_stub, args=(stub_host, ports), daemon=True)
+    stub = ctx.Process(target=_serve_stub, args=(stub_host, ports, stub_ms), daemon=True)
     stub.start()
     url = f"http://{stub_host}:{ports.get()}"
     WorkflowRun.objects.filter(workflow="bench_seven").delete()
@@ -289,7 +296,7 @@ def _report_workers(got: dict, args, load_before: str) -> None:
     rel = _ratios(e_up, c_up)
     print(f"\nWorker scaling — 7 POSTs per run, {args.runs} runs ({args.chain_runs} chains) at once, "
           "1 vs 2 worker processes "
-          f"(prefork -c 1 each), {args.repeats} repeats, engine starts: {args.starts}")
+          f"(prefork -c 1 each), {args.repeats} repeats, engine starts: {args.starts}, stub latency {args.stub_ms:g} ms")
     print(f"load average before {load_before}, after {_load()}\n")
     print("| repeat | engine 1 → 2 (runs/s) | speed-up | chain 1 → 2 (runs/s) | speed-up | engine / chain |")
     print("|---|---|---|---|---|---|")
@@ -391,7 +398,7 @@ def mode_workers(args) -> None:
     load_before = _load()
     try:
         got = drive(configs, runs=args.runs, chain_runs=args.chain_runs, repeats=args.repeats, stub_host="127.0.0.1",
-                    sample_locks=args.locks, starts=args.starts)
+                    sample_locks=args.locks, starts=args.starts, stub_ms=args.stub_ms)
     finally:
         _stop(procs)
     _report_workers(got, args, load_before)
@@ -427,7 +434,7 @@ def mode_hosts(args) -> None:
             ["ip", "netns", "exec", prefix + "ctl", sys.executable, "-m", "bench.scaleout", "_drive",
              "--config", f"one host={one}:2", "--config", f"two hosts={two}:2", "--stub-host", addr("ctl"),
              "--runs", str(args.runs), "--chain-runs", str(args.chain_runs), "--repeats", str(args.repeats),
-             "--starts", args.starts, *(["--locks"] if args.locks else [])],
+             "--starts", args.starts, "--stub-ms", str(args.stub_ms), *(["--locks"] if args.locks else [])],
             cwd=ROOT, env={**fab.env, **env, "BENCH_QUEUE": f"warm-{RUN}"}, stdout=subprocess.PIPE)
         if out.returncode:
             for name in "abcd":
@@ -449,7 +456,7 @@ def mode_drive(args) -> None:
         queue, n = rest.rsplit(":", 1)
         configs.append((label, queue, int(n)))
     got = drive(configs, runs=args.runs, chain_runs=args.chain_runs, repeats=args.repeats, stub_host=args.stub_host,
-                sample_locks=args.locks, starts=args.starts)
+                sample_locks=args.locks, starts=args.starts, stub_ms=args.stub_ms)
     print(json.dumps(got), flush=True)
 
 
@@ -467,6 +474,9 @@ def main() -> None:
                         help="committed (default): a batch's runs are created in one transaction before the "
                              "clock starts, their messages sent at its commit, on the clock; serial: the driver "
                              "calls run_start once per run on the clock (the web tier's work, done by one thread)")
+    parser.add_argument("--stub-ms", type=float, default=0.0,
+                        help="the stub's latency per call in ms (default 0: an instant service, so the "
+                             "orchestration's own cost is all there is to measure)")
     parser.add_argument("--config", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--stub-host", default="127.0.0.1", help=argparse.SUPPRESS)
     args = parser.parse_args()
