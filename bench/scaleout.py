@@ -78,13 +78,15 @@ def _machine_busy() -> tuple[float, float]:
     return sum(ticks) - idle, sum(ticks)
 
 
-def _wal() -> tuple[int, int, int]:
-    """The server's WAL so far: (bytes, syncs, full-page images) — every database's, the batch's
-    own and the rest (pg_stat_wal, PostgreSQL 14+)."""
+def _wal() -> tuple[int, int, int, int]:
+    """The server's WAL so far: (bytes, syncs, full-page images, MultiXacts) — every database's,
+    the batch's own and the rest (pg_stat_wal, PostgreSQL 14+). A MultiXact is made when two
+    transactions lock one row at once: the sign of a row every worker's steps share."""
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn, wal_sync, wal_fpi FROM pg_stat_wal")
+        cursor.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn, wal_sync, wal_fpi, mxid_age('1'::xid) "
+                       "FROM pg_stat_wal")
         return tuple(int(v) for v in cursor.fetchone())
 
 
@@ -319,14 +321,14 @@ def _report_roles(got: dict) -> None:
     print("\nCPU ms per step by role (median; the engine's rows include creating its runs):")
     by_config = got["cpu_ms_per_step_by_role"]
     names = list(by_config[next(iter(by_config))]["engine"])
-    print("| configuration | kind | " + " | ".join(names) + " | total | machine CPU busy | WAL bytes, syncs, full pages per step |")
+    print("| configuration | kind | " + " | ".join(names) + " | total | machine CPU busy | WAL bytes, syncs, full pages, MultiXacts per step |")
     print("|---|---|" + "---|" * (len(names) + 3))
     for label, kinds in by_config.items():
         for kind, by_role in kinds.items():
             values = [med(v) for v in by_role.values()]
             print(f"| {label} | {kind} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {sum(values):.2f} | "
                   f"{med(got['machine_busy'][label][kind]):.0%} | " + ", ".join(
-                      f"{med(v[i] for v in got['wal_per_step'][label][kind]):,.2f}" for i in range(3)) + " |")
+                      f"{med(v[i] for v in got['wal_per_step'][label][kind]):,.2f}" for i in range(4)) + " |")
 
 
 def _report_locks(got: dict) -> None:
