@@ -18,6 +18,16 @@ configuration's workers while the others idle; the configurations alternate with
 (A B, then B A) so that the machine's drift hits both alike. Each batch starts ``--runs`` runs at
 once and counts runs completed per second.
 
+The stub runs in a process of its own. Engine batches create their runs in one transaction
+before the clock starts (``--starts committed``, the default) and send their first messages at
+its commit, on the clock, as the chain's ``apply_async`` calls are: starting runs is the web
+tier's work, and one driver thread doing it on the clock (``--starts serial``, 0.63 s for 200
+starts on this machine) put a serial part into the engine's figure only. ``--stub-ms`` gives the
+stub a latency (a service doing some work; default 0, so the orchestration's own cost is all
+that is measured). Besides runs/s it prints CPU per step by process (workers, PostgreSQL, Redis,
+stub, driver), how busy the machine was, WAL bytes, syncs, full-page images and MultiXacts per
+step, and with ``--locks`` what the database's backends waited on.
+
 ``workers`` prints, per repeat, each speed-up (2 processes / 1 process) and the ratio engine
 speed-up / chain speed-up (target >= 0.9), then the medians. ``hosts`` builds the hosts with
 ``tests/multihost/fabric.py`` (namespaces ``durab-<run>-<host>``, deleted at exit): ``db``
