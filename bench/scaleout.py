@@ -18,6 +18,16 @@ configuration's workers while the others idle; the configurations alternate with
 (A B, then B A) so that the machine's drift hits both alike. Each batch starts ``--runs`` runs at
 once and counts runs completed per second.
 
+The stub runs in a process of its own. Engine batches create their runs in one transaction
+before the clock starts (``--starts committed``, the default) and send their first messages at
+its commit, on the clock, as the chain's ``apply_async`` calls are: starting runs is the web
+tier's work, and one driver thread doing it on the clock (``--starts serial``, 0.63 s for 200
+starts on this machine) put a serial part into the engine's figure only. ``--stub-ms`` gives the
+stub a latency (a service doing some work; default 0, so the orchestration's own cost is all
+that is measured). Besides runs/s it prints CPU per step by process (workers, PostgreSQL, Redis,
+stub, driver), how busy the machine was, WAL bytes, syncs, full-page images and MultiXacts per
+step, and with ``--locks`` what the database's backends waited on.
+
 ``workers`` prints, per repeat, each speed-up (2 processes / 1 process) and the ratio engine
 speed-up / chain speed-up (target >= 0.9), then the medians. ``hosts`` builds the hosts with
 ``tests/multihost/fabric.py`` (namespaces ``durab-<run>-<host>``, deleted at exit): ``db``
@@ -70,6 +80,26 @@ def _cpu_of(markers: dict[str, str], pids: dict[str, int] | None = None) -> dict
     return out
 
 
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (/proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def _wal() -> tuple[int, int, int, int]:
+    """The server's WAL so far: (bytes, syncs, full-page images, MultiXacts) — every database's,
+    the batch's own and the rest (pg_stat_wal, PostgreSQL 14+). A MultiXact is made when two
+    transactions lock one row at once: the sign of a row every worker's steps share."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn, wal_sync, wal_fpi, mxid_age('1'::xid) "
+                       "FROM pg_stat_wal")
+        return tuple(int(v) for v in cursor.fetchone())
+
+
 def _cpu_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
     """CPU seconds by label between two ``_cpu_of`` readings (a process that ended meanwhile is not counted)."""
     out: dict[str, float] = {}
@@ -108,6 +138,7 @@ class LockSampler:
         self.label: str | None = None
         self.samples: dict[str, list[int]] = {}  # label -> [samples, samples with a lock wait]
         self.waits: dict[str, int] = {}  # "label: statement" -> times seen waiting
+        self.states: dict[str, dict[str, int]] = {}  # label -> backend state -> times seen
         threading.Thread(target=self._loop, daemon=True).start()
 
     def _loop(self) -> None:
@@ -115,24 +146,38 @@ class LockSampler:
             label = self.label
             if label:
                 rows = self.conn.execute(
-                    "SELECT left(query, 60) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'").fetchall()
+                    "SELECT left(query, 60), wait_event_type, state, wait_event FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
                 got = self.samples.setdefault(label, [0, 0])
                 got[0] += 1
-                got[1] += bool(rows)
-                for (query,) in rows:
-                    key = f"{label}: {query}"
-                    self.waits[key] = self.waits.get(key, 0) + 1
+                got[1] += any(kind == "Lock" for _, kind, _, _ in rows)
+                states = self.states.setdefault(label, {})
+                for query, kind, state, event in rows:
+                    if kind == "Lock":
+                        key = f"{label}: {query}"
+                        self.waits[key] = self.waits.get(key, 0) + 1
+                    # What the backends do: on CPU (active, no wait), waiting (on what), or idle
+                    # (waiting for their client: the worker's Python, its HTTP call, the broker).
+                    what = f"{state}: {kind}/{event}" if kind and state == "active" else (
+                        "active: on CPU" if state == "active" else state)
+                    states[what] = states.get(what, 0) + 1
             time.sleep(0.02)
 
 
-def _serve_stub(host: str, ports) -> None:
-    """The stub, in a process of its own: the driver's starts and polls never hold its GIL."""
+def _serve_stub(host: str, ports, latency_ms: float = 0.0) -> None:
+    """The stub, in a process of its own: the driver's starts and polls never hold its GIL.
+    ``latency_ms``: each answer waits that long first (a service that does some work)."""
     from http.server import ThreadingHTTPServer
 
     from bench import workflows as wf
 
-    server = ThreadingHTTPServer((host, 0), wf.Stub)
+    class Stub(wf.Stub):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            if latency_ms:
+                time.sleep(latency_ms / 1000)
+            super().do_POST()
+
+    server = ThreadingHTTPServer((host, 0), Stub)
     server.daemon_threads = True
     ports.put(server.server_address[1])
     server.serve_forever()
@@ -158,7 +203,7 @@ def _engine_batch_committed(n: int) -> tuple[float, list[int]]:
 
 
 def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, repeats: int, stub_host: str,
-          sample_locks: bool = False, starts: str = "committed") -> dict:
+          sample_locks: bool = False, starts: str = "committed", stub_ms: float = 0.0) -> dict:
     """Measure every configuration (label, queue, worker processes); runs/s per repeat."""
     import multiprocessing
 
@@ -171,7 +216,7 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
     wf._ensure_database()
     ctx = multiprocessing.get_context("fork")
     ports = ctx.SimpleQueue()
-    stub = ctx.Process(target=_serve_stub, args=(stub_host, ports), daemon=True)
+    stub = ctx.Process(target=_serve_stub, args=(stub_host, ports, stub_ms), daemon=True)
     stub.start()
     url = f"http://{stub_host}:{ports.get()}"
     WorkflowRun.objects.filter(workflow="bench_seven").delete()
@@ -188,6 +233,8 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
     others = {"postgresql": "postgres: ", "redis": "redis-server"}
     pids = {"stub": stub.pid, "driver": os.getpid()}
     roles: dict = {label: {k: {} for k in kinds} for label, _, _ in configs}
+    busy = {label: {k: [] for k in kinds} for label, _, _ in configs}  # the machine's CPU use per batch
+    wal = {label: {k: [] for k in kinds} for label, _, _ in configs}  # WAL per step (whole server)
 
     sampler = LockSampler() if sample_locks else None
 
@@ -213,9 +260,12 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
             order = configs if r % 2 == 0 else configs[::-1]
             for label, queue, _ in order:
                 for kind in kinds:
-                    before = _cpu_of({**markers, **others}, pids)
+                    before, busy0, lsn0 = _cpu_of({**markers, **others}, pids), _machine_busy(), _wal()
                     rates[label][kind].append(batch(kind, queue, sizes[kind], label))
                     used = _cpu_delta(before, _cpu_of({**markers, **others}, pids))
+                    busy1 = _machine_busy()
+                    busy[label][kind].append((busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1))
+                    wal[label][kind].append([(b - a) / (sizes[kind] * wf.STEPS) for a, b in zip(lsn0, _wal(), strict=True)])
                     per_step = {role: used.get(role, 0.0) * 1000 / (sizes[kind] * wf.STEPS)
                                 for role in [label, *others, *pids]}
                     cpu[label][kind].append(per_step[label])
@@ -227,9 +277,10 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
     finally:
         stub.terminate()
         WorkflowRun.objects.filter(workflow="bench_seven").delete()
-    got = {"rates": rates, "worker_cpu_ms_per_step": cpu, "cpu_ms_per_step_by_role": roles}
+    got = {"rates": rates, "worker_cpu_ms_per_step": cpu, "cpu_ms_per_step_by_role": roles, "machine_busy": busy,
+           "wal_per_step": wal}
     if sampler:
-        got["lock_waits"] = {"samples": sampler.samples, "statements": sampler.waits}
+        got["lock_waits"] = {"samples": sampler.samples, "statements": sampler.waits, "states": sampler.states}
     return got
 
 
@@ -257,7 +308,7 @@ def _report_workers(got: dict, args, load_before: str) -> None:
     rel = _ratios(e_up, c_up)
     print(f"\nWorker scaling — 7 POSTs per run, {args.runs} runs ({args.chain_runs} chains) at once, "
           "1 vs 2 worker processes "
-          f"(prefork -c 1 each), {args.repeats} repeats, engine starts: {args.starts}")
+          f"(prefork -c 1 each), {args.repeats} repeats, engine starts: {args.starts}, stub latency {args.stub_ms:g} ms")
     print(f"load average before {load_before}, after {_load()}\n")
     print("| repeat | engine 1 → 2 (runs/s) | speed-up | chain 1 → 2 (runs/s) | speed-up | engine / chain |")
     print("|---|---|---|---|---|---|")
@@ -280,12 +331,14 @@ def _report_roles(got: dict) -> None:
     print("\nCPU ms per step by role (median; the engine's rows include creating its runs):")
     by_config = got["cpu_ms_per_step_by_role"]
     names = list(by_config[next(iter(by_config))]["engine"])
-    print("| configuration | kind | " + " | ".join(names) + " | total |")
-    print("|---|---|" + "---|" * (len(names) + 1))
+    print("| configuration | kind | " + " | ".join(names) + " | total | machine CPU busy | WAL bytes, syncs, full pages, MultiXacts per step |")
+    print("|---|---|" + "---|" * (len(names) + 3))
     for label, kinds in by_config.items():
         for kind, by_role in kinds.items():
             values = [med(v) for v in by_role.values()]
-            print(f"| {label} | {kind} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {sum(values):.2f} |")
+            print(f"| {label} | {kind} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {sum(values):.2f} | "
+                  f"{med(got['machine_busy'][label][kind]):.0%} | " + ", ".join(
+                      f"{med(v[i] for v in got['wal_per_step'][label][kind]):,.2f}" for i in range(4)) + " |")
 
 
 def _report_locks(got: dict) -> None:
@@ -296,6 +349,11 @@ def _report_locks(got: dict) -> None:
         print(f"  {label}: {waiting} of {n} samples had a backend waiting on a lock ({waiting / max(n, 1):.1%})")
     for key, n in sorted(got["lock_waits"]["statements"].items(), key=lambda kv: -kv[1])[:5]:
         print(f"    {n:>5}× {key}")
+    print("\nWhat the database's backends were doing (share of backend samples during engine batches):")
+    for label, states in got["lock_waits"]["states"].items():
+        total = sum(states.values()) or 1
+        print(f"  {label}: " + ", ".join(f"{what} {n / total:.1%}"
+                                         for what, n in sorted(states.items(), key=lambda kv: -kv[1])[:6]))
 
 
 def _report_hosts(got: dict, args, load_before: str) -> None:
@@ -352,7 +410,7 @@ def mode_workers(args) -> None:
     load_before = _load()
     try:
         got = drive(configs, runs=args.runs, chain_runs=args.chain_runs, repeats=args.repeats, stub_host="127.0.0.1",
-                    sample_locks=args.locks, starts=args.starts)
+                    sample_locks=args.locks, starts=args.starts, stub_ms=args.stub_ms)
     finally:
         _stop(procs)
     _report_workers(got, args, load_before)
@@ -388,7 +446,7 @@ def mode_hosts(args) -> None:
             ["ip", "netns", "exec", prefix + "ctl", sys.executable, "-m", "bench.scaleout", "_drive",
              "--config", f"one host={one}:2", "--config", f"two hosts={two}:2", "--stub-host", addr("ctl"),
              "--runs", str(args.runs), "--chain-runs", str(args.chain_runs), "--repeats", str(args.repeats),
-             "--starts", args.starts, *(["--locks"] if args.locks else [])],
+             "--starts", args.starts, "--stub-ms", str(args.stub_ms), *(["--locks"] if args.locks else [])],
             cwd=ROOT, env={**fab.env, **env, "BENCH_QUEUE": f"warm-{RUN}"}, stdout=subprocess.PIPE)
         if out.returncode:
             for name in "abcd":
@@ -410,7 +468,7 @@ def mode_drive(args) -> None:
         queue, n = rest.rsplit(":", 1)
         configs.append((label, queue, int(n)))
     got = drive(configs, runs=args.runs, chain_runs=args.chain_runs, repeats=args.repeats, stub_host=args.stub_host,
-                sample_locks=args.locks, starts=args.starts)
+                sample_locks=args.locks, starts=args.starts, stub_ms=args.stub_ms)
     print(json.dumps(got), flush=True)
 
 
@@ -428,6 +486,9 @@ def main() -> None:
                         help="committed (default): a batch's runs are created in one transaction before the "
                              "clock starts, their messages sent at its commit, on the clock; serial: the driver "
                              "calls run_start once per run on the clock (the web tier's work, done by one thread)")
+    parser.add_argument("--stub-ms", type=float, default=0.0,
+                        help="the stub's latency per call in ms (default 0: an instant service, so the "
+                             "orchestration's own cost is all there is to measure)")
     parser.add_argument("--config", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--stub-host", default="127.0.0.1", help=argparse.SUPPRESS)
     args = parser.parse_args()

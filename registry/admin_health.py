@@ -103,6 +103,11 @@ def service_offers(service, breaker_state: str) -> dict[str, bool]:
     }
 
 
+def _checked(report) -> str:
+    """What a check run found, for an admin message: "name: status (reason), …"."""
+    return ", ".join(f"{r.service.name}: {r.status}" + (f" ({r.reason})" if r.reason else "") for r in report.rows)
+
+
 class HealthAdminMixin:
     """Health panels, breaker state, filters and actions for ServiceAdmin."""
 
@@ -229,9 +234,7 @@ class HealthAdminMixin:
                               messages.ERROR)
             return
         report = health.health_check_now(service_ids=ids)
-        summary = ", ".join(f"{r.service.name}: {r.status}" + (f" ({r.reason})" if r.reason else "")
-                            for r in report.rows)
-        self.message_user(request, f"Checked {report.probed} service(s). {summary}", messages.SUCCESS)
+        self.message_user(request, f"Checked {report.probed} service(s). {_checked(report)}", messages.SUCCESS)
 
     @admin.action(description="Reset circuit breaker (close it)", permissions=["operate_service"])
     def reset_breaker(self, request, queryset):
@@ -244,8 +247,7 @@ class HealthAdminMixin:
         critical = [s.pk for s in services_ if s.status == HealthStatus.CRITICAL][:CHECK_NOW_LIMIT]
         if critical:
             report = health.health_check_now(service_ids=critical)
-            message += " Checked the critical one(s) at once: " + ", ".join(
-                f"{r.service.name}: {r.status}" for r in report.rows) + "."
+            message += f" Checked the critical one(s) at once: {_checked(report)}."
         self.message_user(request, message, messages.SUCCESS)
 
     @admin.action(description="Force circuit breaker open…", permissions=["operate_service"])

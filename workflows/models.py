@@ -204,9 +204,14 @@ class StepAttempt(models.Model):
     # No index of its own: workflows_attempt_step (step, number) starts with it.
     step = models.ForeignKey(StepRun, on_delete=models.CASCADE, related_name="attempts", db_index=False)
     number = models.PositiveIntegerField()
+    # No database constraint: its check at commit KEY-SHARE-locked the called service's row, the
+    # one row every worker's steps to that service share, so two worker processes' step
+    # boundaries met there (a MultiXact for ~40 % of the steps of bench/scaleout's two-process
+    # batch; none without). Django's collector still sets it NULL when a service is deleted
+    # (``on_delete``); ``service_name`` keeps who was called.
     service = models.ForeignKey(
         "registry.Service", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
-        help_text="The instance that was called.",
+        db_constraint=False, help_text="The instance that was called.",
     )
     service_name = models.CharField(max_length=200, blank=True)
     request_method = models.CharField(max_length=10, blank=True)

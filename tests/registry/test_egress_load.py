@@ -18,6 +18,7 @@ import requests
 
 from registry import health
 from registry.models import HealthSnapshot, HealthStatus, Service
+from tests.celery_worker import CeleryWorker
 from tests.registry.health_fixtures import ROOT, free_port, subprocess_env
 from tests.registry.hostile import Hostile, Metadata, black_hole
 from tests.registry.loopback import Reply
@@ -104,16 +105,6 @@ def test_the_web_tier_answers_health_and_discovery_while_two_gateway_calls_drip(
 # --- the health queue under hanging steps -------------------------------------------------------
 
 
-def _worker(queue: str, concurrency: int, env: dict, log_path) -> subprocess.Popen:
-    log = open(log_path, "wb")  # noqa: SIM115 - the child keeps it
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "prefork", "-c", str(concurrency),
-         "-Q", queue, "-n", f"{queue}@%h", "--without-heartbeat", "--without-gossip", "--without-mingle",
-         "--loglevel", "INFO"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-
-
 def test_the_health_queue_keeps_sweeping_while_both_step_slots_hang(
         transactional_db, loopback, clean_state, settings, tmp_path):
     from registry.tasks import health_sweep_task
@@ -127,9 +118,11 @@ def test_the_health_queue_keeps_sweeping_while_both_step_slots_hang(
                WORKFLOW_DEFINITION_MODULES="tests.workflows.definitions", WORKFLOW_STEP_LEASE_SECONDS="120")
     settings.WORKFLOW_QUEUE = steps_q
     hole = black_hole()
-    steps = _worker(steps_q, 2, env, tmp_path / "steps.log")
-    sweeper = _worker(health_q, 1, env, tmp_path / "health.log")
+    steps = CeleryWorker(steps_q, env, tmp_path / "steps.log", concurrency=2)
+    sweeper = CeleryWorker(health_q, env, tmp_path / "health.log", concurrency=1)
     try:
+        steps.start()
+        sweeper.start()
         import tests.workflows.definitions  # noqa: F401 - the test workflows
 
         Service.objects.create(name="hole", type="HOSTILE_UPSTREAM", url=hole.url(), status=HealthStatus.PASSING,
@@ -147,9 +140,8 @@ def test_the_health_queue_keeps_sweeping_while_both_step_slots_hang(
         assert StepRun.objects.filter(status=StepStatus.RUNNING).count() == 2  # the steps still hang
         assert Service.objects.get(pk=svc.pk).status == HealthStatus.PASSING
     finally:
-        for proc in (steps, sweeper):
-            os.killpg(proc.pid, 9)
-            proc.wait(20)
+        for worker in (steps, sweeper):
+            worker.kill()
         hole.close()
 
 

@@ -291,21 +291,17 @@ def test_setup_periodic_tasks_creates_the_schedule_rows_idempotently(transaction
 
 
 @pytest.mark.slow
-def test_the_beat_task_sweeps_through_a_real_celery_worker(loopback, make_service):
-    import subprocess
-    import sys
-
+def test_the_beat_task_sweeps_through_a_real_celery_worker(loopback, make_service, tmp_path):
     from registry.tasks import health_sweep_task
-    from tests.registry.health_fixtures import ROOT, subprocess_env
+    from tests.celery_worker import CeleryWorker
+    from tests.registry.health_fixtures import subprocess_env
 
     server = loopback({"/h": HEALTHY})
     svc = make_service(url=server.url, health_path="/h")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "solo", "--loglevel", "WARNING",
-         "-Q", settings.HEALTH_QUEUE, "--without-heartbeat", "--without-mingle", "--without-gossip"],
-        env=subprocess_env(), cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    worker = CeleryWorker(settings.HEALTH_QUEUE, subprocess_env(), tmp_path / "worker.log", pool="solo",
+                          concurrency=1)
     try:
+        worker.start()
         health_sweep_task.delay()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and server.count("/h") == 0:
@@ -314,8 +310,7 @@ def test_the_beat_task_sweeps_through_a_real_celery_worker(loopback, make_servic
         while time.monotonic() < deadline and Service.objects.get(pk=svc.pk).status != "passing":
             time.sleep(0.1)
     finally:
-        worker.terminate()
-        worker.wait(20)
+        worker.stop()
     assert server.count("/h") == 1
     assert Service.objects.get(pk=svc.pk).status == "passing"
     assert HealthSnapshot.objects.filter(service=svc).count() == 1

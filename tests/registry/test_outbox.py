@@ -9,10 +9,8 @@ transition committed loses nothing.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -23,59 +21,26 @@ from django.utils import timezone
 
 from registry.models import Alert, HealthStatus, Service, StatusChange
 from registry.tasks import alert_deliver_task, outbox_catch_up_task, outbox_process_task
-from tests.registry.health_fixtures import ROOT, run_python, subprocess_env
+from tests.celery_worker import CeleryWorker
+from tests.registry.health_fixtures import run_python, subprocess_env
 from tests.registry.loopback import Reply, sequence
 
 pytestmark = [pytest.mark.both_dbs, pytest.mark.slow]
 
 
-class OutboxWorker:
+def outbox_worker(queue: str, hook_url: str, log_dir, **env: str) -> CeleryWorker:
     """A ``celery worker`` subprocess consuming only this test's outbox queue."""
-
-    def __init__(self, queue: str, hook_url: str, log_dir, **env: str) -> None:
-        self.queue = queue
-        self.log = log_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
-        self.env = {**subprocess_env(), "OUTBOX_QUEUE": queue, "ALERT_WEBHOOK_URLS": hook_url,
-                    "ADMINS": "", **env}
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, concurrency: int = 2) -> OutboxWorker:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "prefork",
-                 "-c", str(concurrency), "-Q", self.queue, "-n", f"{self.queue}-{uuid.uuid4().hex[:4]}@%h",
-                 "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
-                cwd=str(ROOT), env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        while b" ready." not in self.log.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its pool children (the whole process group)."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    env = {**subprocess_env(), "OUTBOX_QUEUE": queue, "ALERT_WEBHOOK_URLS": hook_url, "ADMINS": "", **env}
+    return CeleryWorker(queue, env, log_dir / f"worker-{uuid.uuid4().hex[:6]}.log")
 
 
 @pytest.fixture
 def workers(tmp_path):
-    started: list[OutboxWorker] = []
+    started: list[CeleryWorker] = []
     queue = f"outbox-test-{uuid.uuid4().hex[:8]}"
 
-    def make(hook_url: str, **env: str) -> OutboxWorker:
-        worker = OutboxWorker(queue, hook_url, tmp_path, **env).start()
+    def make(hook_url: str, **env: str) -> CeleryWorker:
+        worker = outbox_worker(queue, hook_url, tmp_path, **env).start()
         started.append(worker)
         return worker
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import subprocess
@@ -35,6 +36,7 @@ class RawServer:
         self.port = self.sock.getsockname()[1]
         self.requests: list[bytes] = []
         self.connections = 0
+        self.closed = 0  # connections this server has closed
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -77,6 +79,8 @@ class RawServer:
             return
         finally:
             conn.close()
+            with self._lock:
+                self.closed += 1
 
     def close(self) -> None:
         self.sock.close()
@@ -174,7 +178,11 @@ def test_an_idle_socket_closed_by_the_server_is_resent_on_a_fresh_one(probe, raw
 def test_a_socket_closed_while_idle_is_not_reused(probe, raw):
     server = raw(lambda n, head: (_ok(), True))  # closes after answering, without saying so
     assert get(probe, server.url()).status == 200
-    time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while not server.closed:  # the server's FIN is on its way (loopback: already arrived)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    probe.run(asyncio.sleep(0))  # one turn of the prober's loop: it reads the EOF
     assert get(probe, server.url()).status == 200
     assert server.connections == 2 and len(server.requests) == 2
 

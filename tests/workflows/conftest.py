@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,6 +22,7 @@ from django.db import connection
 import tests.workflows.definitions  # noqa: F401 - registers the test-only workflows here too
 from registry.models import HealthStatus, Service
 from simulators.core import send_json
+from tests.celery_worker import CeleryWorker
 from tests.dbenv import broker_env, test_database_url
 from workflows.models import RUN_FINISHED, WorkflowRun
 
@@ -46,6 +45,7 @@ class Worker:
     def __init__(self, db_name: str):
         self.db_name = db_name
         self.proc: subprocess.Popen | None = None
+        self._process: CeleryWorker | None = None
         self.log_path = ROOT / "var" / f"test-worker-{self.queue}.log"
 
     def env(self) -> dict[str, str]:
@@ -62,42 +62,17 @@ class Worker:
         return env
 
     def start(self) -> None:
-        self.log_path.parent.mkdir(exist_ok=True)
-        already = self.log_path.read_bytes().count(b" ready.") if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "berrys_portal", "worker", "-P", "prefork",
-             "-c", str(self.concurrency), "--without-heartbeat", "--without-gossip", "--without-mingle",
-             "-Q", self.queue, "-n", f"{self.queue}-{uuid.uuid4().hex[:4]}@%h", "--loglevel", "INFO"],
-            cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
-        self._wait_ready(already)
-
-    def _wait_ready(self, already: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.log_path.read_text()[-3000:]}")
-            if self.log_path.read_bytes().count(b" ready.") > already:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"worker not ready:\n{self.log_path.read_text()[-3000:]}")
+        self._process = CeleryWorker(self.queue, self.env(), self.log_path, concurrency=self.concurrency)
+        self.proc = self._process.start(timeout=30).proc
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool children (the whole process group)."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc:
+            self._process.kill()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        if self.proc:
+            self._process.stop(timeout=10)
         self.proc = None
 
     def restart(self) -> None:

@@ -183,3 +183,38 @@ def test_a_redelivered_message_takes_over_the_step_a_dead_worker_ran_inline(
     assert run.status == RunStatus.SUCCEEDED
     assert list(run.steps.get(index=1).attempts.order_by("number").values_list("outcome", flat=True)) == [
         "worker_lost", "succeeded"]
+
+
+def test_a_step_does_not_lock_the_row_of_the_service_it_called(transactional_db, unconsumed_queue, demo_services):
+    # Every worker's steps to one service used to KEY-SHARE-lock that service's row (the
+    # foreign key's check at commit): two worker processes met there. A row lock writes its
+    # transaction's id into the row's xmax; the steps must leave it as registration left it.
+    from django.db import connection
+
+    from registry.models import Service
+
+    def xmax() -> dict:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT id, xmax::text FROM registry_service ORDER BY id")
+            return dict(cursor.fetchall())
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks and xmax are PostgreSQL's")
+    before = xmax()
+    run, _ = run_start(workflow="test_demo", input={"name": "A"}, triggered_by="test")
+    assert _drive(run) == ["succeeded"] * 3
+    called = set(StepAttempt.objects.filter(step__run=run).values_list("service_id", flat=True))
+    assert len(called) == 3 and called <= set(Service.objects.values_list("pk", flat=True))
+    assert xmax() == before
+
+
+def test_deleting_a_called_service_keeps_its_attempts_with_the_name(transactional_db, unconsumed_queue, demo_services):
+    from registry.models import Service
+
+    run, _ = run_start(workflow="test_demo", input={"name": "A"}, triggered_by="test")
+    assert _drive(run) == ["succeeded"] * 3
+    attempt = StepAttempt.objects.get(step__run=run, step__index=0)
+    name = attempt.service_name
+    Service.objects.filter(pk=attempt.service_id).delete()
+    attempt.refresh_from_db()
+    assert attempt.service_id is None and attempt.service_name == name != ""
