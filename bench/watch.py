@@ -77,11 +77,14 @@ def _proc_status(pid: int) -> dict[str, int]:
 # --- the watchers (a separate process) ----------------------------------------------------
 
 
-def _watchers(port: int, key: str, n: int, rounds: int, spread: bool, to_main, from_main) -> None:
+def _watchers(port: int, key: str, n: int, rounds: int, spread: bool, at_once: bool,  # noqa: PLR0913
+              to_main, from_main) -> None:
     """Watcher i watches TYPE_00 (all on one type) or TYPE_{i mod 50} (spread); only TYPE_00 changes.
 
     Each round reports when TYPE_00's watchers got their answers, then re-watches them
-    with the new index; the other types' watchers stay open, waiting, throughout.
+    with the new index (``at_once``: each as soon as it has its own answer, so the
+    re-opens reach the server while it is still answering the others); the other types'
+    watchers stay open, waiting, throughout.
     """
     import aiohttp
 
@@ -112,7 +115,33 @@ def _watchers(port: int, key: str, n: int, rounds: int, spread: bool, to_main, f
             others = [asyncio.create_task(one(i, t, indexes[t])) for i, t in enumerate(types) if t != WATCHED_TYPE]
             mine = [i for i, t in enumerate(types) if t == WATCHED_TYPE]
             index = indexes[WATCHED_TYPE]
-            for _ in range(rounds + 1):
+            if at_once:  # each watcher re-watches as soon as it has its answer, as a real client does
+                answers: list[list[tuple[float, int, int]]] = [[] for _ in range(rounds + 1)]
+                complete = [asyncio.Event() for _ in range(rounds + 1)]
+
+                async def follow(i: int) -> None:
+                    at = index
+                    for r in range(rounds + 1):
+                        result = await one(i, WATCHED_TYPE, at)
+                        answers[r].append(result)
+                        if len(answers[r]) == len(mine):
+                            complete[r].set()
+                        at = result[2]
+
+                followers = [asyncio.create_task(follow(i)) for i in mine]
+                for r in range(rounds + 1):
+                    await asyncio.sleep(2.0)
+                    to_main.put(("open", len(followers)))
+                    await asyncio.to_thread(from_main.get)  # the main process committed a change
+                    cpu_before = time.process_time()
+                    await complete[r].wait()
+                    cpu = time.process_time() - cpu_before  # answers received and (most) re-opens sent
+                    results = answers[r]
+                    early = sum(1 for t in others if t.done())
+                    to_main.put(("arrived", [a for a, _, _ in results], sorted({s for _, s, _ in results}), early,
+                                 cpu))
+                await asyncio.gather(*followers)
+            for _ in range(rounds + 1 if not at_once else 0):
                 tasks = [asyncio.create_task(one(i, WATCHED_TYPE, index)) for i in mine]
                 await asyncio.sleep(2.0)
                 to_main.put(("open", len(tasks)))
@@ -171,6 +200,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--reopen-at-once", action="store_true",
+                        help="each watcher re-watches as soon as it has its answer (default: once all have theirs)")
     parser.add_argument("--watch-workers", type=int, default=1,
                         help="uvicorn worker processes of the watch server (each with its own index feed)")
     parser.add_argument("--port", type=int, default=0,
@@ -225,7 +256,7 @@ def main() -> None:
         to_main, from_main = ctx.Queue(), ctx.Queue()
         watcher_proc = ctx.Process(target=_watchers,
                                    args=(watch_port, data["key"], args.watchers, args.rounds,
-                                         not args.all_on_one_type, to_main, from_main))
+                                         not args.all_on_one_type, args.reopen_at_once, to_main, from_main))
         watcher_proc.start()
         kind, _ = to_main.get(timeout=120)
         _quiet(watch_pid)
