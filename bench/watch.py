@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bench import watch_client
 from bench.registry import N_TYPES, _admin_sql, _free_port, _wait_ready, run_load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,6 +203,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--reopen-at-once", action="store_true",
                         help="each watcher re-watches as soon as it has its answer (default: once all have theirs)")
+    parser.add_argument("--client", choices=["aiohttp", "raw"], default="aiohttp",
+                        help="the watchers' HTTP client: aiohttp, or bench/watch_client.py's lean protocol")
     parser.add_argument("--watch-workers", type=int, default=1,
                         help="uvicorn worker processes of the watch server (each with its own index feed)")
     parser.add_argument("--port", type=int, default=0,
@@ -254,9 +257,15 @@ def main() -> None:
 
         ctx = mp.get_context("fork")
         to_main, from_main = ctx.Queue(), ctx.Queue()
-        watcher_proc = ctx.Process(target=_watchers,
-                                   args=(watch_port, data["key"], args.watchers, args.rounds,
-                                         not args.all_on_one_type, args.reopen_at_once, to_main, from_main))
+        if args.client == "raw":
+            types = [WATCHED_TYPE if args.all_on_one_type else f"TYPE_{i % N_TYPES:02d}" for i in range(args.watchers)]
+            watcher_proc = ctx.Process(target=watch_client.run,
+                                       args=(watch_port, data["key"], types, WATCHED_TYPE, args.rounds,
+                                             args.reopen_at_once, to_main, from_main))
+        else:
+            watcher_proc = ctx.Process(target=_watchers,
+                                       args=(watch_port, data["key"], args.watchers, args.rounds,
+                                             not args.all_on_one_type, args.reopen_at_once, to_main, from_main))
         watcher_proc.start()
         kind, _ = to_main.get(timeout=120)
         _quiet(watch_pid)
@@ -322,7 +331,8 @@ def _print(args, baseline, with_watchers, wakeups, statuses, idle, loaded, woken
     layout = "all on TYPE_00" if args.all_on_one_type else f"spread over {N_TYPES} types"
     woken = len(wakeups) // (args.rounds + 1)
     print(f"\nWatch bench: {args.watchers} open watches, {layout} (half /v1/health/service, half "
-          f"/discovery?all=1), uvicorn {args.watch_workers} process(es); each change to TYPE_00 wakes its {woken}; "
+          f"/discovery?all=1, {args.client} client{', re-open at once' if args.reopen_at_once else ''}), "
+          f"uvicorn {args.watch_workers} process(es); each change to TYPE_00 wakes its {woken}; "
           f"discovery on gunicorn {args.workers} sync workers, {args.connections} connections, "
           f"{args.seconds:g} s x {args.repeats}\n")
     print("| figure | value | target |")
@@ -343,6 +353,8 @@ def _print(args, baseline, with_watchers, wakeups, statuses, idle, loaded, woken
           f"{statistics.median(answered_cpu):.2f} s | |")
     print(f"| watcher process (the bench's client) CPU from the change to its last answer (median of "
           f"{len(client_cpu)}) | {statistics.median(client_cpu):.2f} s | |")
+    print(f"| last wake-up of a change, median of {len(per_change)} changes | "
+          f"{statistics.median(b for _, b in per_change) * 1000:.0f} ms | |")
     print("| first / last wake-up of each change | "
           f"{', '.join(f'{a * 1000:.0f}/{b * 1000:.0f}' for a, b in per_change)} ms | |")
     print(f"| watch server CPU while discovery ran with the watches open (median of {len(idle_cpu)}) | "
