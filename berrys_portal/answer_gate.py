@@ -5,8 +5,10 @@ re-opens its watch as soon as it has its answer. Without a gate those re-opens
 (request parsing, Django's request path, authentication: about 0.2 ms of event-loop
 CPU each) run between the answers still to be sent, so the last answer waits for the
 re-opens of the first ones. Measured with ``bench/watch.py --all-on-one-type
---reopen-at-once`` (1,000 watches; docs/benchmarks.md, Watches, third pass): the last
-answer left 150-480 ms after the commit; with the gate 90-200 ms.
+--reopen-at-once --client raw`` (1,000 watches, 8 alternating pairs at load 1-5;
+docs/benchmarks.md, Watches, third pass): the watch server's CPU from the commit to
+the last answer 0.10-0.19 s -> 0.09-0.11 s, the median change's last answer
+158-366 ms -> 90-209 ms after the commit (earlier in 6 of 8 pairs).
 
 How: the index feed counts the futures it resolves in an event loop (``owe``); each
 woken request's handler settles its count once its answer is sent, or when it ends

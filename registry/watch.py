@@ -12,10 +12,8 @@ second anyway, so a notification lost with a dropped connection costs at most a
 second; on SQLite (no notifications) it re-reads every ``POLL_SECONDS``. Watchers
 are asyncio futures or threading events woken by the feed: an async view on the
 ASGI server holds no thread while it waits. The feed wakes the futures of one event
-loop with one callback in that loop (see ``_wake``), so a change that wakes a
-thousand watches costs one cross-thread hand-over, not a thousand; and counts them
-in that loop's answer gate (``berrys_portal.answer_gate``), so that the watch server
-answers them all before it reads the next requests.
+loop with one callback in that loop (``_wake``: one cross-thread hand-over per change,
+not one per watcher), counted by that loop's ``berrys_portal.answer_gate``.
 """
 
 from __future__ import annotations
@@ -213,7 +211,7 @@ def _wake_futures(futures: list[asyncio.Future]) -> None:
         if not future.done():
             future.set_result(None)
             woken += 1
-    answer_gate().owe(woken)  # answers first: new requests wait until these are answered
+    answer_gate().owe(woken)  # answers first: requests arriving meanwhile wait for these answers
 
 
 def _wake(waiters: list[_Waiter]) -> None:
