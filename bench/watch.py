@@ -20,6 +20,16 @@ berrys_portal.asgi_watch), then:
    CPU seconds from the change until it is quiet again (the answers and the re-opens),
    and during each discovery run with the watches open, are reported too.
 
+How the watchers behave: by default each round's watchers re-open only once all of them
+have their answer (the re-opens then never overlap the answers); ``--reopen-at-once``
+re-opens each as soon as it has its own, as a real client does (the re-opens then reach
+the watch server while it is still answering). ``--client raw`` uses the lean asyncio
+client of ``bench/watch_client.py`` instead of aiohttp (0.03 s of CPU per change instead
+of 0.13-0.15 s with ``--reopen-at-once``, on the cores the server runs on). Also reported:
+the watcher process's CPU per change, the watch server's CPU until the last
+answer arrived, and each change's first and last wake-up. ``--watch-workers N`` runs
+uvicorn with N worker processes (each with its own feed; CPU, RSS and threads summed).
+
 Baseline and "with watchers" discovery runs are interleaved ``--repeats`` times; the
 ratio is the median of per-repeat ratios. Targets: wake-up p99 <= 200 ms;
 discovery with the watchers open within 10 % of the baseline.
@@ -29,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -40,29 +51,51 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bench import watch_client
 from bench.registry import N_TYPES, _admin_sql, _free_port, _wait_ready, run_load
 
 ROOT = Path(__file__).resolve().parents[1]
 WATCHED_TYPE = "TYPE_00"
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (uvicorn's worker processes under ``--watch-workers``)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(ppid, []).append(int(entry.name))
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        todo.extend(parents.get(current, ()))
+    return pids
+
+
 def _proc_status(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "Threads:")):
-            name, value = line.split(":", 1)
-            out[name] = int(value.split()[0])
+    """VmRSS (KiB) and Threads, summed over the process and its descendants."""
+    out = {"VmRSS": 0, "Threads": 0}
+    for one in _tree(pid):
+        for line in Path(f"/proc/{one}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "Threads:")):
+                name, value = line.split(":", 1)
+                out[name] += int(value.split()[0])
     return out
 
 
 # --- the watchers (a separate process) ----------------------------------------------------
 
 
-def _watchers(port: int, key: str, n: int, rounds: int, spread: bool, to_main, from_main) -> None:
+def _watchers(port: int, key: str, n: int, rounds: int, spread: bool, at_once: bool,  # noqa: PLR0913
+              to_main, from_main) -> None:
     """Watcher i watches TYPE_00 (all on one type) or TYPE_{i mod 50} (spread); only TYPE_00 changes.
 
     Each round reports when TYPE_00's watchers got their answers, then re-watches them
-    with the new index; the other types' watchers stay open, waiting, throughout.
+    with the new index (``at_once``: each as soon as it has its own answer, so the
+    re-opens reach the server while it is still answering the others); the other types'
+    watchers stay open, waiting, throughout.
     """
     import aiohttp
 
@@ -93,14 +126,42 @@ def _watchers(port: int, key: str, n: int, rounds: int, spread: bool, to_main, f
             others = [asyncio.create_task(one(i, t, indexes[t])) for i, t in enumerate(types) if t != WATCHED_TYPE]
             mine = [i for i, t in enumerate(types) if t == WATCHED_TYPE]
             index = indexes[WATCHED_TYPE]
-            for _ in range(rounds + 1):
+            if at_once:  # each watcher re-watches as soon as it has its answer, as a real client does
+                answers: list[list[tuple[float, int, int]]] = [[] for _ in range(rounds + 1)]
+                complete = [asyncio.Event() for _ in range(rounds + 1)]
+
+                async def follow(i: int) -> None:
+                    at = index
+                    for r in range(rounds + 1):
+                        result = await one(i, WATCHED_TYPE, at)
+                        answers[r].append(result)
+                        if len(answers[r]) == len(mine):
+                            complete[r].set()
+                        at = result[2]
+
+                followers = [asyncio.create_task(follow(i)) for i in mine]
+                for r in range(rounds + 1):
+                    await asyncio.sleep(2.0)
+                    to_main.put(("open", len(followers)))
+                    await asyncio.to_thread(from_main.get)  # the main process committed a change
+                    cpu_before = time.process_time()
+                    await complete[r].wait()
+                    cpu = time.process_time() - cpu_before  # answers received and (most) re-opens sent
+                    results = answers[r]
+                    early = sum(1 for t in others if t.done())
+                    to_main.put(("arrived", [a for a, _, _ in results], sorted({s for _, s, _ in results}), early,
+                                 cpu))
+                await asyncio.gather(*followers)
+            for _ in range(rounds + 1 if not at_once else 0):
                 tasks = [asyncio.create_task(one(i, WATCHED_TYPE, index)) for i in mine]
                 await asyncio.sleep(2.0)
                 to_main.put(("open", len(tasks)))
                 await asyncio.to_thread(from_main.get)  # the main process committed a change
+                cpu_before = time.process_time()  # idle until now: the watches were all open
                 results = await asyncio.gather(*tasks)
+                cpu = time.process_time() - cpu_before  # this process receiving the answers
                 early = sum(1 for t in others if t.done())
-                to_main.put(("arrived", [a for a, _, _ in results], sorted({s for _, s, _ in results}), early))
+                to_main.put(("arrived", [a for a, _, _ in results], sorted({s for _, s, _ in results}), early, cpu))
                 index = max(i for _, _, i in results)
             for task in others:
                 task.cancel()
@@ -109,9 +170,12 @@ def _watchers(port: int, key: str, n: int, rounds: int, spread: bool, to_main, f
 
 
 def _cpu(pid: int) -> float:
-    """CPU seconds (user + system) the process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) the process and its descendants have used."""
+    total = 0
+    for one in _tree(pid):
+        fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _quiet(pid: int, *, below: float = 0.05, timeout: float = 120) -> None:
@@ -147,6 +211,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--reopen-at-once", action="store_true",
+                        help="each watcher re-watches as soon as it has its answer (default: once all have theirs)")
+    parser.add_argument("--client", choices=["aiohttp", "raw"], default="aiohttp",
+                        help="the watchers' HTTP client: aiohttp, or bench/watch_client.py's lean protocol")
+    parser.add_argument("--watch-workers", type=int, default=1,
+                        help="uvicorn worker processes of the watch server (each with its own index feed)")
     parser.add_argument("--port", type=int, default=0,
                         help="gunicorn's port; the watch server takes the next one (default: free ones)")
     parser.add_argument("--all-on-one-type", action="store_true",
@@ -180,7 +250,8 @@ def main() -> None:
         watch_env = dict(env, DJANGO_SETTINGS_MODULE="berrys_portal.settings_watch")
         servers.append(subprocess.Popen(
             [str(bin_dir / "uvicorn"), "berrys_portal.asgi_watch:application", "--host", "127.0.0.1",
-             "--port", str(watch_port), "--no-access-log", "--log-level", "warning", "--backlog", "4096"],
+             "--port", str(watch_port), "--no-access-log", "--log-level", "warning", "--backlog", "4096",
+             *(["--workers", str(args.watch_workers)] if args.watch_workers > 1 else [])],
             cwd=ROOT, env=watch_env, start_new_session=True))
         _wait_ready(web_port, servers[0])
         _wait_ready(watch_port, servers[1])
@@ -196,9 +267,15 @@ def main() -> None:
 
         ctx = mp.get_context("fork")
         to_main, from_main = ctx.Queue(), ctx.Queue()
-        watcher_proc = ctx.Process(target=_watchers,
-                                   args=(watch_port, data["key"], args.watchers, args.rounds,
-                                         not args.all_on_one_type, to_main, from_main))
+        if args.client == "raw":
+            types = [WATCHED_TYPE if args.all_on_one_type else f"TYPE_{i % N_TYPES:02d}" for i in range(args.watchers)]
+            watcher_proc = ctx.Process(target=watch_client.run,
+                                       args=(watch_port, data["key"], types, WATCHED_TYPE, args.rounds,
+                                             args.reopen_at_once, to_main, from_main))
+        else:
+            watcher_proc = ctx.Process(target=_watchers,
+                                       args=(watch_port, data["key"], args.watchers, args.rounds,
+                                             not args.all_on_one_type, args.reopen_at_once, to_main, from_main))
         watcher_proc.start()
         kind, _ = to_main.get(timeout=120)
         _quiet(watch_pid)
@@ -215,13 +292,19 @@ def main() -> None:
         change_cpu: list[float] = []  # per change: waking the watchers, answering, and their re-opening
 
         wakeups: list[float] = []
+        answered_cpu: list[float] = []  # per change: the watch server's CPU until the last answer arrived
+        per_change: list[tuple[float, float]] = []  # per change: first and last wake-up
+        client_cpu: list[float] = []  # per change: the watcher process's CPU until its last answer
         statuses: set[int] = set()
         woken_others = 0
         for flip in range(args.rounds + 1):
             before = _cpu(watch_pid)
             changed_at = _change(db_url, flip)
             from_main.put("changed")
-            _, arrived, round_statuses, early = to_main.get(timeout=120)
+            _, arrived, round_statuses, early, cpu = to_main.get(timeout=120)
+            answered_cpu.append(_cpu(watch_pid) - before)  # the re-opens may have begun: about
+            client_cpu.append(cpu)
+            per_change.append((min(arrived) - changed_at, max(arrived) - changed_at))
             statuses.update(round_statuses)
             woken_others = max(woken_others, early)
             wakeups.extend(a - changed_at for a in arrived)
@@ -234,7 +317,8 @@ def main() -> None:
         watcher_proc.join(30)
         while len(baseline) < len(with_watchers):  # the watchers are closed now
             baseline.append(discovery(args.seconds))
-        _print(args, baseline, with_watchers, wakeups, statuses, idle, loaded, woken_others, idle_cpu, change_cpu)
+        _print(args, baseline, with_watchers, wakeups, statuses, idle, loaded, woken_others, idle_cpu, change_cpu,
+               client_cpu, answered_cpu, per_change)
     finally:
         if watcher_proc is not None and watcher_proc.is_alive():
             watcher_proc.kill()
@@ -248,7 +332,7 @@ def main() -> None:
 
 
 def _print(args, baseline, with_watchers, wakeups, statuses, idle, loaded, woken_others,  # noqa: PLR0913
-           idle_cpu, change_cpu) -> None:
+           idle_cpu, change_cpu, client_cpu, answered_cpu, per_change) -> None:
     wakeups.sort()
     p = lambda q: wakeups[min(len(wakeups) - 1, int(len(wakeups) * q))] * 1000  # noqa: E731
     ratios = [w["rps"] / b["rps"] for w, b in zip(with_watchers, baseline, strict=True) if b["rps"]]
@@ -257,7 +341,8 @@ def _print(args, baseline, with_watchers, wakeups, statuses, idle, loaded, woken
     layout = "all on TYPE_00" if args.all_on_one_type else f"spread over {N_TYPES} types"
     woken = len(wakeups) // (args.rounds + 1)
     print(f"\nWatch bench: {args.watchers} open watches, {layout} (half /v1/health/service, half "
-          f"/discovery?all=1), one uvicorn process; each change to TYPE_00 wakes its {woken}; "
+          f"/discovery?all=1, {args.client} client{', re-open at once' if args.reopen_at_once else ''}), "
+          f"uvicorn {args.watch_workers} process(es); each change to TYPE_00 wakes its {woken}; "
           f"discovery on gunicorn {args.workers} sync workers, {args.connections} connections, "
           f"{args.seconds:g} s x {args.repeats}\n")
     print("| figure | value | target |")
@@ -274,6 +359,14 @@ def _print(args, baseline, with_watchers, wakeups, statuses, idle, loaded, woken
           f"not one per watch |")
     print(f"| watch server CPU per change (wake-up, answers, re-opens; median of {len(change_cpu)}) | "
           f"{statistics.median(change_cpu) if change_cpu else float('nan'):.2f} s | |")
+    print(f"| watch server CPU from the change to the last answer's arrival (median of {len(answered_cpu)}) | "
+          f"{statistics.median(answered_cpu):.2f} s | |")
+    print(f"| watcher process (the bench's client) CPU from the change to its last answer (median of "
+          f"{len(client_cpu)}) | {statistics.median(client_cpu):.2f} s | |")
+    print(f"| last wake-up of a change, median of {len(per_change)} changes | "
+          f"{statistics.median(b for _, b in per_change) * 1000:.0f} ms | |")
+    print("| first / last wake-up of each change | "
+          f"{', '.join(f'{a * 1000:.0f}/{b * 1000:.0f}' for a, b in per_change)} ms | |")
     print(f"| watch server CPU while discovery ran with the watches open (median of {len(idle_cpu)}) | "
           f"{statistics.median(idle_cpu):.2f} s per {args.seconds:g} s run | |")
     print(f"| discovery req/s, baseline (median) | {statistics.median(b['rps'] for b in baseline):.0f} | |")

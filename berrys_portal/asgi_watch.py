@@ -11,7 +11,9 @@ build the request, run the middleware and view, stop when the client disconnects
 send, close), with the response closed in the loop (its request_finished receivers
 find no database connection of the loop's thread to close). A ``ReadyResponse`` (one
 answer shared by the watches a change woke, ``berrys_portal.ready_response``) is sent
-as the ASGI messages rendered for the first of them, and not closed. Once loaded, the
+as the ASGI messages rendered for the first of them, and not closed. While watches a
+change woke are being answered, a new request waits before it is read
+(``berrys_portal.answer_gate``: answers first). Once loaded, the
 process's objects are frozen out of the garbage collector (``gc.freeze``).
 """
 
@@ -31,6 +33,7 @@ from django.core.exceptions import RequestAborted  # noqa: E402 - after setup
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
 from django.urls import set_script_prefix  # noqa: E402
 
+from berrys_portal.answer_gate import answer_gate, answers_owed  # noqa: E402
 from berrys_portal.ready_response import ReadyResponse  # noqa: E402
 
 
@@ -41,6 +44,15 @@ class WatchASGIHandler(ASGIHandler):
         await self.handle(scope, receive, send)
 
     async def handle(self, scope, receive, send):
+        gate = answer_gate()
+        await gate.passage()  # the watches a change woke are answered before this request runs
+        owed = answers_owed()  # this request's watch, if the feed wakes it
+        try:
+            await self._handle(scope, receive, send)
+        finally:
+            gate.settle(len(owed))
+
+    async def _handle(self, scope, receive, send):
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:

@@ -12,8 +12,8 @@ second anyway, so a notification lost with a dropped connection costs at most a
 second; on SQLite (no notifications) it re-reads every ``POLL_SECONDS``. Watchers
 are asyncio futures or threading events woken by the feed: an async view on the
 ASGI server holds no thread while it waits. The feed wakes the futures of one event
-loop with one callback in that loop (see ``_wake``), so a change that wakes a
-thousand watches costs one cross-thread hand-over, not a thousand.
+loop with one callback in that loop (``_wake``: one cross-thread hand-over per change,
+not one per watcher), counted by that loop's ``berrys_portal.answer_gate``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from django.conf import settings
 from django.db import connection, connections
 from django.http import JsonResponse
 
+from berrys_portal.answer_gate import answer_gate, answer_owed
 from berrys_portal.errors import PortalError
 
 logger = logging.getLogger(__name__)
@@ -205,9 +206,12 @@ class _Waiter:
 
 
 def _wake_futures(futures: list[asyncio.Future]) -> None:
+    woken = 0
     for future in futures:
         if not future.done():
             future.set_result(None)
+            woken += 1
+    answer_gate().owe(woken)  # answers first: requests arriving meanwhile wait for these answers
 
 
 def _wake(waiters: list[_Waiter]) -> None:
@@ -281,6 +285,8 @@ class IndexFeed:
         finally:
             with self._lock:
                 self._waiters.discard(waiter)
+            if future.done() and not future.cancelled():  # woken by the feed: counted by the gate
+                answer_owed(loop)
         return self.state.of(service_type)
 
     def wait_sync(self, *, after: int, service_type: str | None, timeout: float) -> int:
