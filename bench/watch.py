@@ -126,6 +126,10 @@ def _watchers(port: int, key: str, n: int, rounds: int, spread: bool, at_once: b
             others = [asyncio.create_task(one(i, t, indexes[t])) for i, t in enumerate(types) if t != WATCHED_TYPE]
             mine = [i for i, t in enumerate(types) if t == WATCHED_TYPE]
             index = indexes[WATCHED_TYPE]
+
+            def early() -> int:  # watchers of other types that answered: none should
+                return sum(1 for t in others if t.done())
+
             if at_once:  # each watcher re-watches as soon as it has its answer, as a real client does
                 answers: list[list[tuple[float, int, int]]] = [[] for _ in range(rounds + 1)]
                 complete = [asyncio.Event() for _ in range(rounds + 1)]
@@ -141,27 +145,17 @@ def _watchers(port: int, key: str, n: int, rounds: int, spread: bool, at_once: b
 
                 followers = [asyncio.create_task(follow(i)) for i in mine]
                 for r in range(rounds + 1):
-                    await asyncio.sleep(2.0)
-                    to_main.put(("open", len(followers)))
-                    await asyncio.to_thread(from_main.get)  # the main process committed a change
-                    cpu_before = time.process_time()
-                    await complete[r].wait()
-                    cpu = time.process_time() - cpu_before  # answers received and (most) re-opens sent
-                    results = answers[r]
-                    early = sum(1 for t in others if t.done())
-                    to_main.put(("arrived", [a for a, _, _ in results], sorted({s for _, s, _ in results}), early,
-                                 cpu))
+                    async def arrived(r: int = r) -> list:
+                        await complete[r].wait()
+                        return answers[r]
+
+                    await watch_client.one_round(to_main, from_main, opened=len(followers), arrived=arrived,
+                                                 early=early)
                 await asyncio.gather(*followers)
             for _ in range(rounds + 1 if not at_once else 0):
                 tasks = [asyncio.create_task(one(i, WATCHED_TYPE, index)) for i in mine]
-                await asyncio.sleep(2.0)
-                to_main.put(("open", len(tasks)))
-                await asyncio.to_thread(from_main.get)  # the main process committed a change
-                cpu_before = time.process_time()  # idle until now: the watches were all open
-                results = await asyncio.gather(*tasks)
-                cpu = time.process_time() - cpu_before  # this process receiving the answers
-                early = sum(1 for t in others if t.done())
-                to_main.put(("arrived", [a for a, _, _ in results], sorted({s for _, s, _ in results}), early, cpu))
+                results = await watch_client.one_round(to_main, from_main, opened=len(tasks),
+                                                       arrived=lambda tasks=tasks: asyncio.gather(*tasks), early=early)
                 index = max(i for _, _, i in results)
             for task in others:
                 task.cancel()

@@ -75,6 +75,21 @@ def _parse(buffer: bytes) -> tuple[int, int, int] | None:
             return status, index, pos
 
 
+async def one_round(to_main, from_main, *, opened: int, arrived, early: Callable[[], int]) -> list:
+    """One change, as the watcher process sees it: tell the main process that ``opened`` watches
+    are open, wait until it has committed its change, await ``arrived()`` (the round's answers),
+    then report them with how many watchers of other types answered (``early()``) and this
+    process's CPU meanwhile. Returns the answers."""
+    await asyncio.sleep(2.0)
+    to_main.put(("open", opened))
+    await asyncio.to_thread(from_main.get)  # the main process committed a change
+    cpu_before = time.process_time()  # idle until now: the watches were all open
+    results = await arrived()
+    cpu = time.process_time() - cpu_before  # answers received (and, re-opening at once, most re-opens sent)
+    to_main.put(("arrived", [a for a, _, _ in results], sorted({s for _, s, _ in results}), early(), cpu))
+    return results
+
+
 def run(port: int, key: str, types: list[str], watched: str, rounds: int, at_once: bool, to_main, from_main) -> None:
     """The same rounds and reports as ``bench.watch._watchers``, on ``_Watch`` connections."""
 
@@ -130,14 +145,11 @@ def run(port: int, key: str, types: list[str], watched: str, rounds: int, at_onc
             watch.watch(indexes[service_type])
         index = indexes[watched]
         for r in range(rounds + 1):
-            await asyncio.sleep(2.0)
-            to_main.put(("open", len(mine)))
-            await asyncio.to_thread(from_main.get)  # the main process committed a change
-            cpu_before = time.process_time()
-            await complete[r].wait()
-            cpu = time.process_time() - cpu_before
-            results = answers[r]
-            to_main.put(("arrived", [a for a, _, _ in results], sorted({s for _, s, _ in results}), early, cpu))
+            async def arrived(r: int = r) -> list:
+                await complete[r].wait()
+                return answers[r]
+
+            results = await one_round(to_main, from_main, opened=len(mine), arrived=arrived, early=lambda: early)
             index = max(i for _, _, i in results)
             if not at_once and r < rounds:
                 for watch in watches:

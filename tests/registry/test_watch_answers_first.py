@@ -15,6 +15,7 @@ from berrys_portal import answer_gate as gates
 from berrys_portal.answer_gate import AnswerGate, answer_gate
 from registry.auth import api_key_create
 from registry.models import HealthStatus, Service
+from tests.registry.asgi_get import asgi_get
 from tests.registry.test_watch_server import watch_server  # noqa: F401 - the fixture
 
 WOKEN = 5
@@ -80,25 +81,8 @@ def test_a_request_arriving_during_a_wake_up_is_answered_after_the_woken_watches
     order: list[str] = []
 
     async def get(label: str, path: str, query: str = "") -> tuple[int, dict]:
-        scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "root_path": "",
-                 "query_string": query.encode(), "scheme": "http", "server": ("127.0.0.1", 80),
-                 "client": ("127.0.0.1", 5000), "http_version": "1.1",
-                 "headers": [(b"host", b"127.0.0.1"), (b"x-consul-token", token.encode())]}
-        received = [{"type": "http.request", "body": b"", "more_body": False}]
-        sent: list[dict] = []
-
-        async def receive():
-            if received:
-                return received.pop()
-            await asyncio.sleep(60)  # no disconnect
-            return {"type": "http.disconnect"}
-
-        async def send(message):
-            if message["type"] == "http.response.start":
-                order.append(label)
-            sent.append(message)
-
-        await handler(scope, receive, send)
+        sent = await asgi_get(handler, path, query, headers=[(b"x-consul-token", token.encode())],
+                              on_start=lambda: order.append(label))
         return sent[0]["status"], {name.lower(): value for name, value in sent[0]["headers"]}
 
     def change() -> None:

@@ -13,6 +13,7 @@ from django.test import AsyncClient, override_settings
 
 from registry.auth import api_key_create, api_key_revoke
 from registry.models import ApiKey, HealthStatus, Service
+from tests.registry.asgi_get import asgi_get
 from tests.registry.test_watch_server import watch_server  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_index_feed")]
@@ -92,24 +93,8 @@ def test_watches_answered_at_the_same_index_share_one_rendering(transactional_db
     handler = WatchASGIHandler()
 
     async def get(path: str, query: str) -> tuple[dict, bytes]:
-        scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "root_path": "",
-                 "query_string": query.encode(), "scheme": "http", "server": ("127.0.0.1", 80),
-                 "client": ("127.0.0.1", 5000), "http_version": "1.1",
-                 "headers": [(b"host", b"127.0.0.1"), (b"x-consul-token", token.encode()),
-                             (b"authorization", f"Token {token}".encode())]}
-        received = [{"type": "http.request", "body": b"", "more_body": False}]
-        sent: list[dict] = []
-
-        async def receive():
-            if received:
-                return received.pop()
-            await asyncio.sleep(60)  # no disconnect
-            return {"type": "http.disconnect"}
-
-        async def send(message):
-            sent.append(message)
-
-        await handler(scope, receive, send)
+        sent = await asgi_get(handler, path, query, headers=[(b"x-consul-token", token.encode()),
+                                                             (b"authorization", f"Token {token}".encode())])
         return sent[0], b"".join(m.get("body", b"") for m in sent[1:])
 
     async def scenario():
