@@ -46,66 +46,17 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
+
+from bench import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = uuid.uuid4().hex[:6]
 
 
 # --------------------------------------------------------------------------- the driver
-
-
-def _cpu_of(markers: dict[str, str], pids: dict[str, int] | None = None) -> dict[int, tuple[str, float]]:
-    """CPU seconds used so far, by process: those whose command line holds a marker and those
-    ``pids`` names, each with its label (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    by_pid = {pid: label for label, pid in (pids or {}).items()}
-    out: dict[int, tuple[str, float]] = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        label = by_pid.get(int(pid)) or next((k for k, m in markers.items() if m in cmd), None)
-        if label:
-            out[int(pid)] = (label, (int(fields[11]) + int(fields[12])) / tick)
-    return out
-
-
-def _machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU time of the whole machine so far, in clock ticks (/proc/stat)."""
-    with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:]]
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    return sum(ticks) - idle, sum(ticks)
-
-
-def _wal() -> tuple[int, int, int, int]:
-    """The server's WAL so far: (bytes, syncs, full-page images, MultiXacts) — every database's,
-    the batch's own and the rest (pg_stat_wal, PostgreSQL 14+). A MultiXact is made when two
-    transactions lock one row at once: the sign of a row every worker's steps share."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn, wal_sync, wal_fpi, mxid_age('1'::xid) "
-                       "FROM pg_stat_wal")
-        return tuple(int(v) for v in cursor.fetchone())
-
-
-def _cpu_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
-    """CPU seconds by label between two ``_cpu_of`` readings (a process that ended meanwhile is not counted)."""
-    out: dict[str, float] = {}
-    for pid, (label, used) in after.items():
-        out[label] = out.get(label, 0.0) + used - before.get(pid, (label, 0.0))[1]
-    return out
 
 
 def _wait_for_workers(configs: list[tuple[str, str, int]], timeout: float = 120) -> None:
@@ -119,49 +70,6 @@ def _wait_for_workers(configs: list[tuple[str, str, int]], timeout: float = 120)
             return
         if time.monotonic() > deadline:
             raise SystemExit(f"workers not up after {timeout}s: {missing} (have {sorted(names)})")
-
-
-class LockSampler:
-    """Samples pg_stat_activity every 20 ms while armed: how often a backend of this database waits on a lock.
-
-    The question it answers: do two worker processes queue behind each other in PostgreSQL
-    (row locks on claims, a serialising statement)?
-    """
-
-    def __init__(self):
-        import psycopg
-        from django.conf import settings
-
-        db = settings.DATABASES["default"]
-        self.conn = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"],
-                                    password=db.get("PASSWORD"), dbname=db["NAME"], autocommit=True)
-        self.label: str | None = None
-        self.samples: dict[str, list[int]] = {}  # label -> [samples, samples with a lock wait]
-        self.waits: dict[str, int] = {}  # "label: statement" -> times seen waiting
-        self.states: dict[str, dict[str, int]] = {}  # label -> backend state -> times seen
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    def _loop(self) -> None:
-        while True:
-            label = self.label
-            if label:
-                rows = self.conn.execute(
-                    "SELECT left(query, 60), wait_event_type, state, wait_event FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
-                got = self.samples.setdefault(label, [0, 0])
-                got[0] += 1
-                got[1] += any(kind == "Lock" for _, kind, _, _ in rows)
-                states = self.states.setdefault(label, {})
-                for query, kind, state, event in rows:
-                    if kind == "Lock":
-                        key = f"{label}: {query}"
-                        self.waits[key] = self.waits.get(key, 0) + 1
-                    # What the backends do: on CPU (active, no wait), waiting (on what), or idle
-                    # (waiting for their client: the worker's Python, its HTTP call, the broker).
-                    what = f"{state}: {kind}/{event}" if kind and state == "active" else (
-                        "active: on CPU" if state == "active" else state)
-                    states[what] = states.get(what, 0) + 1
-            time.sleep(0.02)
 
 
 def _serve_stub(host: str, ports, latency_ms: float = 0.0) -> None:
@@ -236,7 +144,7 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
     busy = {label: {k: [] for k in kinds} for label, _, _ in configs}  # the machine's CPU use per batch
     wal = {label: {k: [] for k in kinds} for label, _, _ in configs}  # WAL per step (whole server)
 
-    sampler = LockSampler() if sample_locks else None
+    sampler = machine.LockSampler() if sample_locks else None
 
     def batch(kind: str, queue: str, n: int, label: str | None = None) -> float:
         if kind == "engine":
@@ -260,12 +168,12 @@ def drive(configs: list[tuple[str, str, int]], *, runs: int, chain_runs: int, re
             order = configs if r % 2 == 0 else configs[::-1]
             for label, queue, _ in order:
                 for kind in kinds:
-                    before, busy0, lsn0 = _cpu_of({**markers, **others}, pids), _machine_busy(), _wal()
+                    before, busy0, lsn0 = machine.cpu_of({**markers, **others}, pids), machine.busy(), machine.wal()
                     rates[label][kind].append(batch(kind, queue, sizes[kind], label))
-                    used = _cpu_delta(before, _cpu_of({**markers, **others}, pids))
-                    busy1 = _machine_busy()
+                    used = machine.cpu_delta(before, machine.cpu_of({**markers, **others}, pids))
+                    busy1 = machine.busy()
                     busy[label][kind].append((busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1))
-                    wal[label][kind].append([(b - a) / (sizes[kind] * wf.STEPS) for a, b in zip(lsn0, _wal(), strict=True)])
+                    wal[label][kind].append([(b - a) / (sizes[kind] * wf.STEPS) for a, b in zip(lsn0, machine.wal(), strict=True)])
                     per_step = {role: used.get(role, 0.0) * 1000 / (sizes[kind] * wf.STEPS)
                                 for role in [label, *others, *pids]}
                     cpu[label][kind].append(per_step[label])
