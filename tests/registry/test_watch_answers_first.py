@@ -13,10 +13,9 @@ from django.test import override_settings
 
 from berrys_portal import answer_gate as gates
 from berrys_portal.answer_gate import AnswerGate, answer_gate
-from registry.auth import api_key_create
 from registry.models import HealthStatus, Service
-from tests.registry.asgi_get import asgi_get
 from tests.registry.test_watch_server import watch_server  # noqa: F401 - the fixture
+from tests.registry.watch_setup import WATCH_SERVER, asgi_get, make_planner, make_read_key
 
 WOKEN = 5
 
@@ -56,17 +55,15 @@ def test_the_gate_opens_by_itself_after_its_bound_when_a_count_is_lost(monkeypat
     assert 0.09 <= held < 1.0 and again < 0.05 and pending == 0, (held, again, pending)
 
 
-@override_settings(ROOT_URLCONF="berrys_portal.urls_watch",
-                   MIDDLEWARE=["berrys_portal.middleware_watch.watch_middleware"])
+@override_settings(**WATCH_SERVER)
 @pytest.mark.usefixtures("fresh_index_feed")
 def test_a_request_arriving_during_a_wake_up_is_answered_after_the_woken_watches(transactional_db, monkeypatch):
     """The woken watches' shared answer is slow here (0.3 s): without the gate the new request would pass them."""
     from berrys_portal.asgi_watch import WatchASGIHandler
     from registry import consul_views
 
-    planner = Service.objects.create(name="planner-1", type="PLANNING_SYSTEM", url="http://127.0.0.1:8911",
-                                     status=HealthStatus.PASSING)
-    _, token = api_key_create(name="watcher", scopes=["registry:read"])
+    planner = make_planner()
+    _, token = make_read_key()
     real = consul_views._compute
 
     def slow_for_the_planners(service_type, build):
@@ -120,9 +117,8 @@ def test_a_request_arriving_during_a_wake_up_is_answered_after_the_woken_watches
 @pytest.mark.usefixtures("fresh_index_feed")
 def test_watchers_re_opening_at_once_after_each_change_miss_none_and_the_server_is_not_held(
         watch_server):  # noqa: F811
-    planner = Service.objects.create(name="planner-1", type="PLANNING_SYSTEM", url="http://127.0.0.1:8911",
-                                     status=HealthStatus.PASSING)
-    _, token = api_key_create(name="watcher", scopes=["registry:read"])
+    planner = make_planner()
+    _, token = make_read_key()
     auth = {"X-Consul-Token": token, "Authorization": f"Token {token}"}
     first = requests.get(watch_server.url + "/v1/health/service/PLANNING_SYSTEM", headers=auth, timeout=10)
     start = int(first.headers["X-Consul-Index"])

@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 import requests
 
-from registry.auth import api_key_create
-from registry.models import HealthStatus, Service
+from registry.models import Service
 from tests.registry.health_fixtures import subprocess_env
+from tests.registry.watch_setup import make_planner, make_read_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_index_feed")]
 
@@ -68,12 +68,11 @@ def start_watch_server(transactional_db):
 
 @pytest.fixture
 def planner(transactional_db) -> Service:
-    return Service.objects.create(name="planner-1", type="PLANNING_SYSTEM", url="http://127.0.0.1:8911",
-                                  status=HealthStatus.PASSING)
+    return make_planner()
 
 
 def _key() -> str:
-    return api_key_create(name="watcher", scopes=["registry:read"])[1]
+    return make_read_key()[1]
 
 
 # --- Host ---------------------------------------------------------------------------------

@@ -11,10 +11,10 @@ import requests
 from django.db import connection
 from django.test import AsyncClient, override_settings
 
-from registry.auth import api_key_create, api_key_revoke
+from registry.auth import api_key_revoke
 from registry.models import ApiKey, HealthStatus, Service
-from tests.registry.asgi_get import asgi_get
 from tests.registry.test_watch_server import watch_server  # noqa: F401 - the fixture
+from tests.registry.watch_setup import WATCH_SERVER, asgi_get, make_planner, make_read_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_index_feed")]
 
@@ -43,9 +43,8 @@ async def _woken(url: str, token: str, indexes: dict[str, int], change) -> list[
 
 
 def test_a_woken_watch_gets_exactly_the_headers_and_body_of_a_fresh_answer(watch_server):  # noqa: F811
-    planner = Service.objects.create(name="planner-1", type="PLANNING_SYSTEM", url="http://127.0.0.1:8911",
-                                     status=HealthStatus.PASSING, tags=["a"], metadata={"zone": "z1"})
-    _, token = api_key_create(name="watcher", scopes=["registry:read"])
+    planner = make_planner(tags=["a"], metadata={"zone": "z1"})
+    _, token = make_read_key()
     auth = {"X-Consul-Token": token, "Authorization": f"Token {token}"}
 
     def fresh(path: str, params: dict) -> requests.Response:
@@ -73,15 +72,13 @@ def test_a_woken_watch_gets_exactly_the_headers_and_body_of_a_fresh_answer(watch
             "content-type", "x-content-type-options", "referrer-policy"} <= names, names
 
 
-@override_settings(ROOT_URLCONF="berrys_portal.urls_watch",
-                   MIDDLEWARE=["berrys_portal.middleware_watch.watch_middleware"])
+@override_settings(**WATCH_SERVER)
 def test_watches_answered_at_the_same_index_share_one_rendering(transactional_db, monkeypatch):
     """Django's response building and header encoding run once for them all, not once each."""
     from berrys_portal.asgi_watch import WatchASGIHandler
 
-    Service.objects.create(name="planner-1", type="PLANNING_SYSTEM", url="http://127.0.0.1:8911",
-                           status=HealthStatus.PASSING)
-    _, token = api_key_create(name="watcher", scopes=["registry:read"])
+    make_planner()
+    _, token = make_read_key()
     rendered: list[int] = []
     real = WatchASGIHandler.send_response
 
@@ -118,15 +115,13 @@ def test_watches_answered_at_the_same_index_share_one_rendering(transactional_db
             (fresh[path][0]["status"], tuple(fresh[path][0]["headers"]), fresh[path][1])}
 
 
-@override_settings(ROOT_URLCONF="berrys_portal.urls_watch",
-                   MIDDLEWARE=["berrys_portal.middleware_watch.watch_middleware"], API_KEY_CACHE_SECONDS=60)
+@override_settings(**WATCH_SERVER, API_KEY_CACHE_SECONDS=60)
 def test_a_consul_query_with_its_key_in_memory_is_authorized_in_the_loop_and_a_revoked_key_still_refused(
         transactional_db, monkeypatch):
     from registry import consul_views
 
-    Service.objects.create(name="planner-1", type="PLANNING_SYSTEM", url="http://127.0.0.1:8911",
-                           status=HealthStatus.PASSING)
-    api_key, token = api_key_create(name="watcher", scopes=["registry:read"])
+    make_planner()
+    api_key, token = make_read_key()
     hops: list[str] = []
     real = consul_views._authorize
 

@@ -13,9 +13,9 @@ import pytest
 import requests
 from django.db import connection
 
-from registry.auth import api_key_create
 from registry.models import HealthStatus, Service
 from tests.registry.health_fixtures import free_port, subprocess_env
+from tests.registry.watch_setup import make_planner, make_read_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_index_feed")]
 
@@ -76,9 +76,8 @@ async def _watch_all(url: str, token: str, index: int, n: int, on_open) -> list[
 
 
 def test_open_watches_hold_no_thread_and_all_wake_on_a_change(watch_server):
-    planner = Service.objects.create(name="planner-1", type="PLANNING_SYSTEM", url="http://127.0.0.1:8911",
-                                     status=HealthStatus.PASSING)
-    _, token = api_key_create(name="watcher", scopes=["registry:read"])
+    planner = make_planner()
+    _, token = make_read_key()
     first = requests.get(watch_server.url + "/v1/health/service/PLANNING_SYSTEM",
                          headers={"X-Consul-Token": token}, timeout=10)
     index = int(first.headers["X-Consul-Index"])

@@ -12,9 +12,10 @@ from django.db import connection
 from django.test import AsyncClient, override_settings
 
 from registry import watch_views
-from registry.auth import api_key_create, api_key_revoke
-from registry.models import ApiKey, HealthStatus, Service
+from registry.auth import api_key_revoke
+from registry.models import ApiKey
 from registry.watch import INDEX_HEADER, IndexFeed
+from tests.registry.watch_setup import WATCH_SERVER, make_planner, make_read_key
 
 pytestmark = [pytest.mark.usefixtures("fresh_index_feed")]
 
@@ -74,12 +75,10 @@ def calls(monkeypatch):
     return seen
 
 
-@override_settings(ROOT_URLCONF="berrys_portal.urls_watch",
-                   MIDDLEWARE=["berrys_portal.middleware_watch.watch_middleware"])
+@override_settings(**WATCH_SERVER)
 def test_watchers_opening_at_the_same_index_share_one_answer(transactional_db, calls):
-    Service.objects.create(name="planner-1", type="PLANNING_SYSTEM", url="http://127.0.0.1:8911",
-                           status=HealthStatus.PASSING)
-    _, key = api_key_create(name="watcher", scopes=["registry:read"])
+    make_planner()
+    _, key = make_read_key()
 
     async def scenario() -> list:
         client, auth = AsyncClient(), {"Authorization": f"Token {key}"}
@@ -97,12 +96,10 @@ def test_watchers_opening_at_the_same_index_share_one_answer(transactional_db, c
     assert len(calls) == 1, calls
 
 
-@override_settings(ROOT_URLCONF="berrys_portal.urls_watch",
-                   MIDDLEWARE=["berrys_portal.middleware_watch.watch_middleware"])
+@override_settings(**WATCH_SERVER)
 def test_a_shared_answer_is_not_reused_past_a_second_so_a_revoked_key_is_refused(transactional_db, calls):
-    Service.objects.create(name="planner-1", type="PLANNING_SYSTEM", url="http://127.0.0.1:8911",
-                           status=HealthStatus.PASSING)
-    api_key, key = api_key_create(name="watcher", scopes=["registry:read"])
+    make_planner()
+    api_key, key = make_read_key()
 
     auth = {"Authorization": f"Token {key}"}
 
